@@ -1,0 +1,130 @@
+"""RoI heads of Mask^X R-CNN on torchvision's RoIHeads.
+
+What changes from torchvision: the box classifier loss can be focal; the mask predictor takes
+its class weights from the box predictor (weight transfer); the mask branch runs and is trained
+only on positives matched to an instance that has a mask (partial supervision, Sec. 3.2), and
+at inference it predicts a mask for every detected class, set B included.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
+
+from .losses import box_classifier_loss
+from .mask_head import MaskXPredictor
+
+
+class MaskXRoIHeads(RoIHeads):
+    def __init__(
+        self,
+        *args,
+        mask_predictor: MaskXPredictor,
+        num_classes: int,
+        mask_classes: Optional[list[int]] = None,
+        loss_kind: str = "ce",
+        focal_gamma: float = 2.0,
+        focal_alpha: Optional[float] = None,
+        **kwargs,
+    ):
+        super().__init__(*args, mask_predictor=mask_predictor, **kwargs)
+        self.loss_kind = loss_kind
+        self.focal_gamma = focal_gamma
+        self.focal_alpha = focal_alpha
+        is_set_a = torch.ones(num_classes, dtype=torch.bool)
+        if mask_classes is not None:
+            is_set_a[:] = False
+            is_set_a[list(mask_classes)] = True
+        is_set_a[0] = False
+        # Which labels' masks may train the mask head; a buffer so it follows .to(device).
+        self.register_buffer("is_set_a", is_set_a, persistent=False)
+
+    def check_targets(self, targets):
+        # Unlike torchvision, "masks" is optional: images with boxes only carry none.
+        if targets is None:
+            raise ValueError("targets should not be None in training")
+        for t in targets:
+            if "boxes" not in t or "labels" not in t:
+                raise ValueError("every target needs 'boxes' and 'labels'")
+
+    def fastrcnn_loss(self, class_logits, box_regression, labels, regression_targets):
+        # torchvision's fastrcnn_loss with the classifier loss made configurable.
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        loss_classifier = box_classifier_loss(class_logits, labels, self.loss_kind, self.focal_gamma, self.focal_alpha)
+        pos = torch.where(labels > 0)[0]
+        box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
+        loss_box_reg = F.smooth_l1_loss(
+            box_regression[pos, labels[pos]], regression_targets[pos], beta=1 / 9, reduction="sum"
+        ) / labels.numel()
+        return loss_classifier, loss_box_reg
+
+    def instance_has_mask(self, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(N,) bool: the GT instance has a usable mask and its class is in set A."""
+        if "masks" not in target:
+            return torch.zeros_like(target["labels"], dtype=torch.bool)
+        has_mask = target.get("has_mask")
+        if has_mask is None:
+            has_mask = torch.ones_like(target["labels"], dtype=torch.bool)
+        return has_mask.bool() & self.is_set_a[target["labels"]]
+
+    def mask_logits(self, features, proposals, image_shapes, class_ids):
+        mask_features = self.mask_roi_pool(features, proposals, image_shapes)
+        mask_features = self.mask_head(mask_features)
+        return self.mask_predictor(mask_features, class_ids, self.box_predictor)
+
+    def mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> torch.Tensor:
+        """BCE over positives matched to a has_mask instance; exactly 0 when there are none."""
+        mask_proposals, mask_matched_idxs, mask_labels, mask_targets = [], [], [], []
+        for img_proposals, img_labels, img_matched, target in zip(proposals, labels, matched_idxs, targets):
+            has_mask = self.instance_has_mask(target)
+            keep = torch.where((img_labels > 0) & has_mask[img_matched])[0] if has_mask.numel() else img_labels[:0]
+            mask_proposals.append(img_proposals[keep])
+            mask_matched_idxs.append(img_matched[keep])
+            mask_labels.append(img_labels[keep])
+        num_masks = sum(int(p.shape[0]) for p in mask_proposals)
+        if num_masks == 0:
+            # Keep every mask parameter in the graph so DDP sees the same parameters on every rank.
+            zero = sum(p.sum() for p in self.mask_head.parameters()) + sum(
+                p.sum() for p in self.mask_predictor.parameters()
+            )
+            weights, _ = self.mask_predictor.class_weights(self.box_predictor)
+            return (zero + weights.sum()) * 0.0
+        logits = self.mask_logits(features, mask_proposals, image_shapes, torch.cat(mask_labels))
+        for target, img_proposals, img_matched in zip(targets, mask_proposals, mask_matched_idxs):
+            if img_proposals.shape[0]:
+                mask_targets.append(project_masks_on_boxes(target["masks"], img_proposals, img_matched, logits.shape[-1]))
+        return F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype))
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: Optional[list[dict[str, torch.Tensor]]] = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if self.training:
+            loss_classifier, loss_box_reg = self.fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            loss_mask = self.mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
+            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        result = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)]
+        class_ids = torch.cat(labels)
+        if class_ids.numel():
+            # Sec. 3.2: every class gets a mask at inference, also classes never trained with masks.
+            mask_prob = self.mask_logits(features, boxes, image_shapes, class_ids).sigmoid()[:, None]
+            for r, probs in zip(result, mask_prob.split([len(b) for b in boxes])):
+                r["masks"] = probs
+        else:
+            for r in result:
+                r["masks"] = class_logits.new_zeros((0, 1, 28, 28))
+        return result, {}

@@ -1,0 +1,38 @@
+"""torchvision's RPN with a configurable objectness loss (cross-entropy or focal)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from .losses import objectness_loss
+
+
+class MaskXRPN(RegionProposalNetwork):
+    def __init__(self, *args, loss_kind: str = "ce", focal_gamma: float = 2.0, focal_alpha: Optional[float] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_kind = loss_kind
+        self.focal_gamma = focal_gamma
+        self.focal_alpha = focal_alpha
+
+    # Same as RegionProposalNetwork.compute_loss but for the objectness loss, which it hard-codes to BCE.
+    def compute_loss(
+        self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: list[torch.Tensor],
+        regression_targets: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        sampled_pos_inds = torch.where(torch.cat(sampled_pos, dim=0))[0]
+        sampled_neg_inds = torch.where(torch.cat(sampled_neg, dim=0))[0]
+        sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
+
+        labels = torch.cat(labels, dim=0)
+        regression_targets = torch.cat(regression_targets, dim=0)
+        box_loss = F.smooth_l1_loss(
+            pred_bbox_deltas[sampled_pos_inds], regression_targets[sampled_pos_inds], beta=1 / 9, reduction="sum"
+        ) / max(sampled_inds.numel(), 1)
+        loss = objectness_loss(
+            objectness.flatten()[sampled_inds], labels[sampled_inds], self.loss_kind, self.focal_gamma, self.focal_alpha
+        )
+        return loss, box_loss

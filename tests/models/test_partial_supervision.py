@@ -1,0 +1,47 @@
+import copy
+
+import torch
+
+from .conftest import tiny_batch, tiny_model
+
+
+def mask_loss(model, targets, seed=7):
+    images, _ = tiny_batch()
+    torch.manual_seed(seed)  # the proposal sampler draws random indices
+    return model(images, targets)["loss_mask"]
+
+
+def test_instances_without_masks_do_not_change_the_mask_loss():
+    model = tiny_model("transfer+mlp").train()
+    _, targets = tiny_batch()
+    reference = mask_loss(model, targets)
+    garbage = copy.deepcopy(targets)
+    garbage[0]["masks"][1] = torch.randint(0, 2, garbage[0]["masks"][1].shape, dtype=torch.uint8)
+    assert torch.equal(mask_loss(model, garbage), reference)
+    # ...whereas the mask of the instance that has one does change it.
+    changed = copy.deepcopy(targets)
+    changed[0]["masks"][0] = 1 - changed[0]["masks"][0]
+    assert not torch.equal(mask_loss(model, changed), reference)
+
+
+def test_set_b_class_masks_are_ignored_even_when_present():
+    model = tiny_model("transfer").train()
+    _, targets = tiny_batch()
+    reference = mask_loss(model, targets)
+    # Claim the set-B instance (label 4) has a garbage mask: mask_classes keeps it out.
+    claimed = copy.deepcopy(targets)
+    claimed[0]["has_mask"] = torch.tensor([True, True])
+    claimed[0]["masks"][1] = 1
+    assert torch.equal(mask_loss(model, claimed), reference)
+
+
+def test_mask_loss_is_exactly_zero_without_masks_and_still_backprops():
+    model = tiny_model("transfer+mlp").train()
+    _, targets = tiny_batch()
+    for t in targets:
+        t.pop("masks", None)
+        t.pop("has_mask", None)
+    losses = model(tiny_batch()[0], targets)
+    assert losses["loss_mask"].item() == 0.0 and not torch.isnan(losses["loss_mask"])
+    sum(losses.values()).backward()  # the graph is intact
+    assert all(torch.isfinite(v) for v in losses.values())
