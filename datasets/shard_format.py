@@ -1,0 +1,103 @@
+"""The maskx shard format, version 1: the public contract documented in docs/shard-format.md.
+
+A shard is a tar of samples `<key>.jpg` (the source JPEG's bytes) + `<key>.json` (the sample
+record below); `manifest.json` beside the shards lists them with counts and checksums.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from . import storage
+from .vocab import Vocabulary
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ImageRecord:
+    """One image to convert: where its JPEG is, and its annotations in shard form."""
+
+    key: str
+    source: str  # "coco" | "vg"
+    image_id: int
+    width: int
+    height: int
+    image_path: str
+    annotations: list[dict]
+
+    def sample_json(self) -> dict:
+        return {
+            "format": FORMAT_VERSION,
+            "source": self.source,
+            "image_id": self.image_id,
+            "width": self.width,
+            "height": self.height,
+            "annotations": self.annotations,
+        }
+
+
+@dataclass
+class Skipped:
+    input: str
+    reason: str
+
+
+@dataclass
+class ShardEntry:
+    url: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    format: int
+    source: str
+    shards: list[ShardEntry]
+    counts: dict
+    vocabulary: dict
+    skipped: list[Skipped] = field(default_factory=list)
+    # Where the manifest was read from; shard urls are relative to its folder.
+    location: Optional[str] = None
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def shard_urls(self) -> list[str]:
+        base = storage.parent(self.location) if self.location else "."
+        return [storage.resolve(base, s.url) for s in self.shards]
+
+    def vocab(self) -> Vocabulary:
+        return Vocabulary.from_json(self.vocabulary)
+
+    def to_json(self) -> dict:
+        obj = asdict(self)
+        obj.pop("location")
+        return obj
+
+
+def manifest_url(url: str) -> str:
+    """Accept the manifest itself or the folder that holds it."""
+    return url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)
+
+
+def load_manifest(url) -> Manifest:
+    url = manifest_url(str(url))
+    try:
+        obj = json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"manifest {url}: not found (run `maskx prepare` first?)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"manifest {url}: not valid JSON ({exc})") from None
+    if obj.get("format") != FORMAT_VERSION:
+        raise ValueError(f"manifest {url}: format {obj.get('format')!r}, this maskx reads format {FORMAT_VERSION}")
+    return Manifest(
+        format=obj["format"], source=obj["source"], shards=[ShardEntry(**s) for s in obj["shards"]],
+        counts=obj["counts"], vocabulary=obj["vocabulary"], skipped=[Skipped(**s) for s in obj["skipped"]],
+        location=url,
+    )

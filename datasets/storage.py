@@ -1,0 +1,215 @@
+"""Reading and writing shards and manifests in a local folder or an S3 bucket.
+
+S3 goes through boto3 with the standard AWS credential chain; `AWS_ENDPOINT_URL` points it at
+any S3-compatible endpoint. Requests retry in botocore's adaptive mode; a read that breaks in
+the middle of an object resumes at the byte where it stopped.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import shutil
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+# Errors worth retrying: throttling and 5xx are retried by botocore itself; these reach us from
+# the middle of a streaming body, where botocore cannot help.
+_PERMANENT_CODES = {"403", "404", "AccessDenied", "NoSuchKey", "NoSuchBucket", "InvalidAccessKeyId",
+                    "SignatureDoesNotMatch", "AllAccessDisabled"}
+
+
+class StorageError(OSError):
+    """A url that cannot be read or written for a reason retrying will not fix."""
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def join(base: str, name: str) -> str:
+    if is_s3(base):
+        return base.rstrip("/") + "/" + name
+    return os.path.join(base, name)
+
+
+def resolve(base_dir: str, url: str) -> str:
+    """A shard url of a manifest, relative to the manifest's folder unless absolute."""
+    if is_s3(url) or os.path.isabs(url):
+        return url
+    return join(base_dir, url)
+
+
+def parent(url: str) -> str:
+    if is_s3(url):
+        return url.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(url))
+
+
+@functools.lru_cache(maxsize=None)
+def s3_client():
+    import boto3
+    from botocore.config import Config
+
+    # boto3 reads AWS_ENDPOINT_URL and the credential chain from the environment itself.
+    return boto3.client(
+        "s3",
+        config=Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60),
+    )
+
+
+def _s3_error(url: str, exc: Exception) -> Exception:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{url}: no AWS credentials found (environment, config file or instance role)")
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _PERMANENT_CODES or status in {"403", "404"}:
+            kind = FileNotFoundError if status == "404" or code.startswith("NoSuch") else PermissionError
+            return kind(f"{url}: {code or status} (not retried)")
+    return exc
+
+
+def read_bytes(url: str) -> bytes:
+    if not is_s3(url):
+        with open(url, "rb") as f:
+            return f.read()
+    bucket, key = split_s3(url)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        raise _s3_error(url, exc) from None
+
+
+def write_bytes(url: str, payload: bytes) -> None:
+    if not is_s3(url):
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        tmp = url + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, url)
+        return
+    bucket, key = split_s3(url)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=payload)
+    except Exception as exc:
+        raise _s3_error(url, exc) from None
+
+
+def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = None) -> None:
+    """Move a finished local file to url: a rename locally, a multipart upload to S3."""
+    if not is_s3(url):
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        shutil.move(local_path, url)
+        return
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(url)
+    try:
+        s3_client().upload_file(
+            local_path, bucket, key, ExtraArgs={"Metadata": metadata or {}},
+            Config=TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20),
+        )
+    except Exception as exc:
+        raise _s3_error(url, exc) from None
+    os.remove(local_path)
+
+
+def stat(url: str) -> Optional[tuple[int, dict[str, str]]]:
+    """(bytes, user metadata) of the object at url, or None where nothing is there.
+    Local files carry no metadata."""
+    if not is_s3(url):
+        return (os.path.getsize(url), {}) if os.path.isfile(url) else None
+    bucket, key = split_s3(url)
+    try:
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        err = _s3_error(url, exc)
+        if isinstance(err, FileNotFoundError):
+            return None
+        raise err from None
+    return int(head["ContentLength"]), dict(head.get("Metadata", {}))
+
+
+class S3RangeReader(io.RawIOBase):
+    """A readable S3 object that reopens at its current byte when the stream breaks.
+
+    botocore retries failed requests (5xx, throttling, resets before the body); a connection that
+    drops while the body is being read surfaces here, so we ask again from `position` with a Range
+    request, a bounded number of times.
+    """
+
+    def __init__(self, url: str, max_resumes: int = 8):
+        super().__init__()
+        self.url = url
+        self.bucket, self.key = split_s3(url)
+        self.position = 0
+        self.max_resumes = max_resumes
+        self.resumes = 0
+        self.body = None
+        self.size: Optional[int] = None
+        self._open()
+
+    def _open(self) -> None:
+        kwargs = {"Range": f"bytes={self.position}-"} if self.position else {}
+        try:
+            response = s3_client().get_object(Bucket=self.bucket, Key=self.key, **kwargs)
+        except Exception as exc:
+            raise _s3_error(self.url, exc) from None
+        self.body = response["Body"]
+        if self.size is None:
+            self.size = int(response["ContentLength"])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError
+
+        if self.size is not None and self.position >= self.size:
+            return 0
+        while True:
+            try:
+                chunk = self.body.read(len(buffer))
+                if not chunk and self.position < self.size:
+                    raise ConnectionError(f"stream ended at byte {self.position} of {self.size}")
+                break
+            except (BotoCoreError, HTTPError, ConnectionError, OSError) as exc:
+                if self.resumes >= self.max_resumes:
+                    raise StorageError(f"{self.url}: read failed at byte {self.position} after {self.resumes} resumes: {exc}") from None
+                self.resumes += 1
+                log.warning("%s: read broke at byte %d (%s); resuming", self.url, self.position, type(exc).__name__)
+                self._open()
+        buffer[: len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
+        super().close()
+
+
+def open_read(url: str, bufsize: int = 1 << 20):
+    if is_s3(url):
+        return io.BufferedReader(S3RangeReader(url), buffer_size=bufsize)
+    return open(url, "rb", buffering=bufsize)
+
+
+def register_webdataset_s3() -> None:
+    """Let webdataset open s3:// urls with boto3 (its default is a pipe to the aws CLI)."""
+    import importlib
+
+    # `webdataset.gopen` the attribute is the function; the module holds the scheme table.
+    gopen_module = importlib.import_module("webdataset.gopen")
+    gopen_module.gopen_schemes["s3"] = lambda url, mode="rb", bufsize=8192, **kw: open_read(url)

@@ -1,0 +1,103 @@
+"""Sample decoding and detection transforms: shard sample -> (image, target)."""
+from __future__ import annotations
+
+import json
+import random
+from typing import Optional
+
+import torch
+from pycocotools import mask as mask_utils
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+
+from .shard_format import FORMAT_VERSION
+from .vocab import Vocabulary
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; the stream skips and counts it."""
+
+
+def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int]], train: bool) -> tuple[torch.Tensor, dict]:
+    """A shard sample -> image (3, H, W) uint8 and a target dict.
+
+    target: boxes (N, 4) xyxy float32, labels (N,) int64, has_mask (N,) bool, and masks (N, H, W)
+    uint8 only when some instance has one: RLE is decoded for set-A instances alone. Training drops
+    crowd regions (as detectron2); evaluation keeps them with iscrowd and the source RLEs.
+    """
+    key = sample.get("__key__", "?")
+    if "json" not in sample or "jpg" not in sample:
+        raise BadSample(f"sample {key}: needs .jpg and .json, has {sorted(k for k in sample if not k.startswith('__'))}")
+    try:
+        record = json.loads(sample["json"])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadSample(f"sample {key}: broken JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT_VERSION:
+        raise BadSample(f"sample {key}: shard format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT_VERSION}")
+    try:
+        image = decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise BadSample(f"sample {key}: corrupt JPEG ({str(exc).splitlines()[0]})") from None
+    height, width = image.shape[-2:]
+    if (width, height) != (record.get("width"), record.get("height")):
+        raise BadSample(f"sample {key}: image is {width}x{height}, record says {record.get('width')}x{record.get('height')}")
+
+    boxes, labels, rles, iscrowd = [], [], [], []
+    try:
+        for ann in record["annotations"]:
+            label = vocab.label(ann["category"])
+            if label is None or (train and ann.get("iscrowd", 0)):
+                continue
+            x, y, w, h = ann["bbox"]
+            boxes.append([x, y, x + w, y + h])
+            labels.append(label)
+            rles.append(ann.get("segmentation"))
+            iscrowd.append(int(ann.get("iscrowd", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadSample(f"sample {key}: bad annotation ({type(exc).__name__}: {exc})") from None
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    has_mask = torch.tensor([r is not None and (mask_labels is None or l in mask_labels) for r, l in zip(rles, labels)], dtype=torch.bool)
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": labels_t,
+        "has_mask": has_mask,
+    }
+    if train and has_mask.any():
+        masks = torch.zeros((len(labels), height, width), dtype=torch.uint8)
+        index = torch.where(has_mask)[0]
+        try:
+            decoded = mask_utils.decode([{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")} for i in index.tolist()])
+        except Exception as exc:
+            raise BadSample(f"sample {key}: bad RLE ({exc})") from None
+        masks[index] = torch.from_numpy(decoded).permute(2, 0, 1)
+        target["masks"] = masks
+    if not train:
+        target.update(image_id=int(record["image_id"]), source=record["source"], iscrowd=torch.tensor(iscrowd, dtype=torch.int64),
+                      segmentations=rles, key=key)
+    return image, target
+
+
+def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: int, flip: bool) -> tuple[torch.Tensor, dict]:
+    """Shorter side to min_size with the longer side at most max_size, then an optional
+    horizontal flip; boxes and masks follow. Boxes left under a pixel are dropped."""
+    canvas = tuple(image.shape[-2:])
+    boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=canvas)
+    image = F.resize(image, [min_size], max_size=max_size, antialias=True)
+    size = list(image.shape[-2:])
+    boxes = F.resize(boxes, size)
+    masks = F.resize(tv_tensors.Mask(target["masks"]), size) if "masks" in target else None
+    if flip:
+        image, boxes = F.horizontal_flip(image), F.horizontal_flip(boxes)
+        masks = F.horizontal_flip(masks) if masks is not None else None
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    out = {"boxes": boxes.as_subclass(torch.Tensor)[keep], "labels": target["labels"][keep], "has_mask": target["has_mask"][keep]}
+    if masks is not None:
+        out["masks"] = masks.as_subclass(torch.Tensor)[keep]
+        if not out["has_mask"].any():
+            del out["masks"]
+    return image, out
+
+
+def train_transform(image, target, rng: random.Random, min_sizes: list[int], max_size: int, flip_prob: float):
+    return resize_and_flip(image, target, rng.choice(min_sizes), max_size, rng.random() < flip_prob)

@@ -1,0 +1,170 @@
+"""Image records -> WebDataset tar shards + manifest.json, in a folder or an S3 prefix.
+
+Deterministic: records are sorted by key and cut into shards of `shard_size`; tar members carry
+a fixed mtime and owner. Re-running skips every shard whose file is there with the checksum and
+the input digest recorded when it was written.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from multiprocessing import get_context
+from typing import Callable, Iterable, Iterator, Optional
+
+from PIL import Image
+from tqdm import tqdm
+from webdataset import TarWriter
+
+from . import storage
+from .shard_format import FORMAT_VERSION, MANIFEST_NAME, ImageRecord, Manifest, ShardEntry, Skipped
+from .vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+RECORDS_DIR = "_records"
+FIXED_MTIME = 0.0
+
+
+def check_jpeg(payload: bytes, width: int, height: int) -> Optional[str]:
+    """Why these bytes are not a usable JPEG of the annotated size, or None."""
+    if payload[:2] != b"\xff\xd8":
+        return "not a JPEG"
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            image.load()  # full decode: a truncated file fails here
+            size = image.size
+    except Exception as exc:
+        return f"corrupt JPEG ({exc})"
+    if size != (width, height):
+        return f"image is {size[0]}x{size[1]}, annotations say {width}x{height}"
+    return None
+
+
+def plan_digest(records: list[ImageRecord]) -> str:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps([r.key, r.image_path, r.sample_json()], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def write_one_shard(out: str, name: str, records: list[ImageRecord]) -> tuple[ShardEntry, list[Skipped]]:
+    """Write one shard and its record; returns its manifest entry and the images it skipped."""
+    skipped: list[Skipped] = []
+    staging = out if not storage.is_s3(out) else tempfile.gettempdir()
+    os.makedirs(staging, exist_ok=True)
+    local = os.path.join(staging, f".{name}.{os.getpid()}.partial")
+    samples = 0
+    with open(local, "wb") as stream:
+        with TarWriter(stream, mtime=FIXED_MTIME, user="maskx", group="maskx") as tar:
+            for record in records:
+                try:
+                    with open(record.image_path, "rb") as f:
+                        payload = f.read()
+                except OSError as exc:
+                    skipped.append(Skipped(record.image_path, f"missing image ({exc.strerror})"))
+                    continue
+                problem = check_jpeg(payload, record.width, record.height)
+                if problem:
+                    skipped.append(Skipped(record.image_path, problem))
+                    continue
+                tar.write({"__key__": record.key, "jpg": payload,
+                           "json": json.dumps(record.sample_json(), sort_keys=True).encode()})
+                samples += 1
+    with open(local, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    entry = ShardEntry(url=name, samples=samples, bytes=os.path.getsize(local), sha256=sha256)
+    storage.put_file(local, storage.join(out, name), metadata={"sha256": sha256})
+    shard_record = {"entry": asdict(entry), "skipped": [asdict(s) for s in skipped], "plan": plan_digest(records)}
+    storage.write_bytes(storage.join(out, f"{RECORDS_DIR}/{name}.json"), json.dumps(shard_record).encode())
+    return entry, skipped
+
+
+def _write_task(args) -> tuple[ShardEntry, list[Skipped]]:
+    return write_one_shard(*args)
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def completed_shard(out: str, name: str, records: list[ImageRecord]) -> Optional[tuple[ShardEntry, list[Skipped]]]:
+    """The record of a shard already written from these same inputs, checksum verified; else None."""
+    try:
+        shard_record = json.loads(storage.read_bytes(storage.join(out, f"{RECORDS_DIR}/{name}.json")))
+    except (FileNotFoundError, ValueError):
+        return None
+    entry = ShardEntry(**shard_record["entry"])
+    if shard_record.get("plan") != plan_digest(records):
+        return None
+    url = storage.join(out, name)
+    found = storage.stat(url)
+    if found is None or found[0] != entry.bytes:
+        return None
+    sha256 = found[1].get("sha256") if storage.is_s3(url) else _file_sha256(url)
+    if sha256 != entry.sha256:
+        return None
+    return entry, [Skipped(**s) for s in shard_record["skipped"]]
+
+
+def pool_map(workers: Optional[int]) -> Callable[[Callable, list], Iterator]:
+    def run(fn, tasks):
+        if workers == 1 or len(tasks) <= 1:
+            yield from map(fn, tasks)
+            return
+        with get_context("spawn").Pool(workers or os.cpu_count()) as pool:
+            yield from pool.imap(fn, tasks)
+    return run
+
+
+def write_shards(
+    records: list[ImageRecord],
+    reader_skipped: Iterable[Skipped],
+    out: str,
+    source: str,
+    vocab: Vocabulary,
+    shard_size: int = 1000,
+    workers: Optional[int] = None,
+    map_tasks: Optional[Callable[[Callable, list], Iterator]] = None,
+    progress: bool = True,
+) -> Manifest:
+    """Write `records` as shards under `out` and the manifest beside them.
+
+    map_tasks(fn, tasks) runs fn over tasks and yields results in order; the default is a
+    process pool over `workers` cores (the orchestrator passes Ray tasks for cluster scale).
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size: must be >= 1, got {shard_size}")
+    records = sorted(records, key=lambda r: r.key)
+    plan = [(f"{source}-{i // shard_size:06d}.tar", records[i:i + shard_size]) for i in range(0, len(records), shard_size)]
+    results: dict[str, tuple[ShardEntry, list[Skipped]]] = {}
+    todo = []
+    for name, shard_records in plan:
+        done = completed_shard(out, name, shard_records)
+        if done is not None:
+            results[name] = done
+        else:
+            todo.append((out, name, shard_records))
+    if results:
+        log.info("%s: %d of %d shards already complete (checksum verified); writing %d", out, len(results), len(plan), len(todo))
+    run = map_tasks or pool_map(workers)
+    for (_, name, _), result in zip(todo, tqdm(run(_write_task, todo), total=len(todo), desc=f"shards {source}",
+                                                 unit="shard", disable=not progress)):
+        results[name] = result
+    entries = [results[name][0] for name, _ in plan]
+    skipped = list(reader_skipped) + [s for name, _ in plan for s in results[name][1]]
+    skipped_images = {s.input for s in skipped}
+    manifest = Manifest(
+        format=FORMAT_VERSION, source=source, shards=entries,
+        counts={source: {"images": sum(e.samples for e in entries),
+                         "instances": sum(len(r.annotations) for r in records if r.image_path not in skipped_images),
+                         "skipped": len(skipped)}},
+        vocabulary=vocab.to_json(), skipped=skipped,
+        location=storage.join(out, MANIFEST_NAME),
+    )
+    storage.write_bytes(manifest.location, json.dumps(manifest.to_json(), indent=1).encode())
+    return manifest
