@@ -80,21 +80,27 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
 
 def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: int, flip: bool) -> tuple[torch.Tensor, dict]:
     """Shorter side to min_size with the longer side at most max_size, then an optional
-    horizontal flip; boxes and masks follow. Boxes left under a pixel are dropped."""
+    horizontal flip; boxes follow. Boxes left under a pixel are dropped.
+
+    Masks keep the source resolution and are only flipped: the model maps proposals onto the
+    mask grid, so resizing (N, H, W) masks here would be work thrown away by RoIAlign.
+    """
     canvas = tuple(image.shape[-2:])
     boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=canvas)
     image = F.resize(image, [min_size], max_size=max_size, antialias=True)
-    size = list(image.shape[-2:])
-    boxes = F.resize(boxes, size)
-    masks = F.resize(tv_tensors.Mask(target["masks"]), size) if "masks" in target else None
+    boxes = F.resize(boxes, list(image.shape[-2:]))
+    masks = target.get("masks")
     if flip:
         image, boxes = F.horizontal_flip(image), F.horizontal_flip(boxes)
-        masks = F.horizontal_flip(masks) if masks is not None else None
+        masks = masks.flip(-1) if masks is not None else None
+    boxes = boxes.as_subclass(torch.Tensor)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
-    out = {"boxes": boxes.as_subclass(torch.Tensor)[keep], "labels": target["labels"][keep], "has_mask": target["has_mask"][keep]}
+    out = {"boxes": boxes, "labels": target["labels"], "has_mask": target["has_mask"]}
     if masks is not None:
-        out["masks"] = masks.as_subclass(torch.Tensor)[keep]
-        if not out["has_mask"].any():
+        out["masks"] = masks
+    if not keep.all():  # rare: indexing copies every (H, W) mask
+        out = {k: v[keep] for k, v in out.items()}
+        if "masks" in out and not out["has_mask"].any():
             del out["masks"]
     return image, out
 

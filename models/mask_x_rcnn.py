@@ -26,7 +26,8 @@ class MaskXRCNN(GeneralizedRCNN):
     """GeneralizedRCNN(backbone, rpn, roi_heads, transform), as torchvision's Mask R-CNN.
 
     Training targets per image: boxes (N, 4) xyxy float, labels (N,) int64, and optionally
-    masks (N, H, W) uint8 with has_mask (N,) bool; images with boxes only omit masks.
+    masks (N, h, w) uint8 with has_mask (N,) bool; images with boxes only omit masks. Masks cover
+    the whole image at any resolution (the source's, typically), not necessarily the input's.
     Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W).
     """
 

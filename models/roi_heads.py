@@ -94,9 +94,13 @@ class MaskXRoIHeads(RoIHeads):
             weights, _ = self.mask_predictor.class_weights(self.box_predictor)
             return (zero + weights.sum()) * 0.0
         logits = self.mask_logits(features, mask_proposals, image_shapes, torch.cat(mask_labels))
-        for target, img_proposals, img_matched in zip(targets, mask_proposals, mask_matched_idxs):
+        for target, img_proposals, img_matched, (height, width) in zip(targets, mask_proposals, mask_matched_idxs, image_shapes):
             if img_proposals.shape[0]:
-                mask_targets.append(project_masks_on_boxes(target["masks"], img_proposals, img_matched, logits.shape[-1]))
+                # GT masks may be at any resolution covering the image (the loader keeps the source's,
+                # so it never resizes full-image masks): map the proposals onto the mask grid.
+                masks = target["masks"]
+                scale = img_proposals.new_tensor([masks.shape[-1] / width, masks.shape[-2] / height] * 2)
+                mask_targets.append(project_masks_on_boxes(masks, img_proposals * scale, img_matched, logits.shape[-1]))
         return F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype))
 
     def forward(

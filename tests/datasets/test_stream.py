@@ -41,7 +41,9 @@ def test_train_epoch_gives_every_rank_the_same_batch_count(synth_shards):
             for image, target in zip(batch.images, batch.targets):
                 assert min(image.shape[-2:]) in (96, 128) and max(image.shape[-2:]) <= 192
                 if "masks" in target:
-                    assert target["masks"].shape[1:] == image.shape[-2:]
+                    # masks stay at the source resolution, with the image's aspect
+                    mask_h, mask_w = target["masks"].shape[1:]
+                    assert abs(mask_w / mask_h - image.shape[-1] / image.shape[-2]) < 0.02
                     # set A (VOC) instances carry masks; others are all-zero placeholders
                     assert target["masks"][~target["has_mask"]].sum() == 0
     assert counts == [7, 7]

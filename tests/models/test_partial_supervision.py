@@ -45,3 +45,12 @@ def test_mask_loss_is_exactly_zero_without_masks_and_still_backprops():
     assert losses["loss_mask"].item() == 0.0 and not torch.isnan(losses["loss_mask"])
     sum(losses.values()).backward()  # the graph is intact
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_masks_at_source_resolution_give_the_same_loss_as_at_input_resolution():
+    model = tiny_model("class_specific").train()
+    _, targets = tiny_batch()
+    at_input = mask_loss(model, targets)
+    double = copy.deepcopy(targets)
+    double[0]["masks"] = double[0]["masks"].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    torch.testing.assert_close(mask_loss(model, double), at_input, rtol=0.02, atol=1e-3)

@@ -1,0 +1,89 @@
+"""Samples/s of maskx's full training stream vs a JPEG-decode-only loop over the same shards, per core.
+
+The full stream reads tar samples, shuffles, decodes JPEG + JSON + set-A RLE masks, resizes the
+shorter side to 800 (max 1333) with masks and boxes, flips, and batches. The reference loop
+reads the same tar samples and decodes the JPEGs only. Goal: ratio >= 0.85.
+
+    python bench/data_stream.py                        # real COCO sample from ../shared/data if present
+    python bench/data_stream.py --manifest s3://b/coco/train
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
+
+from datasets.prepare import prepare_coco  # noqa: E402
+from datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples  # noqa: E402
+from datasets.synth import write_synthetic  # noqa: E402
+
+COCO_TINY = ROOT.parent / "shared" / "data" / "coco-tiny"
+
+
+def default_manifest(workdir: str) -> str:
+    out = os.path.join(workdir, "shards")
+    if COCO_TINY.exists():
+        prepare_coco(str(COCO_TINY / "annotations/instances_train2017.json"), str(COCO_TINY / "train2017"), out,
+                     shard_size=10, workers=1, progress=False)
+    else:
+        paths = write_synthetic(os.path.join(workdir, "raw"), train_images=100, val_images=1, vg_images=1)
+        prepare_coco(paths["coco_train_annotations"], paths["coco_train_images"], out, shard_size=10, workers=1, progress=False)
+    return out
+
+
+def decode_only(urls: list[str], counts: list[int], samples: int) -> float:
+    done, start = 0, time.perf_counter()
+    while done < samples:
+        for url, count in zip(urls, counts):
+            for sample in shard_samples(url, count, SkipCounter()):
+                decode_jpeg(torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                done += 1
+                if done == samples:
+                    break
+            if done == samples:
+                break
+    return samples / (time.perf_counter() - start)
+
+
+def full_stream(manifest: str, samples: int, batch_size: int, min_size: int, max_size: int) -> float:
+    sources, vocab = load_sources([(manifest, 1.0)])
+    stream = TrainStream(sources, vocab, vocab.class_set("voc"), batch_size=batch_size,
+                         batches_per_epoch=samples // batch_size, min_sizes=(min_size,), max_size=max_size, shuffle_buffer=64)
+    start = time.perf_counter()
+    seen = sum(len(batch.images) for batch in stream)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", help="shards to read (default: prepared from ../shared/data/coco-tiny)")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--min-size", type=int, default=800)
+    parser.add_argument("--max-size", type=int, default=1333)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # per core
+    with tempfile.TemporaryDirectory() as workdir:
+        manifest = args.manifest or default_manifest(workdir)
+        sources, _ = load_sources([(manifest, 1.0)])
+        decode_rate = decode_only(sources[0].shard_urls, sources[0].shard_samples, args.samples)
+        stream_rate = full_stream(manifest, args.samples, args.batch_size, args.min_size, args.max_size)
+    print(f"manifest={args.manifest or 'coco-tiny train2017 (real)' if COCO_TINY.exists() else 'synthetic'} "
+          f"samples={args.samples} resize={args.min_size}/{args.max_size} threads=1 torch={torch.__version__}")
+    print(f"decode-only loop: {decode_rate:7.1f} samples/s per core")
+    print(f"full stream:      {stream_rate:7.1f} samples/s per core")
+    print(f"ratio stream/decode: {stream_rate / decode_rate:.2f} (goal >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
