@@ -21,8 +21,14 @@ def _check_choice(where: str, value: object, choices: tuple) -> None:
         raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+# Unknown keys are errors when a loader validates these with pydantic (the orchestrator does);
+# a plain dict keeps models/ free of that dependency.
+_STRICT = {"extra": "forbid"}
+
+
 @dataclass
 class BackboneConfig:
+    __pydantic_config__ = _STRICT
     name: str = "resnet50"
     fpn_channels: int = 256
     # Frozen BN as in detectron2 when starting from weights; "gn" or "bn" train from scratch.
@@ -42,6 +48,7 @@ class BackboneConfig:
 
 @dataclass
 class ClassifierLossConfig:
+    __pydantic_config__ = _STRICT
     kind: str = "ce"
     gamma: float = 2.0
     # None: no alpha weighting. With kind=focal, gamma=0 and alpha=None the loss equals CE.
@@ -61,6 +68,7 @@ class ClassifierLossConfig:
 
 @dataclass
 class MaskHeadConfig:
+    __pydantic_config__ = _STRICT
     mode: str = "transfer+mlp"
     conv_channels: int = 256
     num_convs: int = 4
@@ -89,6 +97,7 @@ class MaskHeadConfig:
 
 @dataclass
 class ModelConfig:
+    __pydantic_config__ = _STRICT
     # Classes including background (label 0), as in torchvision.
     num_classes: int = 81
     # Set A: labels whose ground-truth masks train the mask head. None: every class.

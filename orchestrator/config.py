@@ -1,0 +1,160 @@
+"""The training config: typed dataclasses loaded from YAML with dotted command-line overrides.
+
+`load_config("configs/tiny-cpu.yaml", ["solver.lr=0.01"])` reads the file, applies each
+`dotted.key=value` (values parsed as YAML), and validates the whole tree with pydantic: an
+unknown key or a wrong type is an error that names the key. Builders downstream read only this.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import pydantic
+import yaml
+
+from models.config import ModelConfig
+
+_STRICT = {"extra": "forbid"}
+
+
+@dataclass
+class TrainSource:
+    __pydantic_config__ = _STRICT
+    manifest: str
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    __pydantic_config__ = _STRICT
+    train: list[TrainSource] = field(default_factory=list)
+    val: Optional[str] = None
+    # Set A: named class sets (coco, voc, nonvoc, vg, all) whose masks train the mask head.
+    mask_sets: list[str] = field(default_factory=lambda: ["coco"])
+    batch_size: int = 2  # images per worker per step
+    loader_workers: int = 2
+    min_sizes: list[int] = field(default_factory=lambda: [800])
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    shuffle_buffer: int = 256
+    # Default: one pass over the training samples, divided over the ranks.
+    batches_per_epoch: Optional[int] = None
+    # Fail the run when more than this fraction of drawn samples was unusable.
+    max_skipped_fraction: float = 0.01
+
+
+@dataclass
+class SolverConfig:
+    __pydantic_config__ = _STRICT
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    gamma: float = 0.1
+    clip_grad_norm: Optional[float] = None
+    amp: bool = True  # bf16 autocast, on GPU only
+
+
+@dataclass
+class ScalingConfig:
+    __pydantic_config__ = _STRICT
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"
+
+
+@dataclass
+class CheckpointConfig:
+    __pydantic_config__ = _STRICT
+    every: int = 1000
+    num_to_keep: int = 3
+    storage_path: str = "./ray_results"  # local folder or s3://
+    max_failures: int = 3
+
+
+@dataclass
+class MlflowConfig:
+    __pydantic_config__ = _STRICT
+    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "maskx"
+    registered_model: Optional[str] = "maskx"
+
+
+@dataclass
+class TrainConfig:
+    __pydantic_config__ = _STRICT
+    name: str = "maskx"
+    seed: int = 0
+    log_every: int = 20
+    eval_every: Optional[int] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """`a.b.c=value` into a nested dict; the value is parsed as YAML (numbers, lists, null...)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parents[:i + 1])} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw)
+
+
+def validate(tree: dict) -> TrainConfig:
+    try:
+        cfg = pydantic.TypeAdapter(TrainConfig).validate_python(tree)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            what = "unknown key" if error["type"] == "unexpected_keyword_argument" else error["msg"]
+            problems.append(f"{where}: {what} (got {error.get('input')!r})" if error["type"] != "unexpected_keyword_argument" else f"{where}: {what}")
+        raise ConfigError("config: " + "; ".join(problems)) from None
+    try:
+        cfg.model.validate()
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    return cfg
+
+
+def load_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                tree = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config {path}: no such file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config {path}: the top level must be a mapping")
+    for override in overrides:
+        apply_override(tree, override)
+    return validate(tree)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

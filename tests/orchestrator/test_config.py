@@ -1,0 +1,44 @@
+import pytest
+
+from orchestrator.config import ConfigError, dump_config, load_config
+
+TINY = "configs/tiny-cpu.yaml"
+
+
+def test_tiny_config_loads_with_dotted_overrides():
+    cfg = load_config(TINY, ["solver.lr=0.05", "model.mask_head.mode=transfer", "data.min_sizes=[96, 128]",
+                             "mlflow.registered_model=null"])
+    assert cfg.solver.lr == 0.05
+    assert cfg.model.mask_head.mode == "transfer"
+    assert cfg.data.min_sizes == [96, 128]
+    assert cfg.mlflow.registered_model is None
+    assert cfg.data.train[1].weight == 0.5
+    assert load_config(None, []).model.backbone.name == "resnet50"  # dataclass defaults
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"solver\.learning_rate: unknown key"):
+        load_config(TINY, ["solver.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"model\.mask_head\.tranfer_input: unknown key"):
+        load_config(TINY, ["model.mask_head.tranfer_input=cls"])
+
+
+def test_wrong_type_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"solver\.max_iter: .*integer"):
+        load_config(TINY, ["solver.max_iter=many"])
+    with pytest.raises(ConfigError, match=r"model\.mask_head\.mode: 'transfer\+rnn' is not one of"):
+        load_config(TINY, ["model.mask_head.mode=transfer+rnn"])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(TINY, ["seed=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(str(path)) == cfg
+
+
+def test_shipped_configs_all_load():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").glob("*.yaml")):
+        load_config(str(path))
