@@ -1,0 +1,110 @@
+"""COCO evaluation of detections with pycocotools' COCOeval: bbox and segm AP overall, on set A
+and on set B (the paper's metric is set-B mask AP), and per-class AP tables.
+
+Plain functions over plain data: the training loop gathers ground truth and detections from the
+eval stream on every rank, and rank 0 calls `evaluate`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Optional
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dict, list[dict]]:
+    """A COCO image entry and annotation entries (category id = maskx label) from an eval target."""
+    height, width = image_size
+    image = {"id": target["image_id"], "width": width, "height": height}
+    annotations = []
+    for box, label, crowd, rle in zip(target["boxes"].tolist(), target["labels"].tolist(), target["iscrowd"].tolist(),
+                                      target["segmentations"]):
+        x0, y0, x1, y1 = box
+        entry = {"image_id": target["image_id"], "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                 "iscrowd": int(crowd), "area": (x1 - x0) * (y1 - y0)}
+        if rle is not None:
+            entry["segmentation"] = rle
+            entry["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+        annotations.append(entry)
+    return image, annotations
+
+
+def detection_records(image_id: int, detection: dict, mask_threshold: float = 0.5) -> list[dict]:
+    """COCO result entries from one image's model output (boxes xyxy, labels, scores, masks (N, 1, H, W))."""
+    records = []
+    masks = detection.get("masks")
+    binary = (masks[:, 0] > mask_threshold).to(torch.uint8).numpy() if masks is not None and len(masks) else None
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if binary is not None else None
+    for i, (box, label, score) in enumerate(zip(detection["boxes"].tolist(), detection["labels"].tolist(), detection["scores"].tolist())):
+        x0, y0, x1, y1 = box
+        entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+        if rles is not None:
+            rle = rles[i]
+            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        records.append(entry)
+    return records
+
+
+def _coco(images: list[dict], annotations: list[dict], labels: list[int]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": [dict(a, id=i + 1) for i, a in enumerate(annotations)],
+                    "categories": [{"id": label} for label in labels]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int]) -> Optional[COCOeval]:
+    if not detections:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(detections)
+        evaluator = COCOeval(gt, dt, iou_type)
+        evaluator.params.catIds = cat_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, float]:
+    """AP at IoU .50:.95, all areas, 100 detections, per category (-1 where the class has no GT)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    result = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        values = values[values > -1]
+        result[cat_id] = float(values.mean()) if values.size else -1.0
+    return result
+
+
+def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
+             set_a: list[int]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """Metrics named like `segm/setB/AP` and per-class AP tables keyed by iou type.
+
+    Mask AP is computed over the classes and instances that have ground-truth masks."""
+    labels = list(range(1, num_classes))
+    set_b = [label for label in labels if label not in set(set_a)]
+    metrics: dict[str, float] = {}
+    tables: dict[str, dict[int, float]] = {}
+    for iou_type in ("bbox", "segm"):
+        annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
+        dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
+        gt = _coco(images, annotations, labels)
+        present = sorted({a["category_id"] for a in annotations})
+        for subset, cat_ids in (("all", present), ("setA", [c for c in present if c in set(set_a)]),
+                                ("setB", [c for c in present if c in set(set_b)])):
+            evaluator = _run(gt, dets, iou_type, cat_ids) if cat_ids else None
+            stats = evaluator.stats[:6] if evaluator is not None else [0.0] * 6
+            for name, value in zip(STAT_NAMES, stats):
+                metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)
+            if subset == "all" and evaluator is not None:
+                tables[iou_type] = per_class_ap(evaluator)
+    return metrics, tables
