@@ -129,8 +129,10 @@ def validate(tree: dict) -> TrainConfig:
         problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            what = "unknown key" if error["type"] == "unexpected_keyword_argument" else error["msg"]
-            problems.append(f"{where}: {what} (got {error.get('input')!r})" if error["type"] != "unexpected_keyword_argument" else f"{where}: {what}")
+            if error["type"] == "unexpected_keyword_argument":
+                problems.append(f"{where}: unknown key")
+            else:
+                problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
         raise ConfigError("config: " + "; ".join(problems)) from None
     try:
         cfg.model.validate()
