@@ -98,8 +98,9 @@ class MaskHeadConfig:
 @dataclass
 class ModelConfig:
     __pydantic_config__ = _STRICT
-    # Classes including background (label 0), as in torchvision.
-    num_classes: int = 81
+    # Classes including background (label 0), as in torchvision. None: whoever builds the model
+    # fills it in (the orchestrator takes it from the shards' vocabulary).
+    num_classes: Optional[int] = 81
     # Set A: labels whose ground-truth masks train the mask head. None: every class.
     mask_classes: Optional[list[int]] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -121,10 +122,13 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
 
-    def validate(self, where: str = "model") -> None:
-        if self.num_classes < 2:
+    def validate(self, where: str = "model", require_num_classes: bool = True) -> None:
+        if self.num_classes is None:
+            if require_num_classes:
+                raise ValueError(f"{where}.num_classes: not set")
+        elif self.num_classes < 2:
             raise ValueError(f"{where}.num_classes: needs background plus at least one class, got {self.num_classes}")
-        if self.mask_classes is not None:
+        if self.mask_classes is not None and self.num_classes is not None:
             bad = [c for c in self.mask_classes if not 0 < c < self.num_classes]
             if bad:
                 raise ValueError(f"{where}.mask_classes: labels {bad[:5]} are outside 1..{self.num_classes - 1}")

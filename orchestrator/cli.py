@@ -43,7 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     vg.add_argument("--vg-classes", type=int, default=3000)
     _add_prepare_common(vg)
 
-    sub.add_parser("demo", help="the embedded end-to-end demo (not yet: see the orchestrator issue)")
+    train = sub.add_parser("train", help="train on the connected Ray cluster (or a local one), tracked in MLflow")
+    train.add_argument("--config", required=True, help="YAML config, e.g. configs/tiny-cpu.yaml")
+    train.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. solver.lr=0.01")
+    train.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+
+    evaluate = sub.add_parser("eval", help="COCO box and mask AP (overall, set A, set B) of a model on data.val")
+    evaluate.add_argument("--config", required=True, help="config whose data.val and data.mask_sets to use")
+    evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    evaluate.add_argument("--model", required=True, help="checkpoint folder, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
+    evaluate.add_argument("--json", help="also write the metrics and per-class AP here")
+
+    predict = sub.add_parser("predict", help="draw a model's masks, boxes and class names over one image")
+    predict.add_argument("--model", required=True, help="checkpoint folder or MLflow model URI")
+    predict.add_argument("--image", required=True)
+    predict.add_argument("--out", required=True, help="PNG to write")
+    predict.add_argument("--score-threshold", type=float, default=0.5)
+
+    demo = sub.add_parser("demo", help="the embedded end-to-end demo: synthetic data, local Ray, local MLflow")
+    demo.add_argument("--out", default="demo-out", help="folder for data, shards and checkpoints (default demo-out)")
+    demo.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="overrides of configs/tiny-cpu.yaml")
     return parser
 
 
@@ -80,6 +99,48 @@ def run_prepare(args) -> int:
     return 0
 
 
+def run_train(args) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.trainer import train
+
+    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(f"run {result.run_name}: checkpoint {result.checkpoint}")
+    _print_metrics(result.metrics)
+    if result.model_version:
+        print(f"registered models:/{load_config(args.config, args.overrides).mlflow.registered_model}/{result.model_version}")
+    return 0
+
+
+def run_eval(args) -> int:
+    import json
+
+    from orchestrator.config import load_config
+    from orchestrator.inference import evaluate_model
+
+    metrics, per_class = evaluate_model(load_config(args.config, args.overrides), args.model)
+    _print_metrics(metrics)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"metrics": metrics, "per_class_ap": per_class}, f, indent=1)
+    return 0
+
+
+def run_predict(args) -> int:
+    from orchestrator.inference import load_model, write_overlay
+
+    drawn = write_overlay(load_model(args.model), args.image, args.out, args.score_threshold)
+    print(f"{args.out}: {drawn} detections with score >= {args.score_threshold}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for iou_type, title in (("bbox", "box "), ("segm", "mask")):
+        if f"{iou_type}/all/AP" in metrics:
+            row = "  ".join(f"{subset} AP {metrics[f'{iou_type}/{subset}/AP']:.3f} AP50 {metrics[f'{iou_type}/{subset}/AP50']:.3f}"
+                            for subset in ("all", "setA", "setB"))
+            print(f"{title}  {row}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -88,11 +149,17 @@ def main(argv: list[str] | None = None) -> int:
             return run_synth(args)
         if args.command == "prepare":
             return run_prepare(args)
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "eval":
+            return run_eval(args)
+        if args.command == "predict":
+            return run_predict(args)
         if args.command == "demo":
-            print("maskx demo: not yet - `maskx train` lands with the orchestrator issue. "
-                  "Meanwhile: maskx synth --out data && maskx prepare coco ... (see README).")
-            return 0
-    except (FileNotFoundError, PermissionError, ValueError) as exc:
+            from orchestrator.demo import run_demo
+
+            return run_demo(args.out, overrides=args.overrides)
+    except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:
         print(f"maskx {args.command}: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -135,7 +135,7 @@ def validate(tree: dict) -> TrainConfig:
                 problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
         raise ConfigError("config: " + "; ".join(problems)) from None
     try:
-        cfg.model.validate()
+        cfg.model.validate(require_num_classes=False)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
     return cfg

@@ -1,0 +1,192 @@
+"""The training step, the solver, checkpoint contents and evaluation as plain functions.
+
+Nothing here knows Ray or MLflow: `train_loop.py` wires these together on Ray Train workers and
+unit tests call them directly on a CPU.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from datasets.stream import Batch, StreamPosition
+from datasets.vocab import Vocabulary
+from models import MaskXRCNN
+
+from .config import SolverConfig, TrainConfig
+from .evaluation import detection_records, evaluate, ground_truth_records
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def bind_to_vocabulary(cfg: TrainConfig, vocab: Vocabulary) -> TrainConfig:
+    """Fill the model's class count and set A from the shards' vocabulary; refuse a mismatch."""
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = vocab.num_classes
+    if cfg.model.num_classes != vocab.num_classes:
+        raise ValueError(f"model.num_classes: {cfg.model.num_classes}, but the shards' vocabulary has {vocab.num_classes} "
+                         f"(background + {vocab.num_classes - 1} classes); set model.num_classes={vocab.num_classes}")
+    try:
+        cfg.model.mask_classes = sorted(vocab.resolve_sets(cfg.data.mask_sets))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"data.mask_sets: {exc}") from None
+    return cfg
+
+
+def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
+    # detectron2's default: no weight decay on normalization parameters and biases.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": solver.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup then step decay at `solver.steps` (iterations from 0), stepped once per iteration."""
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=solver.warmup_factor, end_factor=1.0,
+                                               total_iters=max(solver.warmup_iters, 1))
+    decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=solver.steps, gamma=solver.gamma)
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, decay], optimizer=optimizer)
+
+
+def to_device(batch: Batch, device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
+    """uint8 images to float [0, 1] on the device (the loader ships uint8 to move 4x fewer bytes)."""
+    images = [image.to(device, non_blocking=True).float().div_(255) for image in batch.images]
+    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
+    return images, targets
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batch: Batch, device: torch.device,
+               amp: bool = False, clip_grad_norm: Optional[float] = None) -> dict[str, float]:
+    """One SGD step on one batch; returns the losses (and `loss`, their sum) as floats."""
+    model.train()
+    images, targets = to_device(batch, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        losses = model(images, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); "
+                                 "lower solver.lr or set solver.clip_grad_norm")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    out = {k: v.item() for k, v in losses.items()}
+    out["loss"] = loss.item()
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights: where training and the data stream stand."""
+    iteration: int = 0
+    position: StreamPosition = field(default_factory=StreamPosition)
+    # Sample keys this rank consumed since the start of the run (only when asked to record them).
+    consumed: list[str] = field(default_factory=list)
+
+
+def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState, positions: list[dict]) -> dict:
+    """Everything needed to continue exactly: weights, solver, iteration, every rank's data position, RNG.
+
+    Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "iteration": state.iteration,
+        "positions": positions,
+        "rng": {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
+    }
+
+
+def save_checkpoint(contents: dict, directory: str) -> str:
+    """Write `state.pt` into `directory` atomically: a crash never leaves a half file under the final name."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    partial = path + ".partial"
+    torch.save(contents, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(directory: str) -> dict:
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {directory}: no {CHECKPOINT_FILE} in it") from None
+    except Exception as exc:  # a truncated or foreign file: say which and why
+        raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
+    unwrap(model).load_state_dict(contents["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(contents["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(contents["scheduler"])
+    torch.set_rng_state(contents["rng"]["torch"])
+    random.setstate(_python_rng_from_lists(contents["rng"]["python"]))
+    positions = contents.get("positions") or []
+    position = StreamPosition.from_json(positions[rank]) if rank < len(positions) else StreamPosition()
+    return TrainState(iteration=contents["iteration"], position=position)
+
+
+def _python_rng_to_lists(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_lists(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+@torch.no_grad()
+def eval_records(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> tuple[list, list, list]:
+    """COCO image entries, ground-truth annotations and detections for every batch (one rank's share)."""
+    model = unwrap(model)
+    model.eval()
+    images, annotations, detections = [], [], []
+    for batch in batches:
+        inputs, _ = to_device(batch, device)
+        outputs = model(inputs)
+        for image, target, output in zip(batch.images, batch.targets, outputs):
+            entry, anns = ground_truth_records(target, tuple(image.shape[-2:]))
+            images.append(entry)
+            annotations += anns
+            detections += detection_records(target["image_id"], {k: v.cpu() for k, v in output.items()})
+    return images, annotations, detections
+
+
+def evaluate_records(records: list[tuple[list, list, list]], vocab: Vocabulary, set_a: list[int]):
+    """Merge every rank's records and run COCOeval; returns (metrics, per-class tables by class name)."""
+    images, annotations, detections = [], [], []
+    for imgs, anns, dets in records:
+        images += imgs
+        annotations += anns
+        detections += dets
+    metrics, tables = evaluate(images, annotations, detections, vocab.num_classes, set_a)
+    named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
+    metrics["eval/images"] = float(len(images))
+    return metrics, named
+
+
+def lr_of(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0]["lr"]
+

@@ -1,0 +1,181 @@
+"""Everything maskx says to MLflow: runs, params, metrics, eval tables, overlays, models, registry.
+
+No other module imports mlflow. The embedded default store is `sqlite:///mlflow.db` in the working
+folder (made absolute, so Ray workers started elsewhere write to the same file); set
+`mlflow.tracking_uri` or `MLFLOW_TRACKING_URI` to use a tracking server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "mlflow.db"
+REDACTED = "***"
+# Keys whose values are secrets (AWS keys, tokens, passwords) never reach params or tags.
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key|private)", re.I)
+# `scheme://user:password@host` in any value.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+
+
+def resolve_tracking_uri(configured: Optional[str] = None) -> str:
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    return uri
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(REDACTED + "@", value)
+    return value
+
+
+def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """`{"solver": {"lr": 0.01}}` -> `{"solver.lr": "0.01"}`, secrets redacted."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, name + "."))
+        elif _SECRET_KEY.search(str(key)):
+            flat[name] = REDACTED
+        else:
+            text = json.dumps(value) if isinstance(value, (list, tuple)) else str(redact(value))
+            flat[name] = text if len(text) <= 6000 else text[:5997] + "..."
+    return flat
+
+
+def _mlflow(tracking_uri: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow
+
+
+def start_run(tracking_uri: str, experiment: str, run_name: str, config_tree: dict, config_yaml: str,
+              tags: Optional[dict] = None) -> str:
+    """Create the run for one training run: resolved config as params and as `config.yaml`; returns its id."""
+    mlflow = _mlflow(tracking_uri)
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: str(redact(v)) for k, v in (tags or {}).items()})
+    params = flatten_params(config_tree)
+    items = [mlflow.entities.Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    client.log_text(run.info.run_id, redact_text(config_yaml), "config.yaml")
+    return run.info.run_id
+
+
+def redact_text(text: str) -> str:
+    lines = []
+    for line in text.splitlines():
+        key = line.split(":", 1)[0]
+        lines.append(f"{key}: {REDACTED}" if ":" in line and _SECRET_KEY.search(key) else redact(line))
+    return "\n".join(lines) + "\n"
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _mlflow(tracking_uri).MlflowClient().set_terminated(run_id, status)
+
+
+class MetricLogger:
+    """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics
+    wait in a buffer and go out with the next call that reaches the server."""
+
+    def __init__(self, run_id: Optional[str], tracking_uri: Optional[str]):
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+        self.pending: list = []
+        self._client = None
+        self._warned = False
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.run_id:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.flush()
+
+    def flush(self) -> bool:
+        if not self.run_id or not self.pending:
+            return True
+        try:
+            if self._client is None:
+                self._client = _mlflow(self.tracking_uri).MlflowClient()
+            for i in range(0, len(self.pending), 500):
+                self._client.log_batch(self.run_id, metrics=self.pending[i:i + 500])
+            self.pending = []
+            self._warned = False
+            return True
+        except Exception as exc:  # the server is down or restarting: keep the metrics, keep training
+            if not self._warned:
+                log.warning("MLflow at %s unreachable (%s); %d metric values buffered until it is back",
+                            redact(self.tracking_uri), type(exc).__name__, len(self.pending))
+                self._warned = True
+            return False
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    MetricLogger(run_id, tracking_uri).log(metrics, step)
+
+
+def log_evaluation(tracking_uri: str, run_id: str, per_class_ap: dict[str, dict[str, float]], set_a_names: list[str]) -> None:
+    """Per-class AP tables (one row per class, bbox and segm columns, set A/B) as an MLflow table."""
+    mlflow = _mlflow(tracking_uri)
+    names = sorted(set().union(*[set(t) for t in per_class_ap.values()])) if per_class_ap else []
+    table = {"class": names, "set": ["A" if n in set_a_names else "B" for n in names]}
+    for iou_type, column in per_class_ap.items():
+        table[f"{iou_type}_AP"] = [column.get(n, -1.0) for n in names]
+    mlflow.MlflowClient().log_table(run_id, table, "eval/per_class_ap.json")
+
+
+def log_artifact(tracking_uri: str, run_id: str, path: str, artifact_path: Optional[str] = None) -> None:
+    _mlflow(tracking_uri).MlflowClient().log_artifact(run_id, path, artifact_path)
+
+
+def log_model(tracking_uri: str, run_id: str, model, example_image, extra_files: list[str],
+              registered_model: Optional[str]) -> Optional[str]:
+    """Log the model (mlflow.pytorch) with a signature and input example; register it. Returns the version."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    mlflow = _mlflow(tracking_uri)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                        input_example=example_image[None].numpy().astype(np.float32),
+                                        extra_files=extra_files, pip_requirements=_pip_requirements(),
+                                        serialization_format="pickle")
+    if not registered_model:
+        return None
+    version = mlflow.register_model(info.model_uri, registered_model, tags={"run_id": run_id})
+    return version.version
+
+
+def _pip_requirements() -> list[str]:
+    # mlflow's inference would pin whatever the env holds; the model needs only these to load.
+    import torch
+    import torchvision
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", "maskx"]
+
+
+def download_model(uri: str) -> str:
+    """A local folder with an MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`)."""
+    mlflow = _mlflow(resolve_tracking_uri())
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="maskx-model-"))
+
+
+def load_pytorch_model(folder: str):
+    return _mlflow(resolve_tracking_uri()).pytorch.load_model(folder, map_location="cpu")

@@ -1,0 +1,186 @@
+"""`train_loop_per_worker` for Ray Train's TorchTrainer: set up, loop, report.
+
+The heavy parts are the plain functions of `engine.py`; this module only wires them to Ray Train
+(world rank and size, DDP, checkpoints through `ray.train.report`) and to MLflow through
+`tracking.MetricLogger` on rank 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from typing import Optional
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader
+from models import build_model
+
+from . import engine
+from .config import TrainConfig, dump_config, validate
+from .tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+KEYS_FOLDER = "consumed_keys"
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = validate(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
+    engine.bind_to_vocabulary(cfg, vocab)
+    model = build_model(cfg.model).to(device)
+    optimizer = engine.build_optimizer(model, cfg.solver)
+    scheduler = engine.build_lr_scheduler(optimizer, cfg.solver)
+    state = engine.TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = engine.restore(engine.load_checkpoint(folder), model, optimizer, scheduler, rank)
+        log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
+                 state.position.epoch, state.position.batches)
+    # Batches from VG images carry no masks: the mask branch then takes no part in the step.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    samples = sum(s.num_samples for s in sources if s.weight > 0)
+    batches_per_epoch = cfg.data.batches_per_epoch or max(1, samples // (cfg.data.batch_size * world_size))
+    metrics_logger = MetricLogger(loop_config.get("mlflow_run_id"), loop_config.get("mlflow_tracking_uri")) \
+        if rank == 0 else None
+    keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
+
+    def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
+        return TrainStream(sources, vocab, cfg.model.mask_classes, cfg.data.batch_size, batches_per_epoch, rank,
+                           world_size, epoch, cfg.seed, tuple(cfg.data.min_sizes), cfg.data.max_size,
+                           cfg.data.flip_prob, cfg.data.shuffle_buffer, start)
+
+    window_start, window_images, window_losses = time.perf_counter(), 0, []
+    while state.iteration < cfg.solver.max_iter:
+        epoch = state.iteration // batches_per_epoch
+        if state.position.epoch != epoch:
+            state.position = StreamPosition(epoch=epoch)
+        loader = make_loader(stream_for(epoch, state.position), cfg.data.loader_workers, pin_memory=device.type == "cuda")
+        for batch in loader:
+            losses = engine.train_step(model, optimizer, scheduler, batch, device, cfg.solver.amp, cfg.solver.clip_grad_norm)
+            state.iteration += 1
+            state.position.advance(batch)
+            window_images += len(batch.images)
+            window_losses.append(losses)
+            if keys_log:
+                keys_log.write("\n".join(batch.keys) + "\n")
+                keys_log.flush()
+            if state.iteration % cfg.log_every == 0 or state.iteration == cfg.solver.max_iter:
+                elapsed = time.perf_counter() - window_start
+                metrics = _training_metrics(window_losses, window_images, elapsed, state, optimizer, world_size)
+                _check_skipped(metrics, cfg.data.max_skipped_fraction)
+                if metrics_logger:
+                    metrics_logger.log(metrics, state.iteration)
+                    log.info("iter %d/%d %s", state.iteration, cfg.solver.max_iter,
+                             " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k.startswith(("loss/loss", "train/"))))
+                window_start, window_images, window_losses = time.perf_counter(), 0, []
+            last = state.iteration == cfg.solver.max_iter
+            evaluate_now = cfg.data.val and (last or (cfg.eval_every and state.iteration % cfg.eval_every == 0))
+            eval_result = _evaluate(cfg, model, device, rank, world_size) if evaluate_now else None
+            if eval_result and metrics_logger:
+                metrics_logger.log(eval_result[0], state.iteration)
+            if last or state.iteration % cfg.checkpoint.every == 0:
+                _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result)
+            if last:
+                break
+    if metrics_logger:
+        metrics_logger.flush()
+
+
+def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: engine.TrainState,
+                      optimizer, world_size: int) -> dict[str, float]:
+    """Losses averaged over the window and over ranks, throughput of the whole job, lr, skipped samples."""
+    names = sorted(window_losses[0])
+    totals = torch.tensor([[sum(w[n] for w in window_losses) / len(window_losses) for n in names]
+                           + [images / max(elapsed, 1e-9), float(state.position.skipped),
+                              float(sum(sum(w.raw.values()) for w in state.position.workers.values()))]],
+                          dtype=torch.float64)
+    if dist.is_initialized():
+        totals = totals.to(_collective_device())
+        dist.all_reduce(totals)
+        totals = totals.cpu()
+    values = totals[0].tolist()
+    metrics = {f"loss/{n}": v / world_size for n, v in zip(names, values)}
+    throughput, skipped, drawn = values[len(names):]
+    metrics.update({"train/images_per_s": throughput, "train/lr": engine.lr_of(optimizer),
+                    "data/skipped_samples": skipped, "data/drawn_samples": drawn})
+    return metrics
+
+
+def _check_skipped(metrics: dict, max_fraction: float) -> None:
+    skipped, drawn = metrics["data/skipped_samples"], metrics["data/drawn_samples"]
+    if drawn and skipped / drawn > max_fraction:
+        raise RuntimeError(f"data: {int(skipped)} of {int(drawn)} samples drawn so far were unusable "
+                           f"({skipped / drawn:.1%} > data.max_skipped_fraction={max_fraction}); "
+                           "the skipped samples and their shards are in the worker logs")
+
+
+def _collective_device() -> torch.device:
+    return ray.train.torch.get_device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _gather_to_rank0(obj, rank: int, world_size: int) -> Optional[list]:
+    if world_size == 1 or not dist.is_initialized():
+        return [obj]
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def _evaluate(cfg: TrainConfig, model, device, rank: int, world_size: int):
+    """Every rank evaluates its share of the val shards; rank 0 runs COCOeval over all of them."""
+    sources, vocab = load_sources([(cfg.data.val, 1.0)])
+    stream = EvalStream(sources, vocab, cfg.data.batch_size, rank, world_size)
+    records = engine.eval_records(model, make_loader(stream, 0), device)
+    gathered = _gather_to_rank0(records, rank, world_size)
+    if rank != 0:
+        return None
+    metrics, tables = engine.evaluate_records(gathered, vocab, cfg.model.mask_classes or [])
+    metrics["data/eval_skipped_samples"] = float(stream.skips.count)
+    log.info("eval: box AP %.3f (set A %.3f, set B %.3f), mask AP %.3f (set A %.3f, set B %.3f)",
+             metrics["bbox/all/AP"], metrics["bbox/setA/AP"], metrics["bbox/setB/AP"],
+             metrics["segm/all/AP"], metrics["segm/setA/AP"], metrics["segm/setB/AP"])
+    return metrics, tables
+
+
+def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: engine.TrainState, vocab, rank: int,
+                       eval_result) -> None:
+    positions = _gather_to_rank0(state.position.to_json(), rank, dist.get_world_size() if dist.is_initialized() else 1)
+    metrics = {"iteration": state.iteration}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, state, positions), folder)
+        with open(os.path.join(folder, "config.yaml"), "w") as f:
+            f.write(dump_config(cfg))
+        vocab.save(os.path.join(folder, "vocab.json"))
+        if eval_result:
+            metrics.update(eval_result[0])
+            with open(os.path.join(folder, EVAL_FILE), "w") as f:
+                json.dump({"metrics": eval_result[0], "per_class_ap": eval_result[1]}, f, indent=1)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"checkpoint_{state.iteration:08d}")
+
+
+def _open_keys_log(folder: Optional[str], rank: int):
+    """Append every consumed sample key to `folder/rank{R}.txt` (tests of exact resume read it)."""
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    return open(os.path.join(folder, f"rank{rank}.txt"), "a")

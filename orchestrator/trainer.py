@@ -1,0 +1,150 @@
+"""`maskx train` on the driver: check the inputs, open the MLflow run, run the TorchTrainer, then log
+the evaluation, overlays and the model, and register it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torchvision.io import write_png
+
+from datasets import storage
+from datasets.stream import EvalStream, load_sources
+
+from . import engine, tracking
+from .config import TrainConfig, dump_config
+from .train_loop import EVAL_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+MLFLOW_RUN_FILE = "mlflow_run.json"
+
+
+@dataclass
+class TrainingResult:
+    run_name: str
+    run_folder: str
+    checkpoint: Optional[str]
+    metrics: dict
+    mlflow_run_id: Optional[str]
+    tracking_uri: str
+    model_version: Optional[str]
+
+
+def run_folder_of(cfg: TrainConfig, run_name: str) -> str:
+    return storage.join(absolute_storage_path(cfg.checkpoint.storage_path), run_name)
+
+
+def absolute_storage_path(path: str) -> str:
+    return path if storage.is_s3(path) else os.path.abspath(path)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Fail on the driver, before any worker starts, when the shards or the config cannot work."""
+    if not cfg.data.train:
+        raise ValueError("data.train: no training manifests configured")
+    _, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
+    engine.bind_to_vocabulary(cfg, vocab)
+    if cfg.data.val:
+        _, val_vocab = load_sources([(cfg.data.val, 1.0)])
+        if val_vocab.to_json() != vocab.to_json():
+            raise ValueError(f"data.val: {cfg.data.val} was prepared with another vocabulary than data.train")
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Optional[str] = None) -> TrainingResult:
+    """Train (or continue run `resume`) on the connected Ray cluster, or a local one when none is running."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    check_inputs(cfg)
+    run_name = resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_folder = run_folder_of(cfg, run_name)
+    if resume and storage.stat(storage.join(run_folder, MLFLOW_RUN_FILE)) is None:
+        raise FileNotFoundError(f"--resume {resume}: no run of that name under {cfg.checkpoint.storage_path}")
+    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    run_id = _mlflow_run(cfg, run_name, run_folder, tracking_uri)
+    log.info("run %s: checkpoints in %s, MLflow run %s at %s", run_name, run_folder, run_id, tracking.redact(tracking_uri))
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri,
+                           "record_keys_to": record_keys_to},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=absolute_storage_path(cfg.checkpoint.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        tracking.end_run(tracking_uri, run_id, "FAILED")
+        raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {run_folder}; "
+                           f"continue it with `maskx train --config ... --resume {run_name}`") from exc
+
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    metrics, version = {}, None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as folder:
+            metrics, version = _log_final(cfg, folder, tracking_uri, run_id)
+    tracking.end_run(tracking_uri, run_id)
+    return TrainingResult(run_name, run_folder, checkpoint, metrics, run_id, tracking_uri, version)
+
+
+def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: str) -> str:
+    """The run's MLflow run: the one recorded in its folder when resuming, else a new one."""
+    record = storage.join(run_folder, MLFLOW_RUN_FILE)
+    if storage.stat(record) is not None:
+        return json.loads(storage.read_bytes(record))["run_id"]
+    run_id = tracking.start_run(tracking_uri, cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
+                                tags={"maskx.run_folder": run_folder})
+    storage.write_bytes(record, json.dumps({"run_id": run_id, "tracking_uri": tracking.redact(tracking_uri)}).encode())
+    return run_id
+
+
+def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_id: str) -> tuple[dict, Optional[str]]:
+    """Eval tables, overlays of a few val images and the model (registered) from the last checkpoint."""
+    from .inference import draw_overlay, load_model, predict
+
+    loaded = load_model(checkpoint_folder)
+    metrics = {}
+    eval_path = os.path.join(checkpoint_folder, EVAL_FILE)
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            evaluation = json.load(f)
+        metrics = evaluation["metrics"]
+        set_a = [loaded.vocab.name(label) for label in loaded.config.model.mask_classes or []]
+        tracking.log_evaluation(tracking_uri, run_id, evaluation["per_class_ap"], set_a)
+        tracking.log_artifact(tracking_uri, run_id, eval_path, "eval")
+    example = None
+    if cfg.data.val:
+        sources, vocab = load_sources([(cfg.data.val, 1.0)])
+        with tempfile.TemporaryDirectory() as folder:
+            for i, batch in enumerate(EvalStream(sources, vocab, batch_size=1)):
+                if i == 4:
+                    break
+                image = batch.images[0]
+                example = image.float() / 255 if example is None else example
+                path = os.path.join(folder, f"{batch.keys[0].replace('/', '_')}.png")
+                write_png(draw_overlay(image, predict(loaded.model, image), vocab), path)
+                tracking.log_artifact(tracking_uri, run_id, path, "overlays")
+    if example is None:
+        example = torch.zeros(3, loaded.config.model.min_size, loaded.config.model.min_size)
+    extra_files = [os.path.join(checkpoint_folder, name) for name in ("config.yaml", "vocab.json")]
+    version = tracking.log_model(tracking_uri, run_id, loaded.model, example, extra_files, cfg.mlflow.registered_model)
+    return metrics, version

@@ -1,0 +1,102 @@
+"""The train step, solver and checkpoint contents, without Ray."""
+import os
+
+import pytest
+import torch
+
+from datasets.stream import TrainStream, load_sources
+from models import build_model
+from orchestrator import engine
+from orchestrator.config import SolverConfig, load_config
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def setup(synth_shards):
+    cfg = load_config(TINY, ["model.mask_head.conv_channels=16", "model.backbone.fpn_channels=32"])
+    sources, vocab = load_sources([(synth_shards["coco_train"], 1.0), (synth_shards["vg"], 0.5)])
+    engine.bind_to_vocabulary(cfg, vocab)
+    stream = TrainStream(sources, vocab, cfg.model.mask_classes, batch_size=2, batches_per_epoch=6,
+                         min_sizes=(128,), max_size=160, seed=1)
+    return cfg, list(stream), vocab
+
+
+def fresh(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    optimizer = engine.build_optimizer(model, cfg.solver)
+    return model, optimizer, engine.build_lr_scheduler(optimizer, cfg.solver)
+
+
+def test_lr_warms_up_linearly_then_decays_at_the_steps():
+    solver = SolverConfig(lr=0.1, warmup_iters=10, warmup_factor=0.1, steps=[20, 30], gamma=0.1)
+    optimizer = engine.build_optimizer(torch.nn.Linear(2, 2), solver)
+    scheduler = engine.build_lr_scheduler(optimizer, solver)
+    lrs = []
+    for _ in range(35):
+        lrs.append(engine.lr_of(optimizer))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[5] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert lrs[10] == pytest.approx(0.1) and lrs[19] == pytest.approx(0.1)
+    assert lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    decayed, plain = engine.build_optimizer(model, SolverConfig(weight_decay=0.5)).param_groups
+    assert decayed["weight_decay"] == 0.5 and [p.ndim for p in decayed["params"]] == [4]
+    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+
+
+def test_vocabulary_mismatch_names_the_field(synth_shards):
+    cfg = load_config(TINY, ["model.num_classes=81"])
+    _, vocab = load_sources([(synth_shards["coco_train"], 1.0)])
+    with pytest.raises(ValueError, match="model.num_classes: 81.*set model.num_classes=11"):
+        engine.bind_to_vocabulary(cfg, vocab)
+
+
+def test_bind_sets_set_a_from_the_named_mask_sets(setup):
+    cfg, _, vocab = setup
+    assert sorted(vocab.name(label) for label in cfg.model.mask_classes) == ["car", "chair", "dog", "person"]
+
+
+def test_repeated_steps_on_one_batch_drive_the_loss_down(setup):
+    cfg, batches, _ = setup
+    cfg = load_config(TINY, ["solver.warmup_iters=1", "solver.lr=0.02", f"model.mask_classes={cfg.model.mask_classes}"])
+    model, optimizer, scheduler = fresh(cfg)
+    losses = [engine.train_step(model, optimizer, scheduler, batches[0], torch.device("cpu"))["loss"] for _ in range(15)]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
+    cfg, batches, _ = setup
+    device = torch.device("cpu")
+    model, optimizer, scheduler = fresh(cfg)
+    for batch in batches[:2]:
+        engine.train_step(model, optimizer, scheduler, batch, device)
+    state = engine.TrainState(iteration=2)
+    engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, state, [state.position.to_json()]),
+                           str(tmp_path))
+    unbroken = [engine.train_step(model, optimizer, scheduler, b, device)["loss"] for b in batches[2:4]]
+
+    resumed_model, resumed_optimizer, resumed_scheduler = fresh(cfg, seed=123)
+    restored = engine.restore(engine.load_checkpoint(str(tmp_path)), resumed_model, resumed_optimizer, resumed_scheduler)
+    assert restored.iteration == 2
+    resumed = [engine.train_step(resumed_model, resumed_optimizer, resumed_scheduler, b, device)["loss"] for b in batches[2:4]]
+    assert resumed == pytest.approx(unbroken, rel=1e-5)
+    assert engine.lr_of(resumed_optimizer) == pytest.approx(engine.lr_of(optimizer))
+
+
+def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_path):
+    cfg, _, _ = setup
+    model, optimizer, scheduler = fresh(cfg)
+    path = engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, engine.TrainState(), []), str(tmp_path))
+    assert not os.path.exists(path + ".partial")
+    torch.load(path, weights_only=True)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=f"checkpoint {path}: unreadable"):
+        engine.load_checkpoint(str(tmp_path))

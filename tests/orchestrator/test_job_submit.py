@@ -1,0 +1,85 @@
+"""End to end as a user runs it: `ray start --head` (token auth), `ray job submit -- maskx train`, and a
+real MLflow tracking server that ends up with the run's params, metrics, eval artifacts and a
+registered model that loads and predicts."""
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PLANTED_SECRET = "FAKEplantedSECRETvalue0123456789"
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               PATH=f"{BIN}:{os.environ['PATH']}")
+    dashboard = free_port()
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}",
+                    "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=3",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield env, f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth_shards, synth_paths, tmp_path):
+    env, address = ray_head
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET}}
+    overrides = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
+                 f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
+                 "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
+                 f"checkpoint.storage_path={tmp_path}/ray_results", "mlflow.experiment=job-submit",
+                 "mlflow.registered_model=maskx-job-test"]
+    submitted = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps(runtime_env), "--", "maskx", "train", "--config", "configs/tiny-cpu.yaml",
+         *overrides],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout.lower()
+
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("job-submit").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["solver.max_iter"] == "4" and run.data.params["model.backbone.name"] == "resnet18"
+    losses = client.get_metric_history(run.info.run_id, "loss/loss")
+    assert [m.step for m in losses] == [2, 4]
+    assert "segm/setB/AP" in run.data.metrics and "bbox/setA/AP" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "eval", "overlays"} <= artifacts
+    eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/per_class_ap.json", "eval/eval.json"} <= eval_files
+    assert len(client.list_artifacts(run.info.run_id, "overlays")) == 4
+
+    # No secret from the job's environment reaches params, tags or the saved config.
+    logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
+    logged += Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml")).read_text()
+    assert PLANTED_SECRET not in logged
+
+    version = client.get_model_version("maskx-job-test", "1")
+    assert version.run_id == run.info.run_id
+    model = mlflow.pytorch.load_model("models:/maskx-job-test/1", map_location="cpu")
+    from orchestrator.inference import predict, read_image
+
+    image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])
+    detection = predict(model, read_image(image))
+    assert set(detection) >= {"boxes", "labels", "scores", "masks"}
+    assert detection["masks"].shape[-2:] == read_image(image).shape[-2:]
+    assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])

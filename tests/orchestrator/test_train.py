@@ -1,0 +1,109 @@
+"""`maskx train` on a real local Ray instance with 2 CPU workers: checkpoints, resume, eval, predict."""
+import json
+import os
+
+import pytest
+from orchestrator import engine
+from orchestrator.cli import main
+from orchestrator.config import load_config
+from orchestrator.trainer import MLFLOW_RUN_FILE, train
+
+pytestmark = pytest.mark.integration
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    # As `maskx train` does with no cluster running; Ray 2.60 turns token auth on for it by default.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if auth_mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def tiny_overrides(synth_shards, tmp, max_iter):
+    return [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
+            f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
+            f"solver.max_iter={max_iter}", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
+            f"checkpoint.storage_path={tmp}/ray_results", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+            "mlflow.registered_model=null", "name=test-tiny"]
+
+
+@pytest.fixture(scope="module")
+def first_run(local_ray, synth_shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 4))
+    result = train(cfg, record_keys_to=str(tmp / "keys-first"))
+    return tmp, result
+
+
+def keys_per_rank(folder):
+    return {name: open(os.path.join(folder, name)).read().split() for name in sorted(os.listdir(folder))}
+
+
+def test_two_workers_train_checkpoint_and_evaluate(first_run):
+    tmp, result = first_run
+    checkpoints = sorted(d for d in os.listdir(result.run_folder) if d.startswith("checkpoint_0"))
+    assert checkpoints == ["checkpoint_00000002", "checkpoint_00000004"]
+    assert result.checkpoint.endswith("checkpoint_00000004")
+    contents = engine.load_checkpoint(result.checkpoint)
+    assert contents["iteration"] == 4
+    assert [p["batches"] for p in contents["positions"]] == [4, 4]  # one data position per rank
+    assert sorted(os.listdir(result.checkpoint)) == ["config.yaml", "eval.json", "state.pt", "vocab.json"]
+    assert {"bbox/setA/AP", "bbox/setB/AP", "segm/setA/AP", "segm/setB/AP"} <= set(result.metrics)
+    assert result.metrics["eval/images"] == 10
+    keys = keys_per_rank(str(tmp / "keys-first"))
+    assert sorted(keys) == ["rank0.txt", "rank1.txt"] and all(len(k) == 4 * 2 for k in keys.values())
+    assert not set(keys["rank0.txt"]) & set(keys["rank1.txt"])  # ranks stream different samples
+
+
+def test_resume_continues_at_the_saved_iteration(first_run, synth_shards):
+    tmp, first = first_run
+    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 6))
+    resumed = train(cfg, resume=first.run_name, record_keys_to=str(tmp / "keys-resumed"))
+    assert resumed.run_folder == first.run_folder and resumed.mlflow_run_id == first.mlflow_run_id
+    assert engine.load_checkpoint(resumed.checkpoint)["iteration"] == 6
+    # Only iterations 5 and 6 ran: two batches of two images per rank.
+    assert all(len(k) == 2 * 2 for k in keys_per_rank(str(tmp / "keys-resumed")).values())
+    with open(os.path.join(first.run_folder, MLFLOW_RUN_FILE)) as f:
+        assert json.load(f)["run_id"] == first.mlflow_run_id
+
+
+def test_resume_of_an_unknown_run_names_it(local_ray, synth_shards, tmp_path):
+    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp_path, 2))
+    with pytest.raises(FileNotFoundError, match="--resume no-such-run: no run of that name"):
+        train(cfg, resume="no-such-run")
+
+
+def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, synth_paths, tmp_path, capsys):
+    _, result = first_run
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--config", TINY, f"data.val={synth_shards['coco_val']}", "--model", result.checkpoint,
+                 "--json", str(out_json)]) == 0
+    metrics = json.loads(out_json.read_text())["metrics"]
+    assert metrics["eval/images"] == 10 and "segm/setB/AP" in metrics
+    assert "mask  all AP" in capsys.readouterr().out
+
+    from torchvision.io import decode_png, read_file
+
+    image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])
+    out_png = tmp_path / "overlay.png"
+    assert main(["predict", "--model", result.checkpoint, "--image", image, "--out", str(out_png), "--score-threshold", "0"]) == 0
+    overlay = decode_png(read_file(str(out_png)))
+    from orchestrator.inference import read_image
+
+    original = read_image(image)
+    assert overlay.shape == original.shape  # what gets drawn is tested in test_inference.py
+
+
+def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_path, capsys):
+    _, result = first_run
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_bytes(b"this is text")
+    assert main(["predict", "--model", result.checkpoint, "--image", str(bad), "--out", str(tmp_path / "o.png")]) == 2
+    assert f"image {bad}: cannot decode" in capsys.readouterr().err
