@@ -7,7 +7,6 @@ eval stream on every rank, and rank 0 calls `evaluate`.
 from __future__ import annotations
 
 import contextlib
-import io
 from typing import Optional
 
 import numpy as np
@@ -52,11 +51,28 @@ def detection_records(image_id: int, detection: dict, mask_threshold: float = 0.
     return records
 
 
+@contextlib.contextmanager
+def _quiet_pycocotools():
+    """Silence pycocotools' progress prints. Ray Train workers replace `print` itself (not only
+    sys.stdout), so shadow the name in pycocotools' modules rather than redirecting stdout."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    modules = (pycocotools.coco, pycocotools.cocoeval)
+    for module in modules:
+        module.print = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.print
+
+
 def _coco(images: list[dict], annotations: list[dict], labels: list[int]) -> COCO:
     coco = COCO()
     coco.dataset = {"images": images, "annotations": [dict(a, id=i + 1) for i, a in enumerate(annotations)],
                     "categories": [{"id": label} for label in labels]}
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_pycocotools():
         coco.createIndex()
     return coco
 
@@ -64,7 +80,7 @@ def _coco(images: list[dict], annotations: list[dict], labels: list[int]) -> COC
 def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int]) -> Optional[COCOeval]:
     if not detections:
         return None
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_pycocotools():
         dt = gt.loadRes(detections)
         evaluator = COCOeval(gt, dt, iou_type)
         evaluator.params.catIds = cat_ids
