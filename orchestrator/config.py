@@ -86,6 +86,26 @@ class MlflowConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`maskx tune`: the search space over dotted config keys and how trials are searched and stopped.
+
+    `space` maps a dotted key to one of {grid: [...]}, {choice: [...]}, {uniform: [lo, hi]},
+    {loguniform: [lo, hi]}, e.g. `model.box_loss.gamma: {grid: [0.0, 1.0, 2.0]}`."""
+    __pydantic_config__ = _STRICT
+    space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    search: str = "grid"  # grid | random | optuna
+    num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
+    metric: str = "segm/setB/AP"
+    mode: str = "max"
+    scheduler: str = "asha"  # asha | fifo
+    grace_period: int = 1  # ASHA: reports (checkpoints) before a trial may be stopped
+    reduction_factor: float = 2.0
+    max_concurrent_trials: int = 2
+    storage_path: str = "./ray_results/sweeps"
+    champion_alias: str = "champion"
+
+
+@dataclass
 class TrainConfig:
     __pydantic_config__ = _STRICT
     name: str = "maskx"
@@ -98,6 +118,7 @@ class TrainConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

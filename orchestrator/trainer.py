@@ -45,6 +45,18 @@ def absolute_storage_path(path: str) -> str:
     return path if storage.is_s3(path) else os.path.abspath(path)
 
 
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Relative local paths resolved against the driver's working folder: Ray workers run elsewhere."""
+    for source in cfg.data.train:
+        source.manifest = absolute_storage_path(source.manifest)
+    if cfg.data.val:
+        cfg.data.val = absolute_storage_path(cfg.data.val)
+    cfg.checkpoint.storage_path = absolute_storage_path(cfg.checkpoint.storage_path)
+    if cfg.model.backbone.weights:
+        cfg.model.backbone.weights = os.path.abspath(cfg.model.backbone.weights)
+    return cfg
+
+
 def check_inputs(cfg: TrainConfig) -> None:
     """Fail on the driver, before any worker starts, when the shards or the config cannot work."""
     if not cfg.data.train:
@@ -63,6 +75,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    cfg = with_absolute_paths(cfg)
     check_inputs(cfg)
     run_name = resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_folder = run_folder_of(cfg, run_name)
@@ -80,7 +93,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri,
-                           "record_keys_to": record_keys_to},
+                           "record_keys_to": record_keys_to and os.path.abspath(record_keys_to)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(

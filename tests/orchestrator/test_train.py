@@ -37,8 +37,16 @@ def tiny_overrides(synth_shards, tmp, max_iter):
 @pytest.fixture(scope="module")
 def first_run(local_ray, synth_shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 4))
-    result = train(cfg, record_keys_to=str(tmp / "keys-first"))
+    # Paths relative to the driver's folder, as a user types them: workers run in another folder.
+    shards_folder = os.path.dirname(synth_shards["coco_train"])
+    relative = {name: os.path.relpath(path, shards_folder) for name, path in synth_shards.items()}
+    cwd = os.getcwd()
+    os.chdir(shards_folder)
+    try:
+        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4))
+        result = train(cfg, record_keys_to=str(tmp / "keys-first"))
+    finally:
+        os.chdir(cwd)
     return tmp, result
 
 
