@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. solver.lr=0.01")
     train.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
 
+    tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
+    tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
+    tune.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    tune.add_argument("--resume", metavar="SWEEP_FOLDER", help="continue an interrupted sweep (finished trials are not rerun)")
+
     evaluate = sub.add_parser("eval", help="COCO box and mask AP (overall, set A, set B) of a model on data.val")
     evaluate.add_argument("--config", required=True, help="config whose data.val and data.mask_sets to use")
     evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value")
@@ -111,6 +116,24 @@ def run_train(args) -> int:
     return 0
 
 
+def run_tune(args) -> int:
+    from orchestrator.config import load_config
+    from orchestrator.sweep import reproduce_command, sweep
+
+    cfg = load_config(args.config, args.overrides)
+    result = sweep(cfg, resume=args.resume)
+    print(f"sweep {result.sweep_folder} (MLflow parent run {result.parent_run_id})")
+    print(f"{'trial':28} {'status':14} {cfg.sweep.metric:>14}  params")
+    for trial in result.trials:
+        value = "-" if trial["metric"] is None else f"{trial['metric']:.4f}"
+        print(f"{trial['trial'][:28]:28} {trial['status']:14} {value:>14}  {trial['params']}")
+    if result.best:
+        print(f"best: {result.best['trial']} {cfg.sweep.metric}={result.best['metric']:.4f}")
+        print(f"reproduce: {reproduce_command(args.config, result.best)}")
+    print(f"promotion: {result.promotion['decision']}")
+    return 0
+
+
 def run_eval(args) -> int:
     import json
 
@@ -151,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_prepare(args)
         if args.command == "train":
             return run_train(args)
+        if args.command == "tune":
+            return run_tune(args)
         if args.command == "eval":
             return run_eval(args)
         if args.command == "predict":

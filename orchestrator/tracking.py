@@ -131,12 +131,11 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
 
 def log_evaluation(tracking_uri: str, run_id: str, per_class_ap: dict[str, dict[str, float]], set_a_names: list[str]) -> None:
     """Per-class AP tables (one row per class, bbox and segm columns, set A/B) as an MLflow table."""
-    mlflow = _mlflow(tracking_uri)
     names = sorted(set().union(*[set(t) for t in per_class_ap.values()])) if per_class_ap else []
     table = {"class": names, "set": ["A" if n in set_a_names else "B" for n in names]}
     for iou_type, column in per_class_ap.items():
         table[f"{iou_type}_AP"] = [column.get(n, -1.0) for n in names]
-    mlflow.MlflowClient().log_table(run_id, table, "eval/per_class_ap.json")
+    log_table(tracking_uri, run_id, table, "eval/per_class_ap.json")
 
 
 def log_artifact(tracking_uri: str, run_id: str, path: str, artifact_path: Optional[str] = None) -> None:
@@ -159,8 +158,43 @@ def log_model(tracking_uri: str, run_id: str, model, example_image, extra_files:
                                         serialization_format="pickle")
     if not registered_model:
         return None
-    version = mlflow.register_model(info.model_uri, registered_model, tags={"run_id": run_id})
-    return version.version
+    return register(tracking_uri, info.model_uri, registered_model, {"run_id": run_id})
+
+
+def register(tracking_uri: str, model_uri: str, name: str, tags: Optional[dict] = None) -> str:
+    """A new version of registered model `name` from `model_uri`; returns the version number."""
+    return _mlflow(tracking_uri).register_model(model_uri, name, tags=tags).version
+
+
+def alias_version(tracking_uri: str, name: str, alias: str) -> Optional[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _mlflow(tracking_uri).MlflowClient().get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    _mlflow(tracking_uri).MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = _mlflow(tracking_uri).MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, redact(value))
+
+
+def log_table(tracking_uri: str, run_id: str, table: dict, artifact_file: str) -> None:
+    _mlflow(tracking_uri).MlflowClient().log_table(run_id, table, artifact_file)
+
+
+def close_run_if_open(tracking_uri: str, run_id: str, status: str, reason: str) -> None:
+    """End a run its process could not end (a trial stopped early or killed), saying why."""
+    client = _mlflow(tracking_uri).MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "maskx.end_reason", reason)
+        client.set_terminated(run_id, status)
 
 
 def _pip_requirements() -> list[str]:

@@ -66,6 +66,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            cfg.data.flip_prob, cfg.data.shuffle_buffer, start)
 
     window_start, window_images, window_losses = time.perf_counter(), 0, []
+    last_metrics: dict = {}
     while state.iteration < cfg.solver.max_iter:
         epoch = state.iteration // batches_per_epoch
         if state.position.epoch != epoch:
@@ -84,6 +85,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 elapsed = time.perf_counter() - window_start
                 metrics = _training_metrics(window_losses, window_images, elapsed, state, optimizer, world_size)
                 _check_skipped(metrics, cfg.data.max_skipped_fraction)
+                last_metrics = metrics
                 if metrics_logger:
                     metrics_logger.log(metrics, state.iteration)
                     log.info("iter %d/%d %s", state.iteration, cfg.solver.max_iter,
@@ -95,7 +97,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if eval_result and metrics_logger:
                 metrics_logger.log(eval_result[0], state.iteration)
             if last or state.iteration % cfg.checkpoint.every == 0:
-                _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result)
+                _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result,
+                                   dict(last_metrics, mlflow_run_id=loop_config.get("mlflow_run_id") or ""))
             if last:
                 break
     if metrics_logger:
@@ -159,9 +162,11 @@ def _evaluate(cfg: TrainConfig, model, device, rank: int, world_size: int):
 
 
 def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: engine.TrainState, vocab, rank: int,
-                       eval_result) -> None:
+                       eval_result, train_metrics: dict) -> None:
+    """Rank 0 writes the checkpoint; every rank reports (the call is a barrier). The reported metrics
+    (latest losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
     positions = _gather_to_rank0(state.position.to_json(), rank, dist.get_world_size() if dist.is_initialized() else 1)
-    metrics = {"iteration": state.iteration}
+    metrics = dict(train_metrics, iteration=state.iteration)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return

@@ -69,20 +69,23 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise ValueError(f"data.val: {cfg.data.val} was prepared with another vocabulary than data.train")
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Optional[str] = None) -> TrainingResult:
-    """Train (or continue run `resume`) on the connected Ray cluster, or a local one when none is running."""
+def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Optional[str] = None,
+          run_name: Optional[str] = None, parent_run_id: Optional[str] = None, callbacks: list = ()) -> TrainingResult:
+    """Train (or continue run `resume`) on the connected Ray cluster, or a local one when none is running.
+
+    A sweep trial passes its own `run_name`, the sweep's MLflow `parent_run_id` and Tune's report callback."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = with_absolute_paths(cfg)
     check_inputs(cfg)
-    run_name = resume or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = resume or run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_folder = run_folder_of(cfg, run_name)
     if resume and storage.stat(storage.join(run_folder, MLFLOW_RUN_FILE)) is None:
         raise FileNotFoundError(f"--resume {resume}: no run of that name under {cfg.checkpoint.storage_path}")
     tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    run_id = _mlflow_run(cfg, run_name, run_folder, tracking_uri)
+    run_id = _mlflow_run(cfg, run_name, run_folder, tracking_uri, parent_run_id)
     log.info("run %s: checkpoints in %s, MLflow run %s at %s", run_name, run_folder, run_id, tracking.redact(tracking_uri))
 
     if not ray.is_initialized():
@@ -101,6 +104,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
             storage_path=absolute_storage_path(cfg.checkpoint.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            callbacks=list(callbacks),
         ),
     )
     try:
@@ -119,13 +123,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     return TrainingResult(run_name, run_folder, checkpoint, metrics, run_id, tracking_uri, version)
 
 
-def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: str) -> str:
+def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: str,
+                parent_run_id: Optional[str] = None) -> str:
     """The run's MLflow run: the one recorded in its folder when resuming, else a new one."""
     record = storage.join(run_folder, MLFLOW_RUN_FILE)
     if storage.stat(record) is not None:
         return json.loads(storage.read_bytes(record))["run_id"]
     run_id = tracking.start_run(tracking_uri, cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
-                                tags={"maskx.run_folder": run_folder})
+                                tags={"maskx.run_folder": run_folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     storage.write_bytes(record, json.dumps({"run_id": run_id, "tracking_uri": tracking.redact(tracking_uri)}).encode())
     return run_id
 

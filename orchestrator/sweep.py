@@ -1,0 +1,246 @@
+"""`maskx tune`: Ray Tune sweeps where every trial is a full `maskx train` run (a TorchTrainer with its
+own workers), an MLflow parent run per sweep with a child run per trial, and guarded promotion of
+the best model to the registry's champion alias.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from datasets import storage
+
+from . import tracking
+from .config import SweepConfig, TrainConfig, apply_override, dump_config, validate
+from .trainer import absolute_storage_path, train, with_absolute_paths
+
+log = logging.getLogger(__name__)
+
+SWEEP_RECORD = "maskx_sweep.json"
+PARAMS_KEY = "overrides"
+
+
+@dataclass
+class SweepResult:
+    sweep_folder: str
+    parent_run_id: str
+    trials: list[dict]  # one row per trial: params, metric, status, MLflow run id
+    best: Optional[dict]
+    promotion: dict
+
+
+def search_space(sweep: SweepConfig):
+    """Tune's param space from the config's `sweep.space`, under one key so dotted names stay intact."""
+    from ray import tune
+
+    samplers = {"grid": tune.grid_search, "choice": tune.choice,
+                "uniform": lambda bounds: tune.uniform(*bounds), "loguniform": lambda bounds: tune.loguniform(*bounds)}
+    space = {}
+    for key, spec in sweep.space.items():
+        if len(spec) != 1 or next(iter(spec)) not in samplers:
+            raise ValueError(f"sweep.space.{key}: expected one of {{{', '.join(samplers)}: ...}}, got {spec}")
+        kind, values = next(iter(spec.items()))
+        if kind in ("uniform", "loguniform") and len(values) != 2:
+            raise ValueError(f"sweep.space.{key}: {kind} takes [low, high], got {values}")
+        if kind != "grid" and sweep.search == "grid":
+            raise ValueError(f"sweep.space.{key}: search=grid takes only grid entries; use search=random or optuna")
+        space[key] = samplers[kind](values)
+    if not space:
+        raise ValueError("sweep.space: empty; name at least one dotted config key to search over")
+    return {PARAMS_KEY: space}
+
+
+def trial_config(base: dict, overrides: dict) -> TrainConfig:
+    tree = copy.deepcopy(base)
+    for key, value in overrides.items():
+        apply_override(tree, f"{key}={json.dumps(value)}")
+    return validate(tree)
+
+
+def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -> None:
+    """One Tune trial: a whole training run; Tune sees its reports through TuneReportCallback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(base, params[PARAMS_KEY])
+    cfg.mlflow.registered_model = None  # the sweep registers its best trial only
+    cfg.checkpoint.storage_path = storage.join(sweep_folder, "trials")
+    trial_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
+    train(cfg, run_name=trial_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
+          resume=trial_name if storage.stat(storage.join(cfg.checkpoint.storage_path, trial_name, "mlflow_run.json")) else None)
+
+
+def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    cfg = with_absolute_paths(cfg)
+    sw = cfg.sweep
+    if sw.metric.startswith(("bbox/", "segm/")):
+        if not cfg.data.val:
+            raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
+        cfg.eval_every = cfg.checkpoint.every  # every report a scheduler sees must carry the metric
+    param_space = search_space(sw)
+    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    if resume:
+        sweep_folder = absolute_storage_path(resume)
+        record = json.loads(storage.read_bytes(storage.join(sweep_folder, SWEEP_RECORD)))
+        parent_run_id = record["parent_run_id"]
+    else:
+        name = f"{cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep_folder = storage.join(absolute_storage_path(sw.storage_path), name)
+        parent_run_id = tracking.start_run(tracking_uri, cfg.mlflow.experiment, name, cfg.to_dict(), dump_config(cfg),
+                                           tags={"maskx.sweep_folder": sweep_folder, "maskx.kind": "sweep"})
+        storage.write_bytes(storage.join(sweep_folder, SWEEP_RECORD), json.dumps({"parent_run_id": parent_run_id}).encode())
+    log.info("sweep %s: MLflow parent run %s", sweep_folder, parent_run_id)
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    # The trial function only waits on its TorchTrainer, whose workers hold the CPUs/GPUs.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), parent_run_id=parent_run_id, sweep_folder=sweep_folder),
+        {"CPU": 0})
+    if resume:
+        tuner = tune.Tuner.restore(sweep_folder, trainable, resume_errored=True)
+    else:
+        scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
+                                   reduction_factor=sw.reduction_factor,
+                                   max_t=max(1, cfg.solver.max_iter // cfg.checkpoint.every + 1))
+                     if sw.scheduler == "asha" else FIFOScheduler())
+        search_alg = None
+        if sw.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(seed=cfg.seed)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler, search_alg=search_alg,
+                                        num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials),
+            run_config=tune.RunConfig(name=os.path.basename(sweep_folder), storage_path=os.path.dirname(sweep_folder)),
+        )
+    grid = tuner.fit()
+
+    trials = _trial_rows(grid, sw, cfg.solver.max_iter)
+    _close_children(tracking_uri, trials)
+    best = _best(trials, sw)
+    promotion = promote(cfg, best, tracking_uri, parent_run_id) if best else {"decision": "no finished trial"}
+    _log_summary(tracking_uri, parent_run_id, trials, sw, promotion)
+    tracking.end_run(tracking_uri, parent_run_id)
+    return SweepResult(sweep_folder, parent_run_id, trials, best, promotion)
+
+
+def _trial_rows(grid, sw: SweepConfig, max_iter: int) -> list[dict]:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        overrides = (result.config or {}).get(PARAMS_KEY, {})
+        finished = metrics.get("iteration") == trial_config_max_iter(overrides, max_iter) and sw.metric in metrics
+        rows.append({"trial": os.path.basename(result.path), "params": overrides, "metric": metrics.get(sw.metric),
+                     "iteration": metrics.get("iteration"), "mlflow_run_id": metrics.get("mlflow_run_id") or None,
+                     "status": "error" if result.error else ("finished" if finished else "stopped early")})
+    return rows
+
+
+def trial_config_max_iter(overrides: dict, default: int) -> int:
+    return int(overrides.get("solver.max_iter", default))
+
+
+def _best(trials: list[dict], sw: SweepConfig) -> Optional[dict]:
+    finished = [t for t in trials if t["status"] == "finished" and t["metric"] is not None and t["mlflow_run_id"]]
+    if not finished:
+        return None
+    return (max if sw.mode == "max" else min)(finished, key=lambda t: t["metric"])
+
+
+def _close_children(tracking_uri: str, trials: list[dict]) -> None:
+    """Trials stopped by the scheduler or failed leave their MLflow runs open: close them with their status."""
+    for trial in trials:
+        if trial["mlflow_run_id"] and trial["status"] != "finished":
+            tracking.close_run_if_open(tracking_uri, trial["mlflow_run_id"],
+                                       "KILLED" if trial["status"] == "stopped early" else "FAILED", trial["status"])
+
+
+def promote(cfg: TrainConfig, best: dict, tracking_uri: str, parent_run_id: str) -> dict:
+    """Register the best trial's model; move the champion alias only if it beats the current champion
+    on this sweep's metric and eval set (the champion is re-evaluated here; a tie keeps it)."""
+    from .inference import evaluate_model
+
+    name, alias, sw = cfg.mlflow.registered_model, cfg.sweep.champion_alias, cfg.sweep
+    if not name:
+        return {"decision": "not registered: mlflow.registered_model is empty"}
+    version = tracking.register(tracking_uri, f"runs:/{best['mlflow_run_id']}/model", name,
+                                {"maskx.metric": sw.metric, "maskx.metric_value": str(best["metric"]), "maskx.eval_set": cfg.data.val or ""})
+    current = tracking.alias_version(tracking_uri, name, alias)
+    champion_value = None
+    if current is None:
+        decision = "promoted: no champion yet"
+    else:
+        champion_metrics, _ = evaluate_model(cfg, f"models:/{name}@{alias}")
+        champion_value = champion_metrics.get(sw.metric) if sw.metric in champion_metrics else None
+        if champion_value is None:
+            decision = f"promoted: the champion has no {sw.metric} on this eval set"
+        else:
+            better = best["metric"] > champion_value if sw.mode == "max" else best["metric"] < champion_value
+            decision = "promoted: beats the champion" if better else "kept the champion: the new model does not beat it"
+    if decision.startswith("promoted"):
+        tracking.set_alias(tracking_uri, name, alias, version)
+    promotion = {"decision": decision, "model": name, "new_version": version, "new_value": best["metric"],
+                 "champion_version": current, "champion_value": champion_value, "metric": sw.metric}
+    log.info("promotion: %s (new v%s %s=%.4f, champion v%s %s)", decision, version, sw.metric, best["metric"], current,
+             champion_value)
+    return promotion
+
+
+def _log_summary(tracking_uri: str, parent_run_id: str, trials: list[dict], sw: SweepConfig, promotion: dict) -> None:
+    metrics = {"promotion/new_value": promotion.get("new_value"), "promotion/champion_value": promotion.get("champion_value")}
+    tracking.log_metrics(tracking_uri, parent_run_id, {k: v for k, v in metrics.items() if v is not None}, 0)
+    tracking.set_tags(tracking_uri, parent_run_id, {"promotion.decision": promotion["decision"],
+                                                     "promotion.new_version": str(promotion.get("new_version")),
+                                                     "promotion.champion_version": str(promotion.get("champion_version"))})
+    keys = sorted({k for t in trials for k in t["params"]})
+    table = {"trial": [t["trial"] for t in trials], "status": [t["status"] for t in trials],
+             sw.metric: [t["metric"] for t in trials], "mlflow_run_id": [t["mlflow_run_id"] for t in trials]}
+    for key in keys:
+        table[key] = [json.dumps(t["params"].get(key)) for t in trials]
+    tracking.log_table(tracking_uri, parent_run_id, table, "sweep/trials.json")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "metric_by_param.png")
+        plot_metric_by_param(trials, keys, sw.metric, path)
+        tracking.log_artifact(tracking_uri, parent_run_id, path, "sweep")
+        summary = os.path.join(folder, "promotion.json")
+        with open(summary, "w") as f:
+            json.dump(promotion, f, indent=1)
+        tracking.log_artifact(tracking_uri, parent_run_id, summary, "sweep")
+
+
+def plot_metric_by_param(trials: list[dict], keys: list[str], metric: str, path: str) -> None:
+    """One panel per searched key (focal gamma/alpha, transfer settings, ...): the metric of each trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = keys or ["(none)"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for status, marker in (("finished", "o"), ("stopped early", "x"), ("error", "s")):
+            points = [(str(t["params"].get(key)), t["metric"]) for t in trials if t["status"] == status and t["metric"] is not None]
+            if points:
+                ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=status)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reproduce_command(config_path: str, best: dict) -> str:
+    overrides = " ".join(f"'{k}={json.dumps(v)}'" for k, v in best["params"].items())
+    return f"maskx train --config {config_path} {overrides}"
