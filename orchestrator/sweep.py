@@ -169,8 +169,6 @@ def _close_children(tracking_uri: str, trials: list[dict]) -> None:
 def promote(cfg: TrainConfig, best: dict, tracking_uri: str, parent_run_id: str) -> dict:
     """Register the best trial's model; move the champion alias only if it beats the current champion
     on this sweep's metric and eval set (the champion is re-evaluated here; a tie keeps it)."""
-    from .inference import evaluate_model
-
     name, alias, sw = cfg.mlflow.registered_model, cfg.sweep.champion_alias, cfg.sweep
     if not name:
         return {"decision": "not registered: mlflow.registered_model is empty"}
@@ -181,10 +179,9 @@ def promote(cfg: TrainConfig, best: dict, tracking_uri: str, parent_run_id: str)
     if current is None:
         decision = "promoted: no champion yet"
     else:
-        champion_metrics, _ = evaluate_model(cfg, f"models:/{name}@{alias}")
-        champion_value = champion_metrics.get(sw.metric) if sw.metric in champion_metrics else None
+        champion_value = _champion_value(cfg, tracking_uri, name, alias, current)
         if champion_value is None:
-            decision = f"promoted: the champion has no {sw.metric} on this eval set"
+            decision = f"kept the champion: it has no {sw.metric} comparable with this sweep's"
         else:
             better = best["metric"] > champion_value if sw.mode == "max" else best["metric"] < champion_value
             decision = "promoted: beats the champion" if better else "kept the champion: the new model does not beat it"
@@ -195,6 +192,21 @@ def promote(cfg: TrainConfig, best: dict, tracking_uri: str, parent_run_id: str)
     log.info("promotion: %s (new v%s %s=%.4f, champion v%s %s)", decision, version, sw.metric, best["metric"], current,
              champion_value)
     return promotion
+
+
+def _champion_value(cfg: TrainConfig, tracking_uri: str, name: str, alias: str, version: str) -> Optional[float]:
+    """The champion's figure on this sweep's metric: COCO metrics are recomputed on this sweep's eval
+    set; a training-loss metric can only be taken from the champion's registration tags."""
+    from .inference import evaluate_model
+
+    metric = cfg.sweep.metric
+    if metric.startswith(("bbox/", "segm/")):
+        champion_metrics, _ = evaluate_model(cfg, f"models:/{name}@{alias}")
+        return champion_metrics.get(metric)
+    tags = tracking.version_tags(tracking_uri, name, version)
+    if tags.get("maskx.metric") == metric and tags.get("maskx.eval_set") == (cfg.data.val or ""):
+        return float(tags["maskx.metric_value"])
+    return None
 
 
 def _log_summary(tracking_uri: str, parent_run_id: str, trials: list[dict], sw: SweepConfig, promotion: dict) -> None:

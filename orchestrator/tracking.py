@@ -175,6 +175,10 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> Optional[str]:
         return None
 
 
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    return dict(_mlflow(tracking_uri).MlflowClient().get_model_version(name, version).tags)
+
+
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     _mlflow(tracking_uri).MlflowClient().set_registered_model_alias(name, alias, version)
 
