@@ -7,8 +7,6 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.sweep import search_space, sweep
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skip(reason="sweeps (#5) are written but not yet run end to end; unskip when they are")]
 
 SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweep-tiny-cpu.yaml")
 
@@ -31,6 +29,8 @@ def test_space_entries_are_checked_by_key():
         search_space(cfg.sweep)
 
 
+@pytest.mark.integration
+@pytest.mark.skip(reason="sweeps (#5) are written but not yet run end to end; unskip when they are")
 def test_four_trial_sweep_stops_some_early_and_sets_the_champion(synth_shards, mlflow_server, tmp_path):
     import mlflow
     import ray
