@@ -108,11 +108,12 @@ def run_train(args) -> int:
     from orchestrator.config import load_config
     from orchestrator.trainer import train
 
-    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
     print(f"run {result.run_name}: checkpoint {result.checkpoint}")
     _print_metrics(result.metrics)
     if result.model_version:
-        print(f"registered models:/{load_config(args.config, args.overrides).mlflow.registered_model}/{result.model_version}")
+        print(f"registered models:/{cfg.mlflow.registered_model}/{result.model_version}")
     return 0
 
 
@@ -156,6 +157,12 @@ def run_predict(args) -> int:
     return 0
 
 
+def run_demo_command(args) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(args.out, overrides=args.overrides)
+
+
 def _print_metrics(metrics: dict) -> None:
     for iou_type, title in (("bbox", "box "), ("segm", "mask")):
         if f"{iou_type}/all/AP" in metrics:
@@ -167,27 +174,13 @@ def _print_metrics(metrics: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    commands = {"synth": run_synth, "prepare": run_prepare, "train": run_train, "tune": run_tune, "eval": run_eval,
+                "predict": run_predict, "demo": run_demo_command}
     try:
-        if args.command == "synth":
-            return run_synth(args)
-        if args.command == "prepare":
-            return run_prepare(args)
-        if args.command == "train":
-            return run_train(args)
-        if args.command == "tune":
-            return run_tune(args)
-        if args.command == "eval":
-            return run_eval(args)
-        if args.command == "predict":
-            return run_predict(args)
-        if args.command == "demo":
-            from orchestrator.demo import run_demo
-
-            return run_demo(args.out, overrides=args.overrides)
+        return commands[args.command](args)
     except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:
         print(f"maskx {args.command}: {exc}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

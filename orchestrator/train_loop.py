@@ -40,6 +40,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
+    val_sources = load_sources([(cfg.data.val, 1.0)])[0] if cfg.data.val else None
     engine.bind_to_vocabulary(cfg, vocab)
     model = build_model(cfg.model).to(device)
     optimizer = engine.build_optimizer(model, cfg.solver)
@@ -93,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 window_start, window_images, window_losses = time.perf_counter(), 0, []
             last = state.iteration == cfg.solver.max_iter
             evaluate_now = cfg.data.val and (last or (cfg.eval_every and state.iteration % cfg.eval_every == 0))
-            eval_result = _evaluate(cfg, model, device, rank, world_size) if evaluate_now else None
+            eval_result = _evaluate(cfg, model, val_sources, vocab, device, rank, world_size) if evaluate_now else None
             if eval_result and metrics_logger:
                 metrics_logger.log(eval_result[0], state.iteration)
             if last or state.iteration % cfg.checkpoint.every == 0:
@@ -145,9 +146,8 @@ def _gather_to_rank0(obj, rank: int, world_size: int) -> Optional[list]:
     return gathered
 
 
-def _evaluate(cfg: TrainConfig, model, device, rank: int, world_size: int):
+def _evaluate(cfg: TrainConfig, model, sources, vocab, device, rank: int, world_size: int):
     """Every rank evaluates its share of the val shards; rank 0 runs COCOeval over all of them."""
-    sources, vocab = load_sources([(cfg.data.val, 1.0)])
     stream = EvalStream(sources, vocab, cfg.data.batch_size, rank, world_size)
     records = engine.eval_records(model, make_loader(stream, 0), device)
     gathered = _gather_to_rank0(records, rank, world_size)
