@@ -122,7 +122,7 @@ def run_tune(args) -> int:
     from orchestrator.sweep import reproduce_command, sweep
 
     cfg = load_config(args.config, args.overrides)
-    result = sweep(cfg, resume=args.resume)
+    result = sweep(cfg, resume=args.resume, write=lambda line: print(line, flush=True))
     print(f"sweep {result.sweep_folder} (MLflow parent run {result.parent_run_id})")
     print(f"{'trial':28} {'status':14} {cfg.sweep.metric:>14}  params")
     for trial in result.trials:
@@ -131,6 +131,9 @@ def run_tune(args) -> int:
     if result.best:
         print(f"best: {result.best['trial']} {cfg.sweep.metric}={result.best['metric']:.4f}")
         print(f"reproduce: {reproduce_command(args.config, result.best)}")
+    if result.interrupted:
+        print(f"interrupted: continue with maskx tune --config {args.config} --resume {result.sweep_folder}")
+        return 130
     print(f"promotion: {result.promotion['decision']}")
     return 0
 

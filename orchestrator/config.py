@@ -129,18 +129,25 @@ class ConfigError(ValueError):
 
 
 def apply_override(tree: dict, override: str) -> None:
-    """`a.b.c=value` into a nested dict; the value is parsed as YAML (numbers, lists, null...)."""
+    """`a.b.c=value` into a nested dict; the value is parsed as YAML (numbers, lists, null...). A number
+    indexes a list: `data.train.1.weight=0.5` is the second training source's weight."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected dotted.key=value")
     *parents, leaf = key.strip().split(".")
     node = tree
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {'.'.join(parents[:i + 1])} is not a section")
-        node = child
-    node[leaf] = yaml.safe_load(raw)
+    for i, part in enumerate(parents + [leaf]):
+        where = ".".join((parents + [leaf])[:i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {override!r}: {where}: no item {part} in a list of {len(node)}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {where.rpartition('.')[0]} is not a section")
+        if i == len(parents):
+            node[part] = yaml.safe_load(raw)
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
 def validate(tree: dict) -> TrainConfig:

@@ -4,25 +4,32 @@ the best model to the registry's champion alias.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
+
+from ray import tune
 
 from datasets import storage
 
 from . import tracking
 from .config import SweepConfig, TrainConfig, apply_override, dump_config, validate
-from .trainer import absolute_storage_path, train, with_absolute_paths
+from .trainer import MLFLOW_RUN_FILE, absolute_storage_path, run_folder_of, train, with_absolute_paths
 
 log = logging.getLogger(__name__)
 
 SWEEP_RECORD = "maskx_sweep.json"
 PARAMS_KEY = "overrides"
+TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes
+STOPPED = "stopped early"
 
 
 @dataclass
@@ -32,6 +39,72 @@ class SweepResult:
     trials: list[dict]  # one row per trial: params, metric, status, MLflow run id
     best: Optional[dict]
     promotion: dict
+    interrupted: bool = False
+
+
+class TrialProgress(tune.Callback):
+    """The live table (one line per trial report and per trial end: trial, status, iteration, the
+    sweep's metric, params); a trial the scheduler stops gets its MLflow run closed at once."""
+
+    def __init__(self, metric: str, tracking_uri: str, write: Callable[[str], None] = print):
+        self.metric, self.tracking_uri, self.write = metric, tracking_uri, write
+        self.last: dict[str, dict] = {}
+
+    def setup(self, **info):
+        self.write(f"{'trial':14} {'status':14} {'iter':>6} {self.metric:>14}  params")
+
+    def _row(self, trial, status: str) -> None:
+        result = self.last.get(trial.trial_id, {})
+        value = result.get(self.metric)
+        overrides = trial.config.get(PARAMS_KEY, {})
+        self.write(f"{trial.trial_id:14} {status:14} {result.get('iteration', '-')!s:>6} "
+                   f"{'-' if value is None else format(value, '.4f'):>14}  "
+                   + " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        self._row(trial, "running")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # Tune calls this both when the trial's run returns and when the scheduler stops it; only a
+        # run that got to the end (model logged) has closed its MLflow run.
+        run_id = self.last.get(trial.trial_id, {}).get("mlflow_run_id")
+        if run_id and tracking.run_status(self.tracking_uri, run_id) == "FINISHED":
+            self._row(trial, "finished")
+            return
+        if run_id:
+            tracking.close_run_if_open(self.tracking_uri, run_id, "KILLED", STOPPED)
+        self._row(trial, STOPPED)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial, "error")
+
+
+@contextlib.contextmanager
+def interrupt_flag():
+    """Ctrl-C stops the sweep as Tune's own handler would (state saved, running trials stopped; SIGUSR1
+    is Tune's graceful stop) and sets the flag: `fit()` returns the same either way."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def stop(signum, frame):
+        interrupted.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C aborts at once
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    saved = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if saved is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved
 
 
 def search_space(sweep: SweepConfig):
@@ -64,20 +137,29 @@ def trial_config(base: dict, overrides: dict) -> TrainConfig:
 
 def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -> None:
     """One Tune trial: a whole training run; Tune sees its reports through TuneReportCallback."""
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(base, params[PARAMS_KEY])
     cfg.mlflow.registered_model = None  # the sweep registers its best trial only
     cfg.checkpoint.storage_path = storage.join(sweep_folder, "trials")
     trial_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
-    train(cfg, run_name=trial_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
-          resume=trial_name if storage.stat(storage.join(cfg.checkpoint.storage_path, trial_name, "mlflow_run.json")) else None)
+    record = storage.join(run_folder_of(cfg, trial_name), MLFLOW_RUN_FILE)
+    if storage.stat(record) is None:
+        train(cfg, run_name=trial_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()])
+        return
+    # Tune restarts a trial when a sweep resumes or the trial errored: continue its run and MLflow run,
+    # unless the run had already ended when the sweep was interrupted (Tune had not heard yet).
+    run_id = json.loads(storage.read_bytes(record))["run_id"]
+    if tracking.run_status(cfg.mlflow.tracking_uri, run_id) == "FINISHED":
+        tune.report({**tracking.latest_metrics(cfg.mlflow.tracking_uri, run_id), "mlflow_run_id": run_id,
+                     "iteration": cfg.solver.max_iter})
+        return
+    train(cfg, run_name=trial_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()], resume=trial_name)
 
 
-def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
+def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str], None] = log.info) -> SweepResult:
+    """Run (or, with `resume` = a sweep folder, continue) the sweep; `write` takes the live table's lines."""
     import ray
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     cfg = with_absolute_paths(cfg)
@@ -87,11 +169,13 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
             raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
         cfg.eval_every = cfg.checkpoint.every  # every report a scheduler sees must carry the metric
     param_space = search_space(sw)
-    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    # Resolved here, on the driver: trials run in other folders (the default sqlite path is relative).
+    tracking_uri = cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     if resume:
         sweep_folder = absolute_storage_path(resume)
         record = json.loads(storage.read_bytes(storage.join(sweep_folder, SWEEP_RECORD)))
         parent_run_id = record["parent_run_id"]
+        tracking.reopen_run(tracking_uri, parent_run_id)
     else:
         name = f"{cfg.name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep_folder = storage.join(absolute_storage_path(sw.storage_path), name)
@@ -102,13 +186,17 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
-    # The trial function only waits on its TorchTrainer, whose workers hold the CPUs/GPUs.
+    # The trial function only waits on its TorchTrainer, whose workers hold the CPUs/GPUs; it asks for
+    # a little memory instead of a CPU so that it never takes a core a trial's worker needs (Tune
+    # refuses an all-zero request).
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), parent_run_id=parent_run_id, sweep_folder=sweep_folder),
-        {"CPU": 0})
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
     if resume:
         tuner = tune.Tuner.restore(sweep_folder, trainable, resume_errored=True)
     else:
+        # max_t one past the last report: ASHA stops any trial reaching max_t, which would cut a
+        # finished run off before it logs its model.
         scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
                                    reduction_factor=sw.reduction_factor,
                                    max_t=max(1, cfg.solver.max_iter // cfg.checkpoint.every + 1))
@@ -122,11 +210,21 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler, search_alg=search_alg,
                                         num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials),
-            run_config=tune.RunConfig(name=os.path.basename(sweep_folder), storage_path=os.path.dirname(sweep_folder)),
+            # Tune's own tables print every metric of every trial; the live table prints what a sweep needs.
+            run_config=tune.RunConfig(name=os.path.basename(sweep_folder), storage_path=os.path.dirname(sweep_folder),
+                                      verbose=0, callbacks=[TrialProgress(sw.metric, tracking_uri, write)]),
         )
-    grid = tuner.fit()
+    with interrupt_flag() as interrupted:
+        grid = tuner.fit()
 
-    trials = _trial_rows(grid, sw, cfg.solver.max_iter)
+    trials = _trial_rows(grid, sw, tracking_uri, interrupted.is_set())
+    if interrupted.is_set():
+        # Tune saved its state: resuming reruns what was running and starts what had not started.
+        reason = f"sweep interrupted; resume with maskx tune --resume {sweep_folder}"
+        _close_children(tracking_uri, trials, "KILLED", reason)
+        tracking.set_tags(tracking_uri, parent_run_id, {"maskx.sweep_state": "interrupted"})
+        tracking.end_run(tracking_uri, parent_run_id, "KILLED")
+        return SweepResult(sweep_folder, parent_run_id, trials, None, {"decision": "none: sweep interrupted"}, interrupted=True)
     _close_children(tracking_uri, trials)
     best = _best(trials, sw)
     promotion = promote(cfg, best, tracking_uri, parent_run_id) if best else {"decision": "no finished trial"}
@@ -135,20 +233,24 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None) -> SweepResult:
     return SweepResult(sweep_folder, parent_run_id, trials, best, promotion)
 
 
-def _trial_rows(grid, sw: SweepConfig, max_iter: int) -> list[dict]:
+def _trial_rows(grid, sw: SweepConfig, tracking_uri: str, interrupted: bool) -> list[dict]:
+    """Each trial's state as its MLflow run tells it: FINISHED once `maskx train` got to the end (model
+    logged); KILLED when the scheduler stopped it (possibly at its last report, before the model)."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
-        overrides = (result.config or {}).get(PARAMS_KEY, {})
-        finished = metrics.get("iteration") == trial_config_max_iter(overrides, max_iter) and sw.metric in metrics
-        rows.append({"trial": os.path.basename(result.path), "params": overrides, "metric": metrics.get(sw.metric),
-                     "iteration": metrics.get("iteration"), "mlflow_run_id": metrics.get("mlflow_run_id") or None,
-                     "status": "error" if result.error else ("finished" if finished else "stopped early")})
+        run_id = metrics.get("mlflow_run_id") or None
+        run_status = tracking.run_status(tracking_uri, run_id) if run_id else None
+        if result.error:
+            status = "error"
+        elif run_status == "FINISHED":
+            status = "finished"
+        else:
+            status = "interrupted" if interrupted and run_status != "KILLED" else STOPPED
+        rows.append({"trial": metrics.get("trial_id") or os.path.basename(result.path),
+                     "params": (result.config or {}).get(PARAMS_KEY, {}), "metric": metrics.get(sw.metric),
+                     "iteration": metrics.get("iteration"), "mlflow_run_id": run_id, "status": status})
     return rows
-
-
-def trial_config_max_iter(overrides: dict, default: int) -> int:
-    return int(overrides.get("solver.max_iter", default))
 
 
 def _best(trials: list[dict], sw: SweepConfig) -> Optional[dict]:
@@ -158,12 +260,14 @@ def _best(trials: list[dict], sw: SweepConfig) -> Optional[dict]:
     return (max if sw.mode == "max" else min)(finished, key=lambda t: t["metric"])
 
 
-def _close_children(tracking_uri: str, trials: list[dict]) -> None:
-    """Trials stopped by the scheduler or failed leave their MLflow runs open: close them with their status."""
+def _close_children(tracking_uri: str, trials: list[dict], status: Optional[str] = None, reason: Optional[str] = None) -> None:
+    """Trials stopped by the scheduler, failed or interrupted leave their MLflow runs open: close them,
+    saying why (a resumed trial reopens its run)."""
     for trial in trials:
         if trial["mlflow_run_id"] and trial["status"] != "finished":
             tracking.close_run_if_open(tracking_uri, trial["mlflow_run_id"],
-                                       "KILLED" if trial["status"] == "stopped early" else "FAILED", trial["status"])
+                                       status or ("KILLED" if trial["status"] == STOPPED else "FAILED"),
+                                       reason or trial["status"])
 
 
 def promote(cfg: TrainConfig, best: dict, tracking_uri: str, parent_run_id: str) -> dict:
@@ -241,7 +345,7 @@ def plot_metric_by_param(trials: list[dict], keys: list[str], metric: str, path:
     keys = keys or ["(none)"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for status, marker in (("finished", "o"), ("stopped early", "x"), ("error", "s")):
+        for status, marker in (("finished", "o"), (STOPPED, "x"), ("error", "s")):
             points = [(str(t["params"].get(key)), t["metric"]) for t in trials if t["status"] == status and t["metric"] is not None]
             if points:
                 ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=status)

@@ -87,6 +87,21 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     _mlflow(tracking_uri).MlflowClient().set_terminated(run_id, status)
 
 
+def run_status(tracking_uri: str, run_id: str) -> str:
+    return _mlflow(tracking_uri).MlflowClient().get_run(run_id).info.status
+
+
+def latest_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    return dict(_mlflow(tracking_uri).MlflowClient().get_run(run_id).data.metrics)
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """A resumed run (or sweep) logs into the run it started, which an interruption or failure ended."""
+    client = _mlflow(tracking_uri).MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+
+
 class MetricLogger:
     """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics
     wait in a buffer and go out with the next call that reaches the server."""

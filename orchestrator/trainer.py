@@ -128,7 +128,9 @@ def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: 
     """The run's MLflow run: the one recorded in its folder when resuming, else a new one."""
     record = storage.join(run_folder, MLFLOW_RUN_FILE)
     if storage.stat(record) is not None:
-        return json.loads(storage.read_bytes(record))["run_id"]
+        run_id = json.loads(storage.read_bytes(record))["run_id"]
+        tracking.reopen_run(tracking_uri, run_id)
+        return run_id
     run_id = tracking.start_run(tracking_uri, cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
                                 tags={"maskx.run_folder": run_folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
     storage.write_bytes(record, json.dumps({"run_id": run_id, "tracking_uri": tracking.redact(tracking_uri)}).encode())

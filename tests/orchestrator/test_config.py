@@ -42,3 +42,12 @@ def test_shipped_configs_all_load():
 
     for path in sorted(Path("configs").glob("*.yaml")):
         load_config(str(path))
+
+
+def test_a_number_in_a_dotted_key_indexes_a_list():
+    cfg = load_config(TINY, ["data.train.1.weight=0.25"])
+    assert [s.weight for s in cfg.data.train] == [1.0, 0.25]
+    with pytest.raises(ConfigError, match=r"data.train.5: no item 5 in a list of 2"):
+        load_config(TINY, ["data.train.5.weight=0.25"])
+    with pytest.raises(ConfigError, match=r"seed is not a section"):
+        load_config(TINY, ["seed.x=1"])

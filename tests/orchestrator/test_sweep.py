@@ -1,23 +1,30 @@
-"""`maskx tune` on a local Ray instance with a real MLflow server: 4 trials of 1 worker each, ASHA,
-one parent run with 4 children, champion alias set by the first sweep."""
+"""`maskx tune` on a local Ray instance (with its dashboard: Train V2 frees a stopped trial's workers
+through the state API) and a real MLflow server. The sweeps share one registered model, so they run
+in order: the first sets the champion, a worse one keeps it, and an interrupted-then-resumed better
+one takes it."""
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from orchestrator.config import load_config
 from orchestrator.sweep import search_space, sweep
 
-
 SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweep-tiny-cpu.yaml")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+MODEL = "maskx-sweep-test"
 
 
-def sweep_overrides(synth_shards, tmp, tracking_uri):
+def sweep_overrides(synth_shards, tmp, tracking_uri, experiment="sweep-test"):
     return [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
             f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "solver.max_iter=4", "solver.warmup_iters=1",
             "log_every=1", "checkpoint.every=1", f"checkpoint.storage_path={tmp}/runs", f"sweep.storage_path={tmp}/sweeps",
-            f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment=sweep-test", "mlflow.registered_model=maskx-sweep-test",
-            "sweep.metric=loss/loss", "sweep.mode=min", "sweep.reduction_factor=4",
-            "sweep.space={solver.lr: {grid: [0.02, 0.0001]}, model.box_loss.gamma: {grid: [0.0, 2.0]}}"]
+            f"mlflow.tracking_uri={tracking_uri}", f"mlflow.experiment={experiment}", f"mlflow.registered_model={MODEL}",
+            "sweep.metric=loss/loss", "sweep.mode=min"]
 
 
 def test_space_entries_are_checked_by_key():
@@ -29,28 +36,158 @@ def test_space_entries_are_checked_by_key():
         search_space(cfg.sweep)
 
 
+@pytest.fixture(scope="module")
+def sweep_ray():
+    import ray
+
+    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield context.address_info["address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first_sweep(sweep_ray, synth_shards, mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep1")
+    lines = []
+    overrides = sweep_overrides(synth_shards, tmp, mlflow_server) + [
+        "sweep.reduction_factor=4", "sweep.space={solver.lr: {grid: [0.02, 0.0001]}, model.box_loss.gamma: {grid: [0.0, 2.0]}}"]
+    return sweep(load_config(SWEEP, overrides), write=lines.append), lines
+
+
 @pytest.mark.integration
-@pytest.mark.skip(reason="sweeps (#5) are written but not yet run end to end; unskip when they are")
-def test_four_trial_sweep_stops_some_early_and_sets_the_champion(synth_shards, mlflow_server, tmp_path):
+def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, mlflow_server):
     import mlflow
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = sweep(load_config(SWEEP, sweep_overrides(synth_shards, tmp_path, mlflow_server)))
-    finally:
-        ray.shutdown()
+    result, lines = first_sweep
     statuses = sorted(t["status"] for t in result.trials)
     assert len(result.trials) == 4 and "finished" in statuses and "stopped early" in statuses, result.trials
+    assert any("stopped early" in line for line in lines) and any("finished" in line for line in lines), lines
+
+    # Stopped trials give their workers back: the whole cluster is free again.
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == 2
 
     client = mlflow.MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("sweep-test").experiment_id
     runs = client.search_runs([experiment])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     assert len(runs) == 5 and len(children) == 4
-    assert all(r.info.status != "RUNNING" for r in runs)  # no orphan left open
-    champion = client.get_model_version_by_alias("maskx-sweep-test", "champion")
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert sorted(r.info.status for r in children) == sorted("FINISHED" if s == "finished" else "KILLED" for s in statuses)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.run_id == result.best["mlflow_run_id"]
+    assert result.best["metric"] == min(t["metric"] for t in result.trials if t["status"] == "finished")
     assert result.promotion["decision"] == "promoted: no champion yet"
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.json", "sweep/metric_by_param.png", "sweep/promotion.json"} <= parent_artifacts
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["promotion.decision"] == "promoted: no champion yet"
+    assert parent.data.metrics["promotion/new_value"] == pytest.approx(result.best["metric"])
+
+
+@pytest.mark.integration
+def test_a_sweep_whose_best_is_worse_keeps_the_champion(first_sweep, synth_shards, mlflow_server, tmp_path):
+    import mlflow
+
+    champion_before = mlflow.MlflowClient(mlflow_server).get_model_version_by_alias(MODEL, "champion").version
+    # lr 0: the model stays at its initialisation, so its loss cannot beat the trained champion's.
+    overrides = sweep_overrides(synth_shards, tmp_path, mlflow_server) + ["sweep.scheduler=fifo", "sweep.space={solver.lr: {grid: [0.0]}}"]
+    result = sweep(load_config(SWEEP, overrides))
+
+    client = mlflow.MlflowClient(mlflow_server)
+    assert result.promotion["decision"] == "kept the champion: the new model does not beat it", result.promotion
+    assert result.promotion["new_value"] > result.promotion["champion_value"] == pytest.approx(first_sweep[0].best["metric"])
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
+    assert client.get_model_version(MODEL, result.promotion["new_version"])  # registered all the same
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["promotion.decision"].startswith("kept the champion")
+    assert parent.data.metrics["promotion/champion_value"] == pytest.approx(result.promotion["champion_value"])
+
+
+def _wait_for_children(client, experiment: str, proc, timeout: float = 300):
+    """The first trial's run once it finished and the second trial has reported (so is mid-run)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        found = client.get_experiment_by_name(experiment)
+        children = [r for r in (client.search_runs([found.experiment_id]) if found else [])
+                    if "mlflow.parentRunId" in r.data.tags]
+        finished = [r for r in children if r.info.status == "FINISHED"]
+        reporting = [r for r in children if r.info.status == "RUNNING" and "loss/loss" in r.data.metrics]
+        if finished and reporting:
+            return finished[0]
+        time.sleep(0.5)
+    raise AssertionError("the sweep did not get to its second trial in time")
+
+
+@pytest.mark.integration
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(first_sweep, sweep_ray, synth_shards, mlflow_server,
+                                                                     tmp_path):
+    """Ctrl-C while the second of two trials runs, then `maskx tune --resume`: the finished trial is not
+    rerun, the other continues from its checkpoint in its own MLflow run, and this sweep's better best
+    takes the champion alias."""
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_server)
+    config_args = ["--config", SWEEP] + sweep_overrides(synth_shards, tmp_path, mlflow_server, "sweep-resume-test") + [
+        "solver.max_iter=12", "log_every=4", "checkpoint.every=4", "sweep.scheduler=fifo", "sweep.max_concurrent_trials=1",
+        "sweep.space={solver.lr: {grid: [0.02, 0.01]}}"]
+    env = {**os.environ, "RAY_ADDRESS": sweep_ray, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "orchestrator.cli", "tune"] + config_args
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done_first = _wait_for_children(client, "sweep-resume-test", proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    sweep_folder = out.split("--resume ")[-1].split()[0]
+    first_folder = done_first.data.tags["maskx.run_folder"]
+    checkpoints_before = sorted(os.listdir(first_folder))
+
+    resumed = subprocess.run(command + ["--resume", sweep_folder], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "reproduce: maskx train --config" in resumed.stdout
+
+    parent_id = json.load(open(os.path.join(sweep_folder, "maskx_sweep.json")))["parent_run_id"]
+    experiment = client.get_experiment_by_name("sweep-resume-test").experiment_id
+    runs = client.search_runs([experiment])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert len(runs) == 3 and len(children) == 2  # one parent, no duplicated child for the resumed trial
+    assert all(r.info.status == "FINISHED" for r in runs)
+    again = client.get_run(done_first.info.run_id)
+    assert again.info.end_time == done_first.info.end_time  # the finished trial was not rerun
+    assert sorted(os.listdir(first_folder)) == checkpoints_before
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss/loss")]
+        assert sorted(set(steps)) == [4, 8, 12], steps  # the resumed trial continued where it stopped
+
+    with open(client.download_artifacts(parent_id, "sweep/promotion.json", str(tmp_path))) as f:
+        promotion = json.load(f)
+    assert promotion["decision"] == "promoted: beats the champion", promotion
+    assert promotion["new_value"] < promotion["champion_value"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == promotion["new_version"]
+
+
+def test_every_knob_of_the_r50_sweep_is_a_config_key_a_trial_can_take():
+    """Optuna's suggestions over the shipped COCO+VG space become valid trial configs (the VG mix ratio
+    through a list index), with no Ray session."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.sweep import trial_config
+
+    cfg = load_config(os.path.join(REPO, "configs", "sweep-coco-vg-r50.yaml"))
+    searcher = OptunaSearch(seed=0)
+    assert searcher.set_search_properties(cfg.sweep.metric, cfg.sweep.mode, search_space(cfg.sweep))
+    for i in range(3):
+        overrides = searcher.suggest(f"t{i}")["overrides"]
+        trial = trial_config(cfg.to_dict(), overrides)
+        assert trial.data.train[1].weight == overrides["data.train.1.weight"]
+        assert trial.model.mask_head.transfer_input == overrides["model.mask_head.transfer_input"]
+        assert trial.model.box_loss.gamma == pytest.approx(overrides["model.box_loss.gamma"])
+        assert trial.solver.lr == pytest.approx(overrides["solver.lr"])
