@@ -140,6 +140,9 @@ def stat(url: str) -> Optional[tuple[int, dict[str, str]]]:
     return int(head["ContentLength"]), dict(head.get("Metadata", {}))
 
 
+READ_CHUNK = 64 * 1024
+
+
 class S3RangeReader(io.RawIOBase):
     """A readable S3 object that reopens at its current byte when the stream breaks.
 
@@ -180,7 +183,9 @@ class S3RangeReader(io.RawIOBase):
             return 0
         while True:
             try:
-                chunk = self.body.read(len(buffer))
+                # Bounded reads: the bytes of a read that breaks are lost, so a resume starts at most
+                # one chunk back from where the connection dropped.
+                chunk = self.body.read(min(len(buffer), READ_CHUNK))
                 if not chunk and self.position < self.size:
                     raise ConnectionError(f"stream ended at byte {self.position} of {self.size}")
                 break

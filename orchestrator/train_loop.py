@@ -48,8 +48,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = engine.TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = engine.restore(engine.load_checkpoint(folder), model, optimizer, scheduler, rank)
+        state = engine.restore(_load_latest_readable(checkpoint), model, optimizer, scheduler, rank)
         log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
                  state.position.epoch, state.position.batches)
     # Batches from VG images carry no masks: the mask branch then takes no part in the step.
@@ -80,7 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             window_images += len(batch.images)
             window_losses.append(losses)
             if keys_log:
-                keys_log.write("\n".join(batch.keys) + "\n")
+                keys_log.write("".join(f"{state.iteration} {key}\n" for key in batch.keys))
                 keys_log.flush()
             if state.iteration % cfg.log_every == 0 or state.iteration == cfg.solver.max_iter:
                 elapsed = time.perf_counter() - window_start
@@ -183,9 +182,37 @@ def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: eng
                          checkpoint_dir_name=f"checkpoint_{state.iteration:08d}")
 
 
+def _load_latest_readable(checkpoint: ray.train.Checkpoint) -> dict:
+    """The latest checkpoint's contents or, when it cannot be read (a disk or upload gone bad after it
+    was registered), the newest older one in the same run folder, with a warning."""
+    from pyarrow.fs import FileSelector, FileType
+
+    run_folder = os.path.dirname(checkpoint.path.rstrip("/"))
+    siblings = checkpoint.filesystem.get_file_info(FileSelector(run_folder))
+    older = sorted((info.path for info in siblings if info.type == FileType.Directory
+                    and os.path.basename(info.path).startswith("checkpoint_") and info.path < checkpoint.path), reverse=True)
+    errors = []
+    for path in [checkpoint.path] + older:
+        try:
+            with ray.train.Checkpoint(path, checkpoint.filesystem).as_directory() as folder:
+                contents = engine.load_checkpoint(folder)
+        except (ValueError, FileNotFoundError) as exc:
+            errors.append(str(exc))
+            log.warning("%s; trying the previous checkpoint", exc)
+            continue
+        if errors:
+            log.warning("resuming from %s instead of the latest checkpoint %s", path, checkpoint.path)
+        return contents
+    raise ValueError(f"no readable checkpoint in {run_folder}: " + "; ".join(errors))
+
+
 def _open_keys_log(folder: Optional[str], rank: int):
-    """Append every consumed sample key to `folder/rank{R}.txt` (tests of exact resume read it)."""
+    """Append `ITERATION KEY` for every consumed sample to `folder/rank{R}.txt`, after a `node ID` line
+    per (re)start. Tests of exact resume read it: iterations redone after a restart appear again, and
+    the last occurrence of each iteration is the one the finished model saw."""
     if not folder:
         return None
     os.makedirs(folder, exist_ok=True)
-    return open(os.path.join(folder, f"rank{rank}.txt"), "a")
+    keys_log = open(os.path.join(folder, f"rank{rank}.txt"), "a")
+    keys_log.write(f"node {ray.get_runtime_context().get_node_id()}\n")
+    return keys_log

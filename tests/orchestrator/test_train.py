@@ -51,7 +51,9 @@ def first_run(local_ray, synth_shards, tmp_path_factory):
 
 
 def keys_per_rank(folder):
-    return {name: open(os.path.join(folder, name)).read().split() for name in sorted(os.listdir(folder))}
+    """rank file -> consumed keys, in order (the `node` line of each start left out)."""
+    return {name: [line.split()[1] for line in open(os.path.join(folder, name)) if not line.startswith("node ")]
+            for name in sorted(os.listdir(folder))}
 
 
 def test_two_workers_train_checkpoint_and_evaluate(first_run):
