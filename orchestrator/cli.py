@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="PNG to write")
     predict.add_argument("--score-threshold", type=float, default=0.5)
 
+    server = sub.add_parser("mlflow-server", help="run an MLflow tracking server (sqlite + artifacts under --store); localhost only unless --host")
+    server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts (default mlflow-server)")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: not reachable from other machines)")
+    server.add_argument("--port", type=int, default=5000)
+
     demo = sub.add_parser("demo", help="the embedded end-to-end demo: synthetic data, local Ray, local MLflow")
     demo.add_argument("--out", default="demo-out", help="folder for data, shards and checkpoints (default demo-out)")
     demo.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="overrides of configs/tiny-cpu.yaml")
@@ -160,6 +165,17 @@ def run_predict(args) -> int:
     return 0
 
 
+def run_mlflow_server(args) -> int:
+    import os
+
+    from orchestrator.tracking import server_command
+
+    os.makedirs(args.store, exist_ok=True)
+    command = server_command(args.store, args.host, args.port)
+    print(f"MLflow tracking server at http://{args.host}:{args.port} (store {os.path.abspath(args.store)})", flush=True)
+    os.execv(command[0], command)
+
+
 def run_demo_command(args) -> int:
     from orchestrator.demo import run_demo
 
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {"synth": run_synth, "prepare": run_prepare, "train": run_train, "tune": run_tune, "eval": run_eval,
-                "predict": run_predict, "demo": run_demo_command}
+                "predict": run_predict, "demo": run_demo_command, "mlflow-server": run_mlflow_server}
     try:
         return commands[args.command](args)
     except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:

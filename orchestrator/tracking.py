@@ -106,11 +106,16 @@ class MetricLogger:
     """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics
     wait in a buffer and go out with the next call that reaches the server."""
 
-    def __init__(self, run_id: Optional[str], tracking_uri: Optional[str]):
+    def __init__(self, run_id: Optional[str], tracking_uri: Optional[str], in_training_process: bool = False):
         self.run_id, self.tracking_uri = run_id, tracking_uri
         self.pending: list = []
         self._client = None
         self._warned = False
+        if in_training_process:
+            # MLflow's client retries a refused request for minutes (process-wide settings); a
+            # training step must not wait on it: fail at once and keep the metrics for later.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.run_id:
@@ -138,6 +143,40 @@ class MetricLogger:
                             redact(self.tracking_uri), type(exc).__name__, len(self.pending))
                 self._warned = True
             return False
+
+
+    def unsent(self) -> list[dict]:
+        return [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self.pending]
+
+
+def server_command(store: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """`mlflow server` on a sqlite store and a local artifact folder under `store`, proxying artifacts
+    (clients need no access to the folder)."""
+    import shutil
+    import sys
+
+    store = os.path.abspath(store)
+    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    return [mlflow_bin, "server", "--host", host, "--port", str(port), "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db", "--artifacts-destination", os.path.join(store, "artifacts"), "--workers", "1"]
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    """What the MLflow client raises when the tracking server cannot be reached (after its retries)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (requests.exceptions.ConnectionError, MlflowException)
+
+
+def log_unsent(tracking_uri: str, run_id: str, unsent: list[dict]) -> None:
+    """Metric values a training process could not send (MLflow was down at its end), sent now."""
+    from mlflow.entities import Metric
+
+    metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in unsent]
+    client = _mlflow(tracking_uri).MlflowClient()
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:

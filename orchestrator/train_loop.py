@@ -27,6 +27,7 @@ from .tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 
+UNSENT_METRICS_FILE = "unsent_metrics.json"
 EVAL_FILE = "eval.json"
 KEYS_FOLDER = "consumed_keys"
 
@@ -56,8 +57,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     samples = sum(s.num_samples for s in sources if s.weight > 0)
     batches_per_epoch = cfg.data.batches_per_epoch or max(1, samples // (cfg.data.batch_size * world_size))
-    metrics_logger = MetricLogger(loop_config.get("mlflow_run_id"), loop_config.get("mlflow_tracking_uri")) \
-        if rank == 0 else None
+    metrics_logger = MetricLogger(loop_config.get("mlflow_run_id"), loop_config.get("mlflow_tracking_uri"),
+                                  in_training_process=True) if rank == 0 else None
     keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
@@ -97,12 +98,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if eval_result and metrics_logger:
                 metrics_logger.log(eval_result[0], state.iteration)
             if last or state.iteration % cfg.checkpoint.every == 0:
+                # Metrics MLflow could not take yet travel with the last checkpoint; the driver sends them.
+                unsent = metrics_logger.unsent() if last and metrics_logger and not metrics_logger.flush() else []
                 _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result,
-                                   dict(last_metrics, mlflow_run_id=loop_config.get("mlflow_run_id") or ""))
+                                   dict(last_metrics, mlflow_run_id=loop_config.get("mlflow_run_id") or ""), unsent)
             if last:
                 break
-    if metrics_logger:
-        metrics_logger.flush()
 
 
 def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: engine.TrainState,
@@ -161,7 +162,7 @@ def _evaluate(cfg: TrainConfig, model, sources, vocab, device, rank: int, world_
 
 
 def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: engine.TrainState, vocab, rank: int,
-                       eval_result, train_metrics: dict) -> None:
+                       eval_result, train_metrics: dict, unsent_metrics: list = ()) -> None:
     """Rank 0 writes the checkpoint; every rank reports (the call is a barrier). The reported metrics
     (latest losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
     positions = _gather_to_rank0(state.position.to_json(), rank, dist.get_world_size() if dist.is_initialized() else 1)
@@ -174,6 +175,9 @@ def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: eng
         with open(os.path.join(folder, "config.yaml"), "w") as f:
             f.write(dump_config(cfg))
         vocab.save(os.path.join(folder, "vocab.json"))
+        if unsent_metrics:
+            with open(os.path.join(folder, UNSENT_METRICS_FILE), "w") as f:
+                json.dump(list(unsent_metrics), f)
         if eval_result:
             metrics.update(eval_result[0])
             with open(os.path.join(folder, EVAL_FILE), "w") as f:

@@ -19,7 +19,7 @@ from datasets.stream import EvalStream, load_sources
 
 from . import engine, tracking
 from .config import TrainConfig, dump_config
-from .train_loop import EVAL_FILE, train_loop_per_worker
+from .train_loop import EVAL_FILE, UNSENT_METRICS_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,17 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
 
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics, version = {}, None
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as folder:
-            metrics, version = _log_final(cfg, folder, tracking_uri, run_id)
-    tracking.end_run(tracking_uri, run_id)
+    try:
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as folder:
+                metrics, version = _log_final(cfg, folder, tracking_uri, run_id)
+        tracking.end_run(tracking_uri, run_id)
+    except tracking.connection_errors() as exc:
+        raise RuntimeError(
+            f"run {run_name} trained to the end (checkpoint {checkpoint}), but its last metrics, evaluation, "
+            f"overlays and model could not be logged to MLflow at {tracking.redact(tracking_uri)} "
+            f"({type(exc).__name__}: {tracking.redact(str(exc).splitlines()[0][:200])}); once the server is back, "
+            f"`maskx train --config ... --resume {run_name}` logs them") from None
     return TrainingResult(run_name, run_folder, checkpoint, metrics, run_id, tracking_uri, version)
 
 
@@ -141,6 +148,10 @@ def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_
     """Eval tables, overlays of a few val images and the model (registered) from the last checkpoint."""
     from .inference import draw_overlay, load_model, predict
 
+    unsent_path = os.path.join(checkpoint_folder, UNSENT_METRICS_FILE)
+    if os.path.exists(unsent_path):
+        with open(unsent_path) as f:
+            tracking.log_unsent(tracking_uri, run_id, json.load(f))
     loaded = load_model(checkpoint_folder)
     metrics = {}
     eval_path = os.path.join(checkpoint_folder, EVAL_FILE)

@@ -79,27 +79,31 @@ def wait_for_http(url: str, process, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server (sqlite backend, proxied artifacts) on 127.0.0.1; yields its URI."""
+def start_mlflow_server(store, port):
+    """`maskx mlflow-server` (real `mlflow server`, sqlite, proxied artifacts, 127.0.0.1 by default)."""
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{uri}/health", process)
-        yield uri
-    finally:
-        import signal
+    log = open(os.path.join(store, f"server-{port}.log"), "a")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "maskx"), "mlflow-server", "--store", str(store),
+                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_http(f"http://127.0.0.1:{port}/health", process)
+    return process
 
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+
+def stop_mlflow_server(process):
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 for the session; yields its URI."""
+    port = free_port()
+    process = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_mlflow_server(process)

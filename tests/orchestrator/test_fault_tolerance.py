@@ -32,13 +32,14 @@ def cluster():
     cluster.shutdown()
 
 
-def spread_config(synth_shards, tmp, name):
-    return load_config(TINY, [
-        f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
+def spread_config(synth_shards, tmp, name, overrides=()):
+    sources = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]"] \
+        if synth_shards else []
+    return load_config(TINY, sources + [
         "data.val=null", "data.batch_size=2", "data.loader_workers=0", f"solver.max_iter={MAX_ITER}",
         "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
         "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", f"checkpoint.storage_path={tmp}/ray_results",
-        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "mlflow.registered_model=null", f"name={name}"])
+        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "mlflow.registered_model=null", f"name={name}", *overrides])
 
 
 def consumed(folder):
@@ -143,3 +144,80 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_r
     assert contents["iteration"] == MAX_ITER - 2
     assert f"checkpoint {latest}/state.pt: unreadable" in caplog.text
     assert "resuming from" in caplog.text and "checkpoint_00000006" in caplog.text
+
+
+def test_training_survives_the_mlflow_server_going_down_and_catches_up(cluster, synth_shards, tmp_path):
+    import mlflow
+
+    from tests.conftest import free_port, start_mlflow_server, stop_mlflow_server
+
+    store, port = tmp_path / "mlflow", free_port()
+    store.mkdir()
+    server = start_mlflow_server(store, port)
+    uri = f"http://127.0.0.1:{port}"
+    cfg = spread_config(synth_shards, tmp_path, "outage", [f"mlflow.tracking_uri={uri}", "log_every=1",
+                                                          f"data.val={synth_shards['coco_val']}", "mlflow.registered_model=maskx-outage"])
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = train(cfg, record_keys_to=str(tmp_path / "keys"))
+        except Exception as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    client = mlflow.MlflowClient(uri)
+    deadline = time.time() + 300
+    while True:
+        assert runner.is_alive() and time.time() < deadline, outcome
+        runs = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id]) \
+            if client.get_experiment_by_name(cfg.mlflow.experiment) else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss/loss")) >= 2:
+            break
+        time.sleep(0.2)
+    run_id = runs[0].info.run_id
+    stop_mlflow_server(server)
+    keys = tmp_path / "keys" / "rank0.txt"
+    while max((int(line.split()[0]) for line in open(keys) if not line.startswith("node")), default=0) < 5:
+        assert runner.is_alive(), outcome  # training goes on while MLflow is down
+        time.sleep(0.2)
+    server = start_mlflow_server(store, port)  # restarted on the same store
+    try:
+        runner.join(timeout=600)
+        assert "result" in outcome, outcome
+        steps = sorted({m.step for m in client.get_metric_history(run_id, "loss/loss")})
+        assert steps == list(range(1, MAX_ITER + 1))  # the values logged while it was down caught up
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert outcome["result"].model_version == "1"
+        assert client.get_model_version("maskx-outage", "1").run_id == run_id
+    finally:
+        stop_mlflow_server(server)
+
+
+@pytest.fixture
+def damaged_shards(synth_shards, tmp_path):
+    """The COCO train shards with one truncated mid-way (what an interrupted upload leaves)."""
+    import shutil
+
+    folder = tmp_path / "coco-train-damaged"
+    shutil.copytree(synth_shards["coco_train"], folder)
+    shard = sorted(folder.glob("*.tar"))[1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    return str(folder)
+
+
+def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(cluster, damaged_shards, tmp_path):
+    import mlflow
+
+    source = [f"data.train=[{{manifest: {damaged_shards}, weight: 1.0}}]", "checkpoint.max_failures=0"]
+    cfg = spread_config({}, tmp_path, "damaged", source + ["data.max_skipped_fraction=0.5"])
+    result = train(cfg)
+    assert engine.load_checkpoint(result.checkpoint)["iteration"] == MAX_ITER
+    skipped = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(result.mlflow_run_id, "data/skipped_samples")
+    assert skipped and max(m.value for m in skipped) > 0
+
+    strict = spread_config({}, tmp_path, "strict", source + ["data.max_skipped_fraction=0.0"])
+    with pytest.raises(RuntimeError, match=r"unusable .*> data.max_skipped_fraction=0.0") as failure:
+        train(strict)
+    assert "--resume strict-" in str(failure.value)
