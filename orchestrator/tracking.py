@@ -53,6 +53,8 @@ def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 def _mlflow(tracking_uri: str):
+    # MLflow prints "View run at <tracking URI>" when a run ends, credentials in the URI included.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)

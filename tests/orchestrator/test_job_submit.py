@@ -36,7 +36,10 @@ def ray_head():
 
 def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth_shards, synth_paths, tmp_path):
     env, address = ray_head
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET}}
+    # The planted secret sits where maskx could leak it: in the tracking URI's credentials (the server
+    # ignores them) and in the job's environment.
+    tracking_uri = mlflow_server.replace("http://", f"http://maskx:{PLANTED_SECRET}@")
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET}}
     overrides = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
                  f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
                  "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
@@ -48,6 +51,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
          *overrides],
         env=env, capture_output=True, text=True, timeout=900)
     assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
+    assert PLANTED_SECRET not in submitted.stdout + submitted.stderr  # the job's whole log
     assert "succeeded" in submitted.stdout.lower()
 
     import mlflow
@@ -72,6 +76,9 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     logged += Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml")).read_text()
     assert PLANTED_SECRET not in logged
+    for path in Path(tmp_path / "ray_results").rglob("*"):  # run folder: checkpoints' config, run records
+        if path.is_file() and path.suffix in (".json", ".yaml", ".txt", ".log"):
+            assert PLANTED_SECRET not in path.read_text(errors="replace"), path
 
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
