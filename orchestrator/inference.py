@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file, write_png
@@ -28,14 +29,21 @@ class LoadedModel:
     config: TrainConfig
 
 
-def load_model(uri: str) -> LoadedModel:
+def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
+    """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
+    $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
     if uri.startswith(MLFLOW_SCHEMES):
         from . import tracking
 
-        folder = tracking.download_model(uri)
+        folder = tracking.download_model(uri, tracking_uri)
         extra = os.path.join(folder, "extra_files")
         cfg = load_config(os.path.join(extra, "config.yaml"))
-        model = tracking.load_pytorch_model(folder)
+        weights = os.path.join(extra, "weights.pt")
+        if not os.path.exists(weights):
+            raise ValueError(f"model {uri}: no extra_files/weights.pt to load safely; if you trust its source, "
+                             "load it with mlflow.pytorch.load_model (unpickling runs code)")
+        model = build_model(cfg.model)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return LoadedModel(model.eval(), Vocabulary.load(os.path.join(extra, "vocab.json")), cfg)
     if not os.path.isdir(uri):
         raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
@@ -86,7 +94,7 @@ def evaluate_model(cfg: TrainConfig, uri: str) -> tuple[dict, dict]:
 
     if not cfg.data.val:
         raise ValueError("data.val: no val manifest to evaluate on")
-    loaded = load_model(uri)
+    loaded = load_model(uri, cfg.mlflow.tracking_uri)
     sources, vocab = load_sources([(cfg.data.val, 1.0)])
     if vocab.to_json() != loaded.vocab.to_json():
         raise ValueError(f"data.val: {cfg.data.val} was prepared with another vocabulary than model {uri} was trained on")

@@ -73,7 +73,7 @@ class TrialProgress(tune.Callback):
             self._row(trial, "finished")
             return
         if run_id:
-            tracking.close_run_if_open(self.tracking_uri, run_id, "KILLED", STOPPED)
+            tracking.mark_stopped(self.tracking_uri, run_id, STOPPED)
         self._row(trial, STOPPED)
 
     def on_trial_error(self, iteration, trials, trial, **info):

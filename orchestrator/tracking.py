@@ -249,6 +249,14 @@ def log_table(tracking_uri: str, run_id: str, table: dict, artifact_file: str) -
     _mlflow(tracking_uri).MlflowClient().log_table(run_id, table, artifact_file)
 
 
+def mark_stopped(tracking_uri: str, run_id: str, reason: str) -> None:
+    """A run a scheduler stopped is KILLED, whatever its dying process managed to set (FAILED)."""
+    client = _mlflow(tracking_uri).MlflowClient()
+    if client.get_run(run_id).info.status != "FINISHED":
+        client.set_tag(run_id, "maskx.end_reason", reason)
+        client.set_terminated(run_id, "KILLED")
+
+
 def close_run_if_open(tracking_uri: str, run_id: str, status: str, reason: str) -> None:
     """End a run its process could not end (a trial stopped early or killed), saying why."""
     client = _mlflow(tracking_uri).MlflowClient()
@@ -265,11 +273,7 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", "maskx"]
 
 
-def download_model(uri: str) -> str:
+def download_model(uri: str, tracking_uri: Optional[str] = None) -> str:
     """A local folder with an MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`)."""
-    mlflow = _mlflow(resolve_tracking_uri())
+    mlflow = _mlflow(resolve_tracking_uri(tracking_uri))
     return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="maskx-model-"))
-
-
-def load_pytorch_model(folder: str):
-    return _mlflow(resolve_tracking_uri()).pytorch.load_model(folder, map_location="cpu")

@@ -24,6 +24,7 @@ from .train_loop import EVAL_FILE, UNSENT_METRICS_FILE, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
+WEIGHTS_FILE = "weights.pt"  # in a logged model's extra_files
 
 
 @dataclass
@@ -110,7 +111,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     try:
         result = trainer.fit()
     except Exception as exc:
-        tracking.end_run(tracking_uri, run_id, "FAILED")
+        # Only if still open: a sweep marks a trial its scheduler stopped KILLED.
+        tracking.close_run_if_open(tracking_uri, run_id, "FAILED", f"training failed: {type(exc).__name__}")
         raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {run_folder}; "
                            f"continue it with `maskx train --config ... --resume {run_name}`") from exc
 
@@ -176,6 +178,10 @@ def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_
                 tracking.log_artifact(tracking_uri, run_id, path, "overlays")
     if example is None:
         example = torch.zeros(3, loaded.config.model.min_size, loaded.config.model.min_size)
-    extra_files = [os.path.join(checkpoint_folder, name) for name in ("config.yaml", "vocab.json")]
-    version = tracking.log_model(tracking_uri, run_id, loaded.model, example, extra_files, cfg.mlflow.registered_model)
+    with tempfile.TemporaryDirectory() as folder:
+        # The weights alone, for maskx's safe loading path (torch.load(weights_only=True)).
+        weights = os.path.join(folder, WEIGHTS_FILE)
+        torch.save(loaded.model.state_dict(), weights)
+        extra_files = [os.path.join(checkpoint_folder, name) for name in ("config.yaml", "vocab.json")] + [weights]
+        version = tracking.log_model(tracking_uri, run_id, loaded.model, example, extra_files, cfg.mlflow.registered_model)
     return metrics, version

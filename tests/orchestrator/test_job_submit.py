@@ -90,3 +90,10 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     assert set(detection) >= {"boxes", "labels", "scores", "masks"}
     assert detection["masks"].shape[-2:] == read_image(image).shape[-2:]
     assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])
+
+    # maskx's own loader takes the weights alone (weights_only=True), no unpickling.
+    from orchestrator.inference import load_model
+
+    loaded = load_model("models:/maskx-job-test/1", mlflow_server)
+    safe = predict(loaded.model, read_image(image))
+    assert torch.allclose(safe["scores"], detection["scores"]) and loaded.vocab.num_classes == loaded.config.model.num_classes

@@ -55,7 +55,7 @@ def first_sweep(sweep_ray, synth_shards, mlflow_server, tmp_path_factory):
 
 
 @pytest.mark.integration
-def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, mlflow_server):
+def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, mlflow_server, synth_shards, tmp_path):
     import mlflow
     import ray
 
@@ -76,7 +76,8 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     assert len(runs) == 5 and len(children) == 4
     assert all(r.info.status != "RUNNING" for r in runs)
-    assert sorted(r.info.status for r in children) == sorted("FINISHED" if s == "finished" else "KILLED" for s in statuses)
+    assert sorted(r.info.status for r in children) == sorted("FINISHED" if s == "finished" else "KILLED" for s in statuses), \
+        [(r.info.run_name, r.info.status, r.data.tags.get("maskx.end_reason")) for r in children] + result.trials
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.run_id == result.best["mlflow_run_id"]
     assert result.best["metric"] == min(t["metric"] for t in result.trials if t["status"] == "finished")
@@ -85,6 +86,13 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert {"sweep/trials.json", "sweep/metric_by_param.png", "sweep/promotion.json"} <= parent_artifacts
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["promotion.decision"] == "promoted: no champion yet"
+    # The champion is what `maskx eval` takes by alias (loaded through the safe weights-only path).
+    from orchestrator.cli import main
+
+    overrides = sweep_overrides(synth_shards, tmp_path, mlflow_server)
+    assert main(["eval", "--config", SWEEP, *overrides, "--model", f"models:/{MODEL}@champion",
+                 "--json", str(tmp_path / "champion.json")]) == 0
+    assert "segm/setB/AP" in json.load(open(tmp_path / "champion.json"))["metrics"]
     assert parent.data.metrics["promotion/new_value"] == pytest.approx(result.best["metric"])
 
 
