@@ -33,13 +33,17 @@ def cluster():
 
 
 def spread_config(synth_shards, tmp, name, overrides=()):
+    return load_config(TINY, spread_overrides(synth_shards, tmp, name, overrides))
+
+
+def spread_overrides(synth_shards, tmp, name, overrides=()):
     sources = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]"] \
         if synth_shards else []
-    return load_config(TINY, sources + [
+    return sources + [
         "data.val=null", "data.batch_size=2", "data.loader_workers=0", f"solver.max_iter={MAX_ITER}",
         "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
         "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", f"checkpoint.storage_path={tmp}/ray_results",
-        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "mlflow.registered_model=null", f"name={name}", *overrides])
+        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "mlflow.registered_model=null", f"name={name}", *overrides]
 
 
 def consumed(folder):
@@ -221,3 +225,4 @@ def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(
     with pytest.raises(RuntimeError, match=r"unusable .*> data.max_skipped_fraction=0.0") as failure:
         train(strict)
     assert "--resume strict-" in str(failure.value)
+
