@@ -1,6 +1,7 @@
 """`maskx train` on a real local Ray instance with 2 CPU workers: checkpoints, resume, eval, predict."""
 import json
 import os
+import time
 
 import pytest
 from orchestrator import engine
@@ -117,3 +118,33 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_
     bad.write_bytes(b"this is text")
     assert main(["predict", "--model", result.checkpoint, "--image", str(bad), "--out", str(tmp_path / "o.png")]) == 2
     assert f"image {bad}: cannot decode" in capsys.readouterr().err
+
+
+def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synth_shards, tmp_path):
+    """`maskx train` killed (SIGKILL) once its checkpoint at iteration 4 is written (so the one at 2 is
+    surely registered), as a lost job driver is; `--resume RUN_NAME` continues from a checkpoint, in the
+    same MLflow run."""
+    import subprocess
+    import sys
+
+    import ray
+
+    overrides = tiny_overrides(synth_shards, tmp_path, 8)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    repo = os.path.join(os.path.dirname(TINY), "..")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", "--config", TINY, *overrides], cwd=repo,
+                              env=env, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (found := list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004"))):
+        assert driver.poll() is None and time.time() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(0.2)
+    driver.kill()
+    driver.wait()
+    run_folder = found[0].parent
+    recorded = json.loads((run_folder / MLFLOW_RUN_FILE).read_text())["run_id"]
+
+    resumed = train(load_config(TINY, overrides), resume=run_folder.name, record_keys_to=str(tmp_path / "keys"))
+    assert engine.load_checkpoint(resumed.checkpoint)["iteration"] == 8
+    assert resumed.mlflow_run_id == recorded
+    iterations = [int(line.split()[0]) for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
+    assert min(iterations) > 2 and max(iterations) == 8  # continued from a checkpoint, not from iteration 1
