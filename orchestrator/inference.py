@@ -29,6 +29,9 @@ class LoadedModel:
     config: TrainConfig
 
 
+WEIGHTS_FILE = "weights.pt"  # the state dict in a logged model's extra_files, loaded with weights_only=True
+
+
 def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
@@ -38,9 +41,9 @@ def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
         folder = tracking.download_model(uri, tracking_uri)
         extra = os.path.join(folder, "extra_files")
         cfg = load_config(os.path.join(extra, "config.yaml"))
-        weights = os.path.join(extra, "weights.pt")
+        weights = os.path.join(extra, WEIGHTS_FILE)
         if not os.path.exists(weights):
-            raise ValueError(f"model {uri}: no extra_files/weights.pt to load safely; if you trust its source, "
+            raise ValueError(f"model {uri}: no extra_files/{WEIGHTS_FILE} to load safely; if you trust its source, "
                              "load it with mlflow.pytorch.load_model (unpickling runs code)")
         model = build_model(cfg.model)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

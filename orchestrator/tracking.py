@@ -134,8 +134,7 @@ class MetricLogger:
         try:
             if self._client is None:
                 self._client = _mlflow(self.tracking_uri).MlflowClient()
-            for i in range(0, len(self.pending), 500):
-                self._client.log_batch(self.run_id, metrics=self.pending[i:i + 500])
+            _log_metric_batches(self._client, self.run_id, self.pending)
             self.pending = []
             self._warned = False
             return True
@@ -176,8 +175,11 @@ def log_unsent(tracking_uri: str, run_id: str, unsent: list[dict]) -> None:
     from mlflow.entities import Metric
 
     metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in unsent]
-    client = _mlflow(tracking_uri).MlflowClient()
-    for i in range(0, len(metrics), 500):
+    _log_metric_batches(_mlflow(tracking_uri).MlflowClient(), run_id, metrics)
+
+
+def _log_metric_batches(client, run_id: str, metrics: list) -> None:
+    for i in range(0, len(metrics), 500):  # MLflow's limit per log_batch call
         client.log_batch(run_id, metrics=metrics[i:i + 500])
 
 

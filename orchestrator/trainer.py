@@ -24,7 +24,6 @@ from .train_loop import EVAL_FILE, UNSENT_METRICS_FILE, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
-WEIGHTS_FILE = "weights.pt"  # in a logged model's extra_files
 
 
 @dataclass
@@ -148,7 +147,7 @@ def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: 
 
 def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_id: str) -> tuple[dict, Optional[str]]:
     """Eval tables, overlays of a few val images and the model (registered) from the last checkpoint."""
-    from .inference import draw_overlay, load_model, predict
+    from .inference import WEIGHTS_FILE, draw_overlay, load_model, predict
 
     unsent_path = os.path.join(checkpoint_folder, UNSENT_METRICS_FILE)
     if os.path.exists(unsent_path):

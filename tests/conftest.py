@@ -63,20 +63,34 @@ def s3_endpoint():
     storage.s3_client.cache_clear()
 
 
-def wait_for_http(url: str, process, timeout: float = 120.0) -> None:
+def wait_until(ready, what: str, still_running=lambda: True, details=lambda: "", timeout: float = 300.0,
+               interval: float = 0.2):
+    """Poll `ready()` until it returns something true, and return that. Fail, saying `what` and
+    `details()`, when `still_running()` turns false (what we wait on died) or after `timeout` seconds."""
     import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        if not still_running():
+            raise AssertionError(f"{what}: what we waited on stopped first. {details()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s. {details()}")
+        time.sleep(interval)
+    return value
+
+
+def wait_for_http(url: str, process, timeout: float = 120.0) -> None:
     import urllib.request
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
+    def answers():
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return
+                return True
         except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+            return False
+
+    wait_until(answers, f"{url} answering", lambda: process.poll() is None,
+               lambda: f"{process.args[0]} exited with {process.returncode}", timeout, interval=0.5)
 
 
 def start_mlflow_server(store, port):

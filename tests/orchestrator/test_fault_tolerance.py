@@ -4,13 +4,13 @@ a corrupted latest checkpoint."""
 import os
 import tarfile
 import threading
-import time
 
 import pytest
 
 from orchestrator import engine
 from orchestrator.config import load_config
 from orchestrator.trainer import train
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,21 @@ def consumed(folder):
     return samples, nodes
 
 
+def train_in_background(cfg, keys_folder):
+    """`train` in a thread; the outcome dict gets its `result` or its `error`."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = train(cfg, record_keys_to=str(keys_folder))
+        except Exception as exc:  # shown by the test's asserts
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    return runner, outcome
+
+
 @pytest.fixture(scope="module")
 def unbroken_run(cluster, synth_shards, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("unbroken")
@@ -100,21 +115,9 @@ def test_one_worker_per_node_each_streaming_its_own_shards(cluster, unbroken_run
 def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_no_sample(cluster, unbroken_run,
                                                                                            synth_shards, tmp_path):
     ray_cluster, workers = cluster
-    cfg = spread_config(synth_shards, tmp_path, "broken")
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = train(cfg, record_keys_to=str(tmp_path / "keys"))
-        except Exception as exc:  # shown by the asserts below
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=run)
-    runner.start()
-    deadline = time.time() + 300
-    while not list((tmp_path / "ray_results").glob("broken-*/checkpoint_00000004")):
-        assert runner.is_alive() and time.time() < deadline, outcome
-        time.sleep(0.2)
+    runner, outcome = train_in_background(spread_config(synth_shards, tmp_path, "broken"), tmp_path / "keys")
+    wait_until(lambda: list((tmp_path / "ray_results").glob("broken-*/checkpoint_00000004")),
+               "the checkpoint at iteration 4", runner.is_alive, lambda: outcome)
     # A spot node goes away mid-run; the autoscaler would bring a replacement, as here.
     ray_cluster.remove_node(workers[1], allow_graceful=False)
     replacement = ray_cluster.add_node(num_cpus=1)
@@ -161,31 +164,21 @@ def test_training_survives_the_mlflow_server_going_down_and_catches_up(cluster, 
     uri = f"http://127.0.0.1:{port}"
     cfg = spread_config(synth_shards, tmp_path, "outage", [f"mlflow.tracking_uri={uri}", "log_every=1",
                                                           f"data.val={synth_shards['coco_val']}", "mlflow.registered_model=maskx-outage"])
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = train(cfg, record_keys_to=str(tmp_path / "keys"))
-        except Exception as exc:
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    runner, outcome = train_in_background(cfg, tmp_path / "keys")
     client = mlflow.MlflowClient(uri)
-    deadline = time.time() + 300
-    while True:
-        assert runner.is_alive() and time.time() < deadline, outcome
-        runs = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id]) \
-            if client.get_experiment_by_name(cfg.mlflow.experiment) else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss/loss")) >= 2:
-            break
-        time.sleep(0.2)
+
+    def runs_with_two_losses():
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        return runs if runs and len(client.get_metric_history(runs[0].info.run_id, "loss/loss")) >= 2 else None
+
+    runs = wait_until(runs_with_two_losses, "two logged loss values", runner.is_alive, lambda: outcome)
     run_id = runs[0].info.run_id
     stop_mlflow_server(server)
     keys = tmp_path / "keys" / "rank0.txt"
-    while max((int(line.split()[0]) for line in open(keys) if not line.startswith("node")), default=0) < 5:
-        assert runner.is_alive(), outcome  # training goes on while MLflow is down
-        time.sleep(0.2)
+    # Training goes on while MLflow is down.
+    wait_until(lambda: max((int(line.split()[0]) for line in open(keys) if not line.startswith("node")), default=0) >= 5,
+               "iteration 5 with MLflow down", runner.is_alive, lambda: outcome)
     server = start_mlflow_server(store, port)  # restarted on the same store
     try:
         runner.join(timeout=600)

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from orchestrator.config import load_config
 from orchestrator.sweep import search_space, sweep
+from tests.conftest import wait_until
 
 SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweep-tiny-cpu.yaml")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -65,9 +65,7 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert any("stopped early" in line for line in lines) and any("finished" in line for line in lines), lines
 
     # Stopped trials give their workers back: the whole cluster is free again.
-    deadline = time.time() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(1)
+    wait_until(lambda: ray.available_resources().get("CPU", 0) >= 2, "all CPUs free", timeout=30, interval=1)
     assert ray.available_resources().get("CPU", 0) == 2
 
     client = mlflow.MlflowClient(mlflow_server)
@@ -117,18 +115,16 @@ def test_a_sweep_whose_best_is_worse_keeps_the_champion(first_sweep, synth_shard
 
 def _wait_for_children(client, experiment: str, proc, timeout: float = 300):
     """The first trial's run once it finished and the second trial has reported (so is mid-run)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
+    def first_finished_second_reporting():
         found = client.get_experiment_by_name(experiment)
         children = [r for r in (client.search_runs([found.experiment_id]) if found else [])
                     if "mlflow.parentRunId" in r.data.tags]
         finished = [r for r in children if r.info.status == "FINISHED"]
         reporting = [r for r in children if r.info.status == "RUNNING" and "loss/loss" in r.data.metrics]
-        if finished and reporting:
-            return finished[0]
-        time.sleep(0.5)
-    raise AssertionError("the sweep did not get to its second trial in time")
+        return finished[0] if finished and reporting else None
+
+    return wait_until(first_finished_second_reporting, "the sweep's second trial running", lambda: proc.poll() is None,
+                      proc.stdout.read, timeout, interval=0.5)
 
 
 @pytest.mark.integration

@@ -1,13 +1,13 @@
 """`maskx train` on a real local Ray instance with 2 CPU workers: checkpoints, resume, eval, predict."""
 import json
 import os
-import time
 
 import pytest
 from orchestrator import engine
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from orchestrator.trainer import MLFLOW_RUN_FILE, train
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -134,10 +134,9 @@ def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synt
     repo = os.path.join(os.path.dirname(TINY), "..")
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", "--config", TINY, *overrides], cwd=repo,
                               env=env, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while not (found := list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004"))):
-        assert driver.poll() is None and time.time() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
-        time.sleep(0.2)
+    found = wait_until(lambda: list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004")),
+                       "the driver's checkpoint at iteration 4", lambda: driver.poll() is None,
+                       lambda: (tmp_path / "driver.log").read_text()[-3000:])
     driver.kill()
     driver.wait()
     run_folder = found[0].parent
