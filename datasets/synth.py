@@ -2,8 +2,14 @@
 
 Each class is drawn as its own shape and colour, so boxes, classes and masks are learnable in
 minutes on a CPU, and a set-B class's mask shape is class-specific: a class-agnostic mask head
-is at a real disadvantage, as on COCO. COCO classes use their real names and ids, so the named
-sets voc and nonvoc split them as in the paper.
+can be told from its colour. COCO classes use their real names and ids, so the named sets voc and
+nonvoc split them as in the paper.
+
+`occlusion=True` writes the ablation's data (docs/ablation.md): objects overlap and occlude each
+other, and each mask is the object's visible part (compressed RLE, as COCO stores such masks). A box
+then holds pieces of other objects, so a mask head must know which class it segments, and a
+class-agnostic head is at a real disadvantage, as on COCO; without occlusion every object is a lone
+blob on a plain background that any head segments from contrast alone.
 """
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import os
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,55 @@ def _place(rng: random.Random, width: int, height: int, count: int) -> list[tupl
     return boxes
 
 
+def _place_overlapping(rng: random.Random, width: int, height: int, count: int,
+                       max_iou: float = 0.5) -> list[tuple[float, float, float, float]]:
+    """Up to `count` boxes (x, y, w, h) that may overlap, but none mostly covers another."""
+    def iou(a, b):
+        ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+        iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        inter = ix * iy
+        return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+    boxes: list[tuple[float, float, float, float]] = []
+    for _ in range(count * 20):
+        if len(boxes) == count:
+            break
+        w, h = rng.uniform(28, 64), rng.uniform(28, 64)
+        box = (rng.uniform(0, width - w), rng.uniform(0, height - h), w, h)
+        if all(iou(box, other) <= max_iou for other in boxes):
+            boxes.append(box)
+    return boxes
+
+
+def _raster(polygons, width: int, height: int) -> np.ndarray:
+    canvas = Image.new("L", (width, height), 0)
+    for polygon in polygons:
+        ImageDraw.Draw(canvas).polygon(list(zip(polygon[0::2], polygon[1::2])), fill=1)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _visible_masks(objects, width: int, height: int, min_visible: float = 0.4):
+    """(class, polygons, visible mask) of the objects drawn in order, later ones on top; an object with
+    less than `min_visible` of its area showing is left out (not drawn), as COCO annotators would
+    skip a sliver."""
+    kept, above = [], np.zeros((height, width), dtype=bool)
+    for synth_class, polygons in reversed(objects):
+        full = _raster(polygons, width, height).astype(bool)
+        visible = full & ~above
+        if full.sum() == 0 or visible.sum() < min_visible * full.sum():
+            continue
+        kept.append((synth_class, polygons, visible))
+        above |= full
+    return kept[::-1]
+
+
+def _rle_annotation(visible: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
+    bbox = [round(float(v), 2) for v in mask_utils.toBbox(rle)]
+    return {"bbox": bbox, "area": float(mask_utils.area(rle)),
+            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}}
+
+
 def _draw_image(rng: random.Random, width: int, height: int, objects) -> Image.Image:
     base = tuple(rng.randint(90, 160) for _ in range(3))
     image = Image.new("RGB", (width, height), base)
@@ -113,7 +170,7 @@ def _bbox(polygons) -> list[float]:
     return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
 
 
-def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int) -> str:
+def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int, occlusion: bool = False) -> str:
     images_dir = os.path.join(out, "coco", split)
     os.makedirs(images_dir, exist_ok=True)
     images, annotations = [], []
@@ -121,18 +178,25 @@ def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random,
         image_id = first_id + i
         width, height = rng.choice([(160, 128), (192, 144), (144, 144)])
         objects = []
-        for x, y, w, h in _place(rng, width, height, rng.randint(1, 3)):
+        boxes = _place_overlapping(rng, width, height, rng.randint(2, 4)) if occlusion else _place(rng, width, height, rng.randint(1, 3))
+        for x, y, w, h in boxes:
             synth_class = rng.choice(COCO_SYNTH)
             objects.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
+        if occlusion:
+            shown = _visible_masks(objects, width, height)
+            objects = [(synth_class, polygons) for synth_class, polygons, _ in shown]
+            labels = [(synth_class, _rle_annotation(visible)) for synth_class, _, visible in shown]
+        else:
+            labels = []
+            for synth_class, polygons in objects:
+                bbox = _bbox(polygons)
+                labels.append((synth_class, {"bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "segmentation": polygons}))
         file_name = f"{image_id:012d}.jpg"
         _draw_image(rng, width, height, objects).save(os.path.join(images_dir, file_name), quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 0})
-        for synth_class, polygons in objects:
-            bbox = _bbox(polygons)
-            annotations.append({
-                "id": len(annotations) + first_id * 10, "image_id": image_id, "category_id": synth_class.coco_id,
-                "bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0, "segmentation": polygons,
-            })
+        for synth_class, label in labels:
+            annotations.append({"id": len(annotations) + first_id * 10, "image_id": image_id,
+                                "category_id": synth_class.coco_id, "iscrowd": 0, **label})
     categories = [{"id": c.coco_id, "name": c.name, "supercategory": "synthetic"} for c in sorted(COCO_SYNTH, key=lambda c: c.coco_id)]
     path = os.path.join(out, "coco", "annotations", f"instances_{split}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -171,12 +235,13 @@ def _write_visual_genome(out: str, num_images: int, rng: random.Random) -> None:
         json.dump(objects_json, f)
 
 
-def write_synthetic(out: str, train_images: int = 200, val_images: int = 50, vg_images: int = 200, seed: int = 0) -> dict:
+def write_synthetic(out: str, train_images: int = 200, val_images: int = 50, vg_images: int = 200, seed: int = 0,
+                    occlusion: bool = False) -> dict:
     """Writes out/coco/{annotations,train,val}, out/vg/{image_data.json,objects.json,images}.
     Returns the paths a `maskx prepare` run needs."""
     rng = random.Random(seed)
-    train = _write_coco_split(out, "train", train_images, rng, first_id=1)
-    val = _write_coco_split(out, "val", val_images, rng, first_id=100000)
+    train = _write_coco_split(out, "train", train_images, rng, first_id=1, occlusion=occlusion)
+    val = _write_coco_split(out, "val", val_images, rng, first_id=100000, occlusion=occlusion)
     _write_visual_genome(out, vg_images, rng)
     return {
         "coco_train_annotations": train, "coco_train_images": os.path.join(out, "coco", "train"),
@@ -184,3 +249,26 @@ def write_synthetic(out: str, train_images: int = 200, val_images: int = 50, vg_
         "vg_image_data": os.path.join(out, "vg", "image_data.json"),
         "vg_objects": os.path.join(out, "vg", "objects.json"), "vg_images": os.path.join(out, "vg", "images"),
     }
+
+
+def write_synthetic_shards(out: str, train_images: int = 300, val_images: int = 60, vg_images: int = 200, seed: int = 0,
+                           occlusion: bool = False) -> dict:
+    """The synthetic data under out/raw and its shards under out/shards (vocab.json, coco-train,
+    coco-val and, with VG images, vg): what configs/tiny-cpu.yaml and ablation-tiny-cpu.yaml read."""
+    from .prepare import prepare_coco, prepare_vg, prepare_vocabulary
+
+    paths = write_synthetic(os.path.join(out, "raw"), train_images, val_images, vg_images, seed, occlusion)
+    shards = os.path.join(out, "shards")
+    vocab_path = os.path.join(shards, "vocab.json")
+    os.makedirs(shards, exist_ok=True)
+    prepare_vocabulary(paths["coco_train_annotations"], paths["vg_objects"] if vg_images else None).save(vocab_path)
+    for split in ("train", "val"):
+        paths[f"coco_{split}_shards"] = os.path.join(shards, f"coco-{split}")
+        prepare_coco(paths[f"coco_{split}_annotations"], paths[f"coco_{split}_images"], paths[f"coco_{split}_shards"],
+                     vocab_path, shard_size=50, workers=2, progress=False)
+    if vg_images:
+        paths["vg_shards"] = os.path.join(shards, "vg")
+        prepare_vg(paths["vg_image_data"], paths["vg_objects"], paths["vg_images"], paths["vg_shards"], vocab_path,
+                   shard_size=50, workers=2, progress=False)
+    paths["vocab"] = vocab_path
+    return paths

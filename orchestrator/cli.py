@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--val-images", type=int, default=50)
     synth.add_argument("--vg-images", type=int, default=200)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--occlusion", action="store_true",
+                       help="overlapping objects with visible-part masks: the ablation's data (docs/ablation.md)")
+    synth.add_argument("--shards", action="store_true",
+                       help="write OUT/raw and convert it to shards in OUT/shards (what the tiny configs read)")
 
     prepare = sub.add_parser("prepare", help="convert COCO or Visual Genome to WebDataset shards").add_subparsers(dest="source", required=True)
     vocab = prepare.add_parser("vocab", help="build the class vocabulary shared by every source")
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
     tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
     tune.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    tune.add_argument("--sweep", metavar="SWEEP_YAML",
+                      help="a file whose sweep: section replaces the config's, e.g. configs/ablation-mask-head.yaml")
     tune.add_argument("--resume", metavar="SWEEP_FOLDER", help="continue an interrupted sweep (finished trials are not rerun)")
 
     evaluate = sub.add_parser("eval", help="COCO box and mask AP (overall, set A, set B) of a model on data.val")
@@ -77,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_synth(args) -> int:
-    from datasets.synth import write_synthetic
+    from datasets.synth import write_synthetic, write_synthetic_shards
 
-    paths = write_synthetic(args.out, args.train_images, args.val_images, args.vg_images, args.seed)
+    write = write_synthetic_shards if args.shards else write_synthetic
+    paths = write(args.out, args.train_images, args.val_images, args.vg_images, args.seed, args.occlusion)
     for name, path in paths.items():
         print(f"{name:24} {path}")
     return 0
@@ -126,7 +133,7 @@ def run_tune(args) -> int:
     from orchestrator.config import load_config
     from orchestrator.sweep import reproduce_command, sweep
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, sweep_path=args.sweep)
     result = sweep(cfg, resume=args.resume, write=lambda line: print(line, flush=True))
     print(f"sweep {result.sweep_folder} (MLflow parent run {result.parent_run_id})")
     print(f"{'trial':28} {'status':14} {cfg.sweep.metric:>14}  params")
@@ -137,9 +144,13 @@ def run_tune(args) -> int:
         print(f"best: {result.best['trial']} {cfg.sweep.metric}={result.best['metric']:.4f}")
         print(f"reproduce: {reproduce_command(args.config, result.best)}")
     if result.interrupted:
-        print(f"interrupted: continue with maskx tune --config {args.config} --resume {result.sweep_folder}")
+        again = f" --sweep {args.sweep}" if args.sweep else ""
+        print(f"interrupted: continue with maskx tune --config {args.config}{again} --resume {result.sweep_folder}")
         return 130
     print(f"promotion: {result.promotion['decision']}")
+    if result.variant_table:
+        print(f"variants (AP x100, mean ± std over seeds; also in {result.sweep_folder}/variants.md):")
+        print(result.variant_table, end="")
     return 0
 
 

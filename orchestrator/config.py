@@ -85,14 +85,24 @@ class MlflowConfig:
     registered_model: Optional[str] = "maskx"
 
 
+PAPER_TABLE_METRICS = ["segm/setA/AP", "segm/setB/AP", "segm/setB/AP50", "segm/setB/AP75"]
+
+
 @dataclass
 class SweepConfig:
     """`maskx tune`: the search space over dotted config keys and how trials are searched and stopped.
 
     `space` maps a dotted key to one of {grid: [...]}, {choice: [...]}, {uniform: [lo, hi]},
-    {loguniform: [lo, hi]}, e.g. `model.box_loss.gamma: {grid: [0.0, 1.0, 2.0]}`."""
+    {loguniform: [lo, hi]}, e.g. `model.box_loss.gamma: {grid: [0.0, 1.0, 2.0]}`.
+
+    `variants` names the arms of an ablation, each a set of dotted overrides
+    (`transfer cls: {model.mask_head.mode: transfer, model.mask_head.transfer_input: cls}`); every
+    variant runs once per point of `space` (e.g. `seed: {grid: [0, 1, 2]}`), and the sweep writes a
+    table of `table_metrics` per variant, mean and spread over those points."""
     __pydantic_config__ = _STRICT
     space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    table_metrics: list[str] = field(default_factory=lambda: list(PAPER_TABLE_METRICS))
     search: str = "grid"  # grid | random | optuna
     num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
     metric: str = "segm/setB/AP"
@@ -101,7 +111,8 @@ class SweepConfig:
     grace_period: int = 1  # ASHA: reports (checkpoints) before a trial may be stopped
     reduction_factor: float = 2.0
     max_concurrent_trials: int = 2
-    storage_path: str = "./ray_results/sweeps"
+    storage_path: Optional[str] = None  # default: <checkpoint.storage_path>/sweeps
+    promote: bool = True  # register the best trial's model and move the champion alias if it wins
     champion_alias: str = "champion"
 
 
@@ -169,18 +180,29 @@ def validate(tree: dict) -> TrainConfig:
     return cfg
 
 
-def load_config(path: Optional[str], overrides: list[str] = ()) -> TrainConfig:
-    tree: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config {path}: no such file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config {path}: the top level must be a mapping")
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping")
+    return tree
+
+
+def load_config(path: Optional[str], overrides: list[str] = (), sweep_path: Optional[str] = None) -> TrainConfig:
+    """`sweep_path`: a YAML whose `sweep:` section replaces the config's, so that one sweep (an
+    ablation) runs unchanged on any training config; overrides apply after it."""
+    tree: dict[str, Any] = _read_yaml(path) if path else {}
+    if sweep_path:
+        sweep_tree = _read_yaml(sweep_path)
+        if set(sweep_tree) != {"sweep"}:
+            raise ConfigError(f"config {sweep_path}: a sweep file holds only a top-level `sweep:` section, "
+                              f"got {', '.join(sorted(sweep_tree)) or 'nothing'}")
+        tree["sweep"] = sweep_tree["sweep"]
     for override in overrides:
         apply_override(tree, override)
     return validate(tree)

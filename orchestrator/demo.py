@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
-from datasets.synth import write_synthetic
+from datasets.synth import write_synthetic_shards
 
 from .config import load_config
 from .inference import load_model, write_overlay
@@ -19,19 +18,9 @@ from .trainer import train
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny-cpu.yaml")
 
 
-def prepare_demo_data(out: str, train_images: int = 300, val_images: int = 60, vg_images: int = 200) -> dict:
-    """Write the synthetic data and its shards under `out` (reused when already there)."""
-    raw = os.path.join(out, "raw")
-    shards = os.path.join(out, "shards")
-    paths = write_synthetic(raw, train_images, val_images, vg_images, seed=0)
-    vocab_path = os.path.join(shards, "vocab.json")
-    os.makedirs(shards, exist_ok=True)
-    prepare_vocabulary(paths["coco_train_annotations"], paths["vg_objects"]).save(vocab_path)
-    for split in ("train", "val"):
-        prepare_coco(paths[f"coco_{split}_annotations"], paths[f"coco_{split}_images"], os.path.join(shards, f"coco-{split}"),
-                     vocab_path, shard_size=50, workers=2, progress=False)
-    prepare_vg(paths["vg_image_data"], paths["vg_objects"], paths["vg_images"], os.path.join(shards, "vg"), vocab_path,
-               shard_size=50, workers=2, progress=False)
+def prepare_demo_data(out: str) -> dict:
+    """The synthetic data and its shards under `out` (rewritten on every run: a few seconds)."""
+    paths = write_synthetic_shards(out, train_images=300, val_images=60, vg_images=200, seed=0)
     paths["val_image"] = os.path.join(paths["coco_val_images"], sorted(os.listdir(paths["coco_val_images"]))[0])
     return paths
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_RECORD = "maskx_sweep.json"
 PARAMS_KEY = "overrides"
+VARIANT_KEY = "variant"
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes
 STOPPED = "stopped early"
 
@@ -40,6 +41,7 @@ class SweepResult:
     best: Optional[dict]
     promotion: dict
     interrupted: bool = False
+    variant_table: Optional[str] = None  # markdown, when the sweep has variants
 
 
 class TrialProgress(tune.Callback):
@@ -57,9 +59,10 @@ class TrialProgress(tune.Callback):
         result = self.last.get(trial.trial_id, {})
         value = result.get(self.metric)
         overrides = trial.config.get(PARAMS_KEY, {})
+        variant = trial.config.get(VARIANT_KEY)
         self.write(f"{trial.trial_id:14} {status:14} {result.get('iteration', '-')!s:>6} "
                    f"{'-' if value is None else format(value, '.4f'):>14}  "
-                   + " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()))
+                   + " ".join(([f"[{variant}]"] if variant else []) + [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
@@ -108,7 +111,8 @@ def interrupt_flag():
 
 
 def search_space(sweep: SweepConfig):
-    """Tune's param space from the config's `sweep.space`, under one key so dotted names stay intact."""
+    """Tune's param space from the config's `sweep.space`, under one key so dotted names stay intact;
+    the variants' names are one more grid dimension."""
     from ray import tune
 
     samplers = {"grid": tune.grid_search, "choice": tune.choice,
@@ -123,9 +127,21 @@ def search_space(sweep: SweepConfig):
         if kind != "grid" and sweep.search == "grid":
             raise ValueError(f"sweep.space.{key}: search=grid takes only grid entries; use search=random or optuna")
         space[key] = samplers[kind](values)
+    if sweep.variants:
+        if sweep.search != "grid":
+            raise ValueError(f"sweep.variants: runs every variant at every point of a grid; set sweep.search: grid, got {sweep.search}")
+        if sweep.scheduler != "fifo":
+            raise ValueError("sweep.variants: an ablation compares its variants at the same budget, so no trial may be "
+                             f"stopped early; set sweep.scheduler: fifo, got {sweep.scheduler}")
+        return {PARAMS_KEY: space, VARIANT_KEY: tune.grid_search(list(sweep.variants))}
     if not space:
         raise ValueError("sweep.space: empty; name at least one dotted config key to search over")
     return {PARAMS_KEY: space}
+
+
+def trial_overrides(sweep: SweepConfig, params: dict) -> dict:
+    """A trial's dotted overrides: its variant's, then its point of the search space."""
+    return {**sweep.variants.get(params.get(VARIANT_KEY), {}), **params.get(PARAMS_KEY, {})}
 
 
 def trial_config(base: dict, overrides: dict) -> TrainConfig:
@@ -139,7 +155,7 @@ def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -
     """One Tune trial: a whole training run; Tune sees its reports through TuneReportCallback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(base, params[PARAMS_KEY])
+    cfg = trial_config(base, trial_overrides(validate(base).sweep, params))
     cfg.mlflow.registered_model = None  # the sweep registers its best trial only
     cfg.checkpoint.storage_path = storage.join(sweep_folder, "trials")
     trial_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
@@ -164,11 +180,21 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
 
     cfg = with_absolute_paths(cfg)
     sw = cfg.sweep
-    if sw.metric.startswith(("bbox/", "segm/")):
-        if not cfg.data.val:
-            raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
-        cfg.eval_every = cfg.checkpoint.every  # every report a scheduler sees must carry the metric
+    if sw.metric.startswith(("bbox/", "segm/")) and not cfg.data.val:
+        raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
+    # ASHA and Optuna read the metric from every report; a grid or random sweep without early stopping
+    # only needs the final evaluation, which every run does.
+    metric_every_report = sw.scheduler == "asha" or sw.search == "optuna"
+    if metric_every_report and sw.metric.startswith(("bbox/", "segm/")):
+        cfg.eval_every = cfg.checkpoint.every
+    if sw.storage_path is None:
+        sw.storage_path = storage.join(cfg.checkpoint.storage_path, "sweeps")
     param_space = search_space(sw)
+    for name, overrides in sw.variants.items():
+        try:
+            trial_config(cfg.to_dict(), overrides)
+        except ValueError as exc:  # named here, before any trial starts
+            raise ValueError(f"sweep.variants.{name}: {exc}") from None
     # Resolved here, on the driver: trials run in other folders (the default sqlite path is relative).
     tracking_uri = cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     if resume:
@@ -208,7 +234,8 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
             search_alg = OptunaSearch(seed=cfg.seed)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(metric=sw.metric, mode=sw.mode, scheduler=scheduler, search_alg=search_alg,
+            tune_config=tune.TuneConfig(metric=sw.metric if metric_every_report else None,
+                                        mode=sw.mode if metric_every_report else None, scheduler=scheduler, search_alg=search_alg,
                                         num_samples=sw.num_samples, max_concurrent_trials=sw.max_concurrent_trials),
             # Tune's own tables print every metric of every trial; the live table prints what a sweep needs.
             run_config=tune.RunConfig(name=os.path.basename(sweep_folder), storage_path=os.path.dirname(sweep_folder),
@@ -227,10 +254,20 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
         return SweepResult(sweep_folder, parent_run_id, trials, None, {"decision": "none: sweep interrupted"}, interrupted=True)
     _close_children(tracking_uri, trials)
     best = _best(trials, sw)
-    promotion = promote(cfg, best, tracking_uri, parent_run_id) if best else {"decision": "no finished trial"}
+    if not best:
+        promotion = {"decision": "no finished trial"}
+    elif not sw.promote:
+        promotion = {"decision": "not registered: sweep.promote is false"}
+    else:
+        promotion = promote(cfg, best, tracking_uri, parent_run_id)
     _log_summary(tracking_uri, parent_run_id, trials, sw, promotion)
+    table = None
+    if sw.variants:
+        rows = variant_table(trials, list(sw.variants), sw.table_metrics)
+        table = variant_table_markdown(rows, sw.table_metrics)
+        _log_variant_table(tracking_uri, parent_run_id, sweep_folder, rows, table)
     tracking.end_run(tracking_uri, parent_run_id)
-    return SweepResult(sweep_folder, parent_run_id, trials, best, promotion)
+    return SweepResult(sweep_folder, parent_run_id, trials, best, promotion, variant_table=table)
 
 
 def _trial_rows(grid, sw: SweepConfig, tracking_uri: str, interrupted: bool) -> list[dict]:
@@ -247,8 +284,10 @@ def _trial_rows(grid, sw: SweepConfig, tracking_uri: str, interrupted: bool) -> 
             status = "finished"
         else:
             status = "interrupted" if interrupted and run_status != "KILLED" else STOPPED
-        rows.append({"trial": metrics.get("trial_id") or os.path.basename(result.path),
-                     "params": (result.config or {}).get(PARAMS_KEY, {}), "metric": metrics.get(sw.metric),
+        config = result.config or {}
+        rows.append({"trial": metrics.get("trial_id") or os.path.basename(result.path), "variant": config.get(VARIANT_KEY),
+                     "params": trial_overrides(sw, config), "metric": metrics.get(sw.metric),
+                     "table_metrics": {key: metrics.get(key) for key in sw.table_metrics},
                      "iteration": metrics.get("iteration"), "mlflow_run_id": run_id, "status": status})
     return rows
 
@@ -322,6 +361,8 @@ def _log_summary(tracking_uri: str, parent_run_id: str, trials: list[dict], sw: 
     keys = sorted({k for t in trials for k in t["params"]})
     table = {"trial": [t["trial"] for t in trials], "status": [t["status"] for t in trials],
              sw.metric: [t["metric"] for t in trials], "mlflow_run_id": [t["mlflow_run_id"] for t in trials]}
+    if sw.variants:
+        table["variant"] = [t["variant"] for t in trials]
     for key in keys:
         table[key] = [json.dumps(t["params"].get(key)) for t in trials]
     tracking.log_table(tracking_uri, parent_run_id, table, "sweep/trials.json")
@@ -333,6 +374,61 @@ def _log_summary(tracking_uri: str, parent_run_id: str, trials: list[dict], sw: 
         with open(summary, "w") as f:
             json.dump(promotion, f, indent=1)
         tracking.log_artifact(tracking_uri, parent_run_id, summary, "sweep")
+
+
+def variant_table(trials: list[dict], variants: list[str], metrics: list[str]) -> list[dict]:
+    """One row per variant, in the config's order: each metric's mean and sample standard deviation
+    over the variant's finished trials (its seeds), and the values they came from."""
+    import statistics
+
+    rows = []
+    for variant in variants:
+        runs = [t for t in trials if t["variant"] == variant]
+        finished = [t for t in runs if t["status"] == "finished"]
+        row = {"variant": variant, "finished": len(finished), "trials": len(runs), "metrics": {}}
+        for metric in metrics:
+            values = [t["table_metrics"][metric] for t in finished if t["table_metrics"].get(metric) is not None]
+            row["metrics"][metric] = {"mean": statistics.fmean(values) if values else None,
+                                      "std": statistics.stdev(values) if len(values) > 1 else None, "values": values}
+        rows.append(row)
+    return rows
+
+
+def column_title(metric: str) -> str:
+    """`segm/setB/AP50` -> `set-B mask AP50`, the paper's column names."""
+    parts = metric.split("/")
+    if len(parts) != 3 or parts[0] not in ("bbox", "segm"):
+        return metric
+    subset = {"setA": "set-A", "setB": "set-B", "all": "all"}.get(parts[1], parts[1])
+    return f"{subset} {'mask' if parts[0] == 'segm' else 'box'} {parts[2]}"
+
+
+def variant_table_markdown(rows: list[dict], metrics: list[str]) -> str:
+    """The table in the paper's layout: AP in points (x100), mean ± sample std over seeds."""
+    def cell(summary: dict) -> str:
+        if summary["mean"] is None:
+            return "-"
+        mean = f"{100 * summary['mean']:.1f}"
+        return mean if summary["std"] is None else f"{mean} ± {100 * summary['std']:.1f}"
+
+    lines = ["| method | " + " | ".join(column_title(m) for m in metrics) + " | seeds |",
+             "|---|" + "---:|" * len(metrics) + "---:|"]
+    for row in rows:
+        seeds = f"{row['finished']}" if row["finished"] == row["trials"] else f"{row['finished']} of {row['trials']}"
+        lines.append(f"| {row['variant']} | " + " | ".join(cell(row["metrics"][m]) for m in metrics) + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _log_variant_table(tracking_uri: str, parent_run_id: str, sweep_folder: str, rows: list[dict], markdown: str) -> None:
+    """On the sweep's parent run (a table the MLflow UI shows, and the markdown) and in its folder."""
+    columns = {"method": [row["variant"] for row in rows], "seeds": [row["finished"] for row in rows]}
+    for metric in rows[0]["metrics"] if rows else []:
+        columns[f"{metric} mean"] = [row["metrics"][metric]["mean"] for row in rows]
+        columns[f"{metric} std"] = [row["metrics"][metric]["std"] for row in rows]
+    tracking.log_table(tracking_uri, parent_run_id, columns, "sweep/variants.json")
+    tracking.log_text(tracking_uri, parent_run_id, markdown, "sweep/variants.md")
+    storage.write_bytes(storage.join(sweep_folder, "variants.md"), markdown.encode())
+    storage.write_bytes(storage.join(sweep_folder, "variants.json"), json.dumps(rows, indent=1).encode())
 
 
 def plot_metric_by_param(trials: list[dict], keys: list[str], metric: str, path: str) -> None:

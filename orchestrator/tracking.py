@@ -37,11 +37,18 @@ def redact(value: Any) -> Any:
     return value
 
 
+_PARAM_NAME = re.compile(r"[\w\-. /:]+")
+
+
 def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
     """`{"solver": {"lr": 0.01}}` -> `{"solver.lr": "0.01"}`, secrets redacted."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
+        # A section whose keys MLflow cannot take as names (sweep.variants: "transfer+MLP (cls+box)")
+        # is one JSON param.
+        if isinstance(value, dict) and not all(_PARAM_NAME.fullmatch(str(k)) for k in value):
+            value = json.dumps(value)
         if isinstance(value, dict):
             flat.update(flatten_params(value, name + "."))
         elif _SECRET_KEY.search(str(key)):
@@ -249,6 +256,10 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
 
 def log_table(tracking_uri: str, run_id: str, table: dict, artifact_file: str) -> None:
     _mlflow(tracking_uri).MlflowClient().log_table(run_id, table, artifact_file)
+
+
+def log_text(tracking_uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    _mlflow(tracking_uri).MlflowClient().log_text(run_id, text, artifact_file)
 
 
 def mark_stopped(tracking_uri: str, run_id: str, reason: str) -> None:

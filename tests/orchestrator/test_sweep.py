@@ -195,3 +195,98 @@ def test_every_knob_of_the_r50_sweep_is_a_config_key_a_trial_can_take():
         assert trial.model.mask_head.transfer_input == overrides["model.mask_head.transfer_input"]
         assert trial.model.box_loss.gamma == pytest.approx(overrides["model.box_loss.gamma"])
         assert trial.solver.lr == pytest.approx(overrides["solver.lr"])
+
+
+ABLATION_TRAIN = os.path.join(REPO, "configs", "ablation-tiny-cpu.yaml")
+ABLATION_SWEEP = os.path.join(REPO, "configs", "ablation-mask-head.yaml")
+
+
+@pytest.mark.parametrize("train_config", ["ablation-tiny-cpu.yaml", "voc-to-nonvoc-r50.yaml"])
+def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_config):
+    """Every variant of configs/ablation-mask-head.yaml is a valid trial of either training config and
+    changes only the mask head; the sweep runs each to the full schedule and registers nothing."""
+    from orchestrator.sweep import VARIANT_KEY, trial_config, trial_overrides
+
+    cfg = load_config(os.path.join(REPO, "configs", train_config), sweep_path=ABLATION_SWEEP)
+    assert cfg.sweep.scheduler == "fifo" and cfg.sweep.promote is False
+    assert list(cfg.sweep.variants) == ["class-agnostic", "transfer (cls)", "transfer (box)", "transfer (cls+box)",
+                                        "transfer+MLP (cls+box)"]
+    space = search_space(cfg.sweep)
+    assert space[VARIANT_KEY] == {"grid_search": list(cfg.sweep.variants)}
+    base = cfg.to_dict()
+    modes = {}
+    for name in cfg.sweep.variants:
+        trial = trial_config(base, trial_overrides(cfg.sweep, {VARIANT_KEY: name, "overrides": {"seed": 2}}))
+        modes[name] = (trial.model.mask_head.mode, trial.model.mask_head.transfer_input)
+        assert trial.seed == 2 and trial.solver == cfg.solver and trial.data == cfg.data
+        assert trial.model.backbone == cfg.model.backbone and trial.model.box_loss == cfg.model.box_loss
+    assert modes["class-agnostic"][0] == "class_agnostic"
+    assert [modes[f"transfer ({i})"] for i in ("cls", "box", "cls+box")] == [("transfer", "cls"), ("transfer", "box"),
+                                                                          ("transfer", "cls+box")]
+    assert modes["transfer+MLP (cls+box)"] == ("transfer+mlp", "cls+box")
+
+
+def test_variants_need_a_grid_without_early_stopping():
+    cfg = load_config(ABLATION_TRAIN, ["sweep.scheduler=asha"], sweep_path=ABLATION_SWEEP)
+    with pytest.raises(ValueError, match="sweep.variants: an ablation compares its variants at the same budget"):
+        search_space(cfg.sweep)
+
+
+def test_variant_table_is_mean_and_sample_std_over_finished_seeds():
+    from orchestrator.sweep import variant_table, variant_table_markdown
+
+    def trial(variant, status, ap):
+        return {"variant": variant, "status": status, "table_metrics": {"segm/setB/AP": ap}}
+
+    trials = [trial("a", "finished", 0.10), trial("a", "finished", 0.14), trial("a", "error", None),
+              trial("b", "finished", 0.30)]
+    rows = variant_table(trials, ["b", "a"], ["segm/setB/AP"])
+    assert [r["variant"] for r in rows] == ["b", "a"]
+    a = rows[1]["metrics"]["segm/setB/AP"]
+    assert a["mean"] == pytest.approx(0.12) and a["std"] == pytest.approx(0.02 * 2 ** 0.5) and a["values"] == [0.10, 0.14]
+    assert rows[0]["metrics"]["segm/setB/AP"]["std"] is None
+    markdown = variant_table_markdown(rows, ["segm/setB/AP"])
+    assert markdown.splitlines()[0] == "| method | set-B mask AP | seeds |"
+    assert "| b | 30.0 | 1 |" in markdown and "| a | 12.0 ± 2.8 | 2 of 3 |" in markdown
+
+
+@pytest.mark.integration
+def test_ablation_sweep_logs_the_paper_table_on_its_parent_run(sweep_ray, synth_shards, mlflow_server, tmp_path):
+    """Two of the ablation's variants with two seeds each: every trial runs the whole schedule, and the
+    parent run's table holds, per variant, the mean and spread of its trials' final set-A/set-B mask AP
+    as MLflow recorded them."""
+    import statistics
+
+    import mlflow
+
+    shipped = load_config(ABLATION_TRAIN, sweep_path=ABLATION_SWEEP).sweep.variants
+    two = {name: shipped[name] for name in ("class-agnostic", "transfer+MLP (cls+box)")}
+    overrides = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}]", f"data.val={synth_shards['coco_val']}",
+                 "data.batch_size=2", "solver.max_iter=4", "solver.warmup_iters=1", "solver.steps=[3]", "log_every=2",
+                 "checkpoint.every=2", f"checkpoint.storage_path={tmp_path}/runs", f"mlflow.tracking_uri={mlflow_server}",
+                 "mlflow.experiment=ablation-test", f"sweep.variants={json.dumps(two)}", "sweep.space={seed: {grid: [0, 1]}}"]
+    result = sweep(load_config(ABLATION_TRAIN, overrides, sweep_path=ABLATION_SWEEP))
+
+    assert sorted((t["variant"], t["status"], t["iteration"]) for t in result.trials) == sorted(
+        (name, "finished", 4) for name in two for _ in range(2))
+    assert result.promotion["decision"] == "not registered: sweep.promote is false"
+    assert result.sweep_folder.startswith(str(tmp_path / "runs" / "sweeps"))  # default: under checkpoint.storage_path
+    client = mlflow.MlflowClient(mlflow_server)
+    children = [r for r in client.search_runs([client.get_experiment_by_name("ablation-test").experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(children) == 4
+    with open(client.download_artifacts(result.parent_run_id, "sweep/variants.json", str(tmp_path))) as f:
+        logged = json.load(f)  # MLflow's table layout: {"columns": [...], "data": [[row], ...]}
+    table = {column: [row[i] for row in logged["data"]] for i, column in enumerate(logged["columns"])}
+    with open(client.download_artifacts(result.parent_run_id, "sweep/variants.md", str(tmp_path))) as f:
+        markdown = f.read()
+    assert markdown == result.variant_table
+    assert markdown.splitlines()[0] == "| method | set-A mask AP | set-B mask AP | set-B mask AP50 | set-B mask AP75 | seeds |"
+    assert table["method"] == list(two) and table["seeds"] == [2, 2]
+    for row, name in enumerate(two):
+        runs = [c for c in children if c.data.params["model.mask_head.mode"] == shipped[name]["model.mask_head.mode"]]
+        assert sorted(c.data.params["seed"] for c in runs) == ["0", "1"]
+        for metric in ("segm/setA/AP", "segm/setB/AP", "segm/setB/AP75"):
+            values = [c.data.metrics[metric] for c in runs]
+            assert table[f"{metric} mean"][row] == pytest.approx(statistics.fmean(values))
+            assert table[f"{metric} std"][row] == pytest.approx(statistics.stdev(values))
