@@ -6,6 +6,7 @@ first (in category-id order), then the K most frequent VG synsets that are not a
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional
@@ -106,6 +107,7 @@ class Vocabulary:
         return cls([VocabClass(**c) for c in obj["classes"]])
 
     def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(self.to_json(), f, indent=1)
 

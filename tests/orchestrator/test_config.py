@@ -51,3 +51,17 @@ def test_a_number_in_a_dotted_key_indexes_a_list():
         load_config(TINY, ["data.train.5.weight=0.25"])
     with pytest.raises(ConfigError, match=r"seed is not a section"):
         load_config(TINY, ["seed.x=1"])
+
+
+def test_a_sweep_file_replaces_the_sweep_section_and_holds_nothing_else(tmp_path):
+    cfg = load_config("configs/sweep-tiny-cpu.yaml", ["sweep.space={seed: {grid: [4]}}"],
+                      sweep_path="configs/ablation-mask-head.yaml")
+    assert cfg.sweep.space == {"seed": {"grid": [4]}} and cfg.sweep.scheduler == "fifo" and "class-agnostic" in cfg.sweep.variants
+    assert cfg.name == "sweep-tiny-cpu"  # the rest is the training config's
+    stray = tmp_path / "sweep.yaml"
+    stray.write_text("sweep: {search: grid}\nsolver: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"sweep.yaml: a sweep file holds only a top-level `sweep:` section, got solver, sweep"):
+        load_config("configs/tiny-cpu.yaml", sweep_path=str(stray))
+    stray.write_text("sweep: {variants: {a: {seed: 1}}, schedular: fifo}\n")
+    with pytest.raises(ConfigError, match="sweep.schedular: unknown key"):
+        load_config("configs/tiny-cpu.yaml", sweep_path=str(stray))
