@@ -87,27 +87,22 @@ def shape_polygons(shape: str, x: float, y: float, w: float, h: float) -> list[l
     return [[round(v, 2) for p in points for v in p]]
 
 
-def _place(rng: random.Random, width: int, height: int, count: int) -> list[tuple[float, float, float, float]]:
-    """Up to `count` non-overlapping boxes (x, y, w, h)."""
-    boxes: list[tuple[float, float, float, float]] = []
-    for _ in range(count * 20):
-        if len(boxes) == count:
-            break
-        w, h = rng.uniform(28, 64), rng.uniform(28, 64)
-        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
-        if all(x + w < bx or bx + bw < x or y + h < by or by + bh < y for bx, by, bw, bh in boxes):
-            boxes.append((x, y, w, h))
-    return boxes
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def _place_overlapping(rng: random.Random, width: int, height: int, count: int,
-                       max_iou: float = 0.5) -> list[tuple[float, float, float, float]]:
-    """Up to `count` boxes (x, y, w, h) that may overlap, but none mostly covers another."""
-    def iou(a, b):
-        ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-        iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-        inter = ix * iy
-        return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+def _place(rng: random.Random, width: int, height: int, count: int,
+           max_iou: float | None = None) -> list[tuple[float, float, float, float]]:
+    """Up to `count` boxes (x, y, w, h): apart from each other (max_iou None), or overlapping by at
+    most `max_iou`, so that none mostly covers another."""
+    def fits(box, other) -> bool:
+        if max_iou is not None:
+            return _iou(box, other) <= max_iou
+        (x, y, w, h), (bx, by, bw, bh) = box, other
+        return x + w < bx or bx + bw < x or y + h < by or by + bh < y
 
     boxes: list[tuple[float, float, float, float]] = []
     for _ in range(count * 20):
@@ -115,7 +110,7 @@ def _place_overlapping(rng: random.Random, width: int, height: int, count: int,
             break
         w, h = rng.uniform(28, 64), rng.uniform(28, 64)
         box = (rng.uniform(0, width - w), rng.uniform(0, height - h), w, h)
-        if all(iou(box, other) <= max_iou for other in boxes):
+        if all(fits(box, other) for other in boxes):
             boxes.append(box)
     return boxes
 
@@ -178,8 +173,8 @@ def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random,
         image_id = first_id + i
         width, height = rng.choice([(160, 128), (192, 144), (144, 144)])
         objects = []
-        boxes = _place_overlapping(rng, width, height, rng.randint(2, 4)) if occlusion else _place(rng, width, height, rng.randint(1, 3))
-        for x, y, w, h in boxes:
+        count = rng.randint(2, 4) if occlusion else rng.randint(1, 3)
+        for x, y, w, h in _place(rng, width, height, count, max_iou=0.5 if occlusion else None):
             synth_class = rng.choice(COCO_SYNTH)
             objects.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
         if occlusion:

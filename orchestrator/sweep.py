@@ -139,9 +139,9 @@ def search_space(sweep: SweepConfig):
     return {PARAMS_KEY: space}
 
 
-def trial_overrides(sweep: SweepConfig, params: dict) -> dict:
-    """A trial's dotted overrides: its variant's, then its point of the search space."""
-    return {**sweep.variants.get(params.get(VARIANT_KEY), {}), **params.get(PARAMS_KEY, {})}
+def trial_overrides(variants: dict[str, dict], params: dict) -> dict:
+    """A trial's dotted overrides: its variant's (`sweep.variants`), then its point of the search space."""
+    return {**variants.get(params.get(VARIANT_KEY), {}), **params.get(PARAMS_KEY, {})}
 
 
 def trial_config(base: dict, overrides: dict) -> TrainConfig:
@@ -155,7 +155,7 @@ def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -
     """One Tune trial: a whole training run; Tune sees its reports through TuneReportCallback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(base, trial_overrides(validate(base).sweep, params))
+    cfg = trial_config(base, trial_overrides(base["sweep"]["variants"], params))
     cfg.mlflow.registered_model = None  # the sweep registers its best trial only
     cfg.checkpoint.storage_path = storage.join(sweep_folder, "trials")
     trial_name = f"{cfg.name}-{tune.get_context().get_trial_id()}"
@@ -180,19 +180,21 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
 
     cfg = with_absolute_paths(cfg)
     sw = cfg.sweep
-    if sw.metric.startswith(("bbox/", "segm/")) and not cfg.data.val:
+    coco_metric = sw.metric.startswith(("bbox/", "segm/"))
+    if coco_metric and not cfg.data.val:
         raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
     # ASHA and Optuna read the metric from every report; a grid or random sweep without early stopping
     # only needs the final evaluation, which every run does.
     metric_every_report = sw.scheduler == "asha" or sw.search == "optuna"
-    if metric_every_report and sw.metric.startswith(("bbox/", "segm/")):
+    if metric_every_report and coco_metric:
         cfg.eval_every = cfg.checkpoint.every
     if sw.storage_path is None:
         sw.storage_path = storage.join(cfg.checkpoint.storage_path, "sweeps")
     param_space = search_space(sw)
+    base = cfg.to_dict()
     for name, overrides in sw.variants.items():
         try:
-            trial_config(cfg.to_dict(), overrides)
+            trial_config(base, overrides)
         except ValueError as exc:  # named here, before any trial starts
             raise ValueError(f"sweep.variants.{name}: {exc}") from None
     # Resolved here, on the driver: trials run in other folders (the default sqlite path is relative).
@@ -265,7 +267,7 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
     if sw.variants:
         rows = variant_table(trials, list(sw.variants), sw.table_metrics)
         table = variant_table_markdown(rows, sw.table_metrics)
-        _log_variant_table(tracking_uri, parent_run_id, sweep_folder, rows, table)
+        _log_variant_table(tracking_uri, parent_run_id, sweep_folder, rows, sw.table_metrics, table)
     tracking.end_run(tracking_uri, parent_run_id)
     return SweepResult(sweep_folder, parent_run_id, trials, best, promotion, variant_table=table)
 
@@ -286,7 +288,7 @@ def _trial_rows(grid, sw: SweepConfig, tracking_uri: str, interrupted: bool) -> 
             status = "interrupted" if interrupted and run_status != "KILLED" else STOPPED
         config = result.config or {}
         rows.append({"trial": metrics.get("trial_id") or os.path.basename(result.path), "variant": config.get(VARIANT_KEY),
-                     "params": trial_overrides(sw, config), "metric": metrics.get(sw.metric),
+                     "params": trial_overrides(sw.variants, config), "metric": metrics.get(sw.metric),
                      "table_metrics": {key: metrics.get(key) for key in sw.table_metrics},
                      "iteration": metrics.get("iteration"), "mlflow_run_id": run_id, "status": status})
     return rows
@@ -419,10 +421,11 @@ def variant_table_markdown(rows: list[dict], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _log_variant_table(tracking_uri: str, parent_run_id: str, sweep_folder: str, rows: list[dict], markdown: str) -> None:
+def _log_variant_table(tracking_uri: str, parent_run_id: str, sweep_folder: str, rows: list[dict], metrics: list[str],
+                       markdown: str) -> None:
     """On the sweep's parent run (a table the MLflow UI shows, and the markdown) and in its folder."""
     columns = {"method": [row["variant"] for row in rows], "seeds": [row["finished"] for row in rows]}
-    for metric in rows[0]["metrics"] if rows else []:
+    for metric in metrics:
         columns[f"{metric} mean"] = [row["metrics"][metric]["mean"] for row in rows]
         columns[f"{metric} std"] = [row["metrics"][metric]["std"] for row in rows]
     tracking.log_table(tracking_uri, parent_run_id, columns, "sweep/variants.json")

@@ -216,7 +216,7 @@ def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_c
     base = cfg.to_dict()
     modes = {}
     for name in cfg.sweep.variants:
-        trial = trial_config(base, trial_overrides(cfg.sweep, {VARIANT_KEY: name, "overrides": {"seed": 2}}))
+        trial = trial_config(base, trial_overrides(cfg.sweep.variants, {VARIANT_KEY: name, "overrides": {"seed": 2}}))
         modes[name] = (trial.model.mask_head.mode, trial.model.mask_head.transfer_input)
         assert trial.seed == 2 and trial.solver == cfg.solver and trial.data == cfg.data
         assert trial.model.backbone == cfg.model.backbone and trial.model.box_loss == cfg.model.box_loss
