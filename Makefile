@@ -19,10 +19,10 @@ demo: $(INSTALLED)
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -P -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 test-fast: $(INSTALLED)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -P -m pytest -q -m "not integration"
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/model_step.py

@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from maskx.datasets.prepare import prepare_coco
+from maskx.datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples
+from maskx.datasets.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
-
-from datasets.prepare import prepare_coco  # noqa: E402
-from datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples  # noqa: E402
-from datasets.synth import write_synthetic  # noqa: E402
 
 COCO_TINY = ROOT.parent / "shared" / "data" / "coco-tiny"
 

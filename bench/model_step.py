@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
+from torchvision.models.detection import MaskRCNN
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from torchvision.models.detection import MaskRCNN  # noqa: E402
-
-from models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model  # noqa: E402
-from models.backbone import resnet_fpn_backbone  # noqa: E402
+from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+from maskx.models.backbone import resnet_fpn_backbone
 
 
 def synthetic_batch(batch: int, height: int, width: int, num_classes: int, instances: int, device: str):

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_synth(args) -> int:
-    from datasets.synth import write_synthetic, write_synthetic_shards
+    from maskx.datasets.synth import write_synthetic, write_synthetic_shards
 
     write = write_synthetic_shards if args.shards else write_synthetic
     paths = write(args.out, args.train_images, args.val_images, args.vg_images, args.seed, args.occlusion)
@@ -93,7 +93,7 @@ def run_synth(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from datasets import prepare
+    from maskx.datasets import prepare
 
     if args.source == "vocab":
         vocab = prepare.prepare_vocabulary(args.coco, args.vg_objects, args.vg_classes)
@@ -102,7 +102,7 @@ def run_prepare(args) -> int:
         return 0
     map_tasks = None
     if args.ray:
-        from orchestrator.ray_tasks import ray_map
+        from maskx.orchestrator.ray_tasks import ray_map
 
         map_tasks = ray_map
     if args.source == "coco":
@@ -117,8 +117,8 @@ def run_prepare(args) -> int:
 
 
 def run_train(args) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.trainer import train
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume)
@@ -130,8 +130,8 @@ def run_train(args) -> int:
 
 
 def run_tune(args) -> int:
-    from orchestrator.config import load_config
-    from orchestrator.sweep import reproduce_command, sweep
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.sweep import reproduce_command, sweep
 
     cfg = load_config(args.config, args.overrides, sweep_path=args.sweep)
     result = sweep(cfg, resume=args.resume, write=lambda line: print(line, flush=True))
@@ -157,8 +157,8 @@ def run_tune(args) -> int:
 def run_eval(args) -> int:
     import json
 
-    from orchestrator.config import load_config
-    from orchestrator.inference import evaluate_model
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.inference import evaluate_model
 
     metrics, per_class = evaluate_model(load_config(args.config, args.overrides), args.model)
     _print_metrics(metrics)
@@ -169,7 +169,7 @@ def run_eval(args) -> int:
 
 
 def run_predict(args) -> int:
-    from orchestrator.inference import load_model, write_overlay
+    from maskx.orchestrator.inference import load_model, write_overlay
 
     drawn = write_overlay(load_model(args.model), args.image, args.out, args.score_threshold)
     print(f"{args.out}: {drawn} detections with score >= {args.score_threshold}")
@@ -179,7 +179,7 @@ def run_predict(args) -> int:
 def run_mlflow_server(args) -> int:
     import os
 
-    from orchestrator.tracking import server_command
+    from maskx.orchestrator.tracking import server_command
 
     os.makedirs(args.store, exist_ok=True)
     command = server_command(args.store, args.host, args.port)
@@ -188,7 +188,7 @@ def run_mlflow_server(args) -> int:
 
 
 def run_demo_command(args) -> int:
-    from orchestrator.demo import run_demo
+    from maskx.orchestrator.demo import run_demo
 
     return run_demo(args.out, overrides=args.overrides)
 

@@ -6,13 +6,14 @@ unknown key or a wrong type is an error that names the key. Builders downstream 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import pydantic
 import yaml
 
-from models.config import ModelConfig
+from maskx.models.config import ModelConfig
 
 _STRICT = {"extra": "forbid"}
 
@@ -206,6 +207,19 @@ def load_config(path: Optional[str], overrides: list[str] = (), sweep_path: Opti
     for override in overrides:
         apply_override(tree, override)
     return validate(tree)
+
+
+def packaged_config(name: str) -> str:
+    """The path of a config that ships with maskx (`configs/NAME`, installed as `maskx.configs`)."""
+    import maskx.configs
+
+    # A namespace package: importlib.resources cannot read one through setuptools' editable finder,
+    # whose path hook sits in __path__ beside the real folder.
+    for folder in maskx.configs.__path__:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise ConfigError(f"config {name}: not among the configs installed with maskx")
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from datasets.synth import write_synthetic_shards
+from maskx.datasets.synth import write_synthetic_shards
 
-from .config import load_config
+from .config import load_config, packaged_config
 from .inference import load_model, write_overlay
 from .trainer import train
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny-cpu.yaml")
+DEFAULT_CONFIG = "tiny-cpu.yaml"
 
 
 def prepare_demo_data(out: str) -> dict:
@@ -29,7 +29,7 @@ def run_demo(out: str = "demo-out", config: Optional[str] = None, overrides: lis
     shards = os.path.join(out, "shards")
     where = [f"data.train=[{{manifest: {shards}/coco-train, weight: 1.0}}, {{manifest: {shards}/vg, weight: 0.5}}]",
              f"data.val={shards}/coco-val", f"checkpoint.storage_path={out}/ray_results"]
-    cfg = load_config(config or DEFAULT_CONFIG, where + list(overrides))
+    cfg = load_config(config or packaged_config(DEFAULT_CONFIG), where + list(overrides))
     print(f"[1/4] synthetic COCO + VG data and shards in {out}/")
     paths = prepare_demo_data(out)
     print(f"[2/4] training {cfg.name}: {cfg.scaling.num_workers} Ray workers, {cfg.solver.max_iter} iterations")

@@ -14,9 +14,9 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from datasets.stream import Batch, StreamPosition
-from datasets.vocab import Vocabulary
-from models import MaskXRCNN
+from maskx.datasets.stream import Batch, StreamPosition
+from maskx.datasets.vocab import Vocabulary
+from maskx.models import MaskXRCNN
 
 from .config import SolverConfig, TrainConfig
 from .evaluation import detection_records, evaluate, ground_truth_records

@@ -13,8 +13,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, read_file, write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from datasets.vocab import Vocabulary
-from models import MaskXRCNN, build_model
+from maskx.datasets.vocab import Vocabulary
+from maskx.models import MaskXRCNN, build_model
 
 from . import engine
 from .config import TrainConfig, load_config
@@ -93,7 +93,7 @@ def write_overlay(loaded: LoadedModel, image_path: str, out_path: str, score_thr
 
 def evaluate_model(cfg: TrainConfig, uri: str) -> tuple[dict, dict]:
     """COCO metrics of a model on `cfg.data.val`, set A from `cfg.data.mask_sets`, in this process."""
-    from datasets.stream import EvalStream, load_sources, make_loader
+    from maskx.datasets.stream import EvalStream, load_sources, make_loader
 
     if not cfg.data.val:
         raise ValueError("data.val: no val manifest to evaluate on")

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from ray import tune
 
-from datasets import storage
+from maskx.datasets import storage
 
 from . import tracking
 from .config import SweepConfig, TrainConfig, apply_override, dump_config, validate

@@ -18,8 +18,8 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader
-from models import build_model
+from maskx.datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader
+from maskx.models import build_model
 
 from . import engine
 from .config import TrainConfig, dump_config, validate

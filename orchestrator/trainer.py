@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torchvision.io import write_png
 
-from datasets import storage
-from datasets.stream import EvalStream, load_sources
+from maskx.datasets import storage
+from maskx.datasets.stream import EvalStream, load_sources
 
 from . import engine, tracking
 from .config import TrainConfig, dump_config

@@ -15,7 +15,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def synth_paths(tmp_path_factory):
-    from datasets.synth import write_synthetic
+    from maskx.datasets.synth import write_synthetic
 
     return write_synthetic(str(tmp_path_factory.mktemp("synth")), train_images=24, val_images=10, vg_images=12, seed=3)
 
@@ -23,7 +23,7 @@ def synth_paths(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synth_shards(synth_paths, tmp_path_factory):
     """Synthetic COCO train/val and VG prepared with one vocabulary; returns their folders."""
-    from datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
+    from maskx.datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
 
     root = tmp_path_factory.mktemp("shards")
     vocab_path = str(root / "vocab.json")
@@ -44,7 +44,7 @@ def s3_endpoint():
     """A real S3 API (moto's server mode) on 127.0.0.1, reached through AWS_ENDPOINT_URL."""
     from moto.server import ThreadedMotoServer
 
-    from datasets import storage
+    from maskx.datasets import storage
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

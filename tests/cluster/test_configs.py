@@ -7,8 +7,8 @@ import shlex
 import pytest
 import yaml
 
-from orchestrator.cli import build_parser
-from orchestrator.config import load_config
+from maskx.orchestrator.cli import build_parser
+from maskx.orchestrator.config import load_config
 
 CLUSTER = os.path.join(os.path.dirname(__file__), "..", "..", "cluster")
 REPO = os.path.join(CLUSTER, "..")
@@ -79,3 +79,11 @@ def test_runtime_env_is_one_ray_accepts_and_carries_no_secret():
     env = read("runtime_env.yaml")
     RuntimeEnv(**env)  # Ray's own validation of the fields
     assert not [k for k in env["env_vars"] if any(s in k.upper() for s in ("SECRET", "TOKEN", "PASSWORD", "KEY"))]
+
+
+def test_dockerfile_copies_everything_the_wheel_build_reads():
+    from ..test_install import SOURCES
+
+    with open(os.path.join(CLUSTER, "Dockerfile")) as f:
+        copied = {word for line in f if line.startswith("COPY") for word in line.split()[1:-1] if not word.startswith("--")}
+    assert set(SOURCES) <= copied

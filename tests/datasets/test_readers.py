@@ -5,11 +5,11 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from datasets.coco import decode_rle
-from datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
-from datasets.shard_format import load_manifest
-from datasets.stream import EvalStream, Source
-from datasets.vocab import COCO_CATEGORIES, build_vocabulary
+from maskx.datasets.coco import decode_rle
+from maskx.datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import EvalStream, Source
+from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
 
 from ..conftest import SHARED_DATA
 

@@ -1,10 +1,10 @@
 """Shards written to and streamed from a real S3 API (moto's server) on 127.0.0.1."""
 import pytest
 
-from datasets import storage
-from datasets.prepare import prepare_coco
-from datasets.shard_format import load_manifest
-from datasets.stream import EvalStream, load_sources, make_loader
+from maskx.datasets import storage
+from maskx.datasets.prepare import prepare_coco
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import EvalStream, load_sources, make_loader
 
 pytestmark = pytest.mark.integration
 

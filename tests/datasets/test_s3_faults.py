@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from datasets import storage
-from datasets.storage import READ_CHUNK
-from datasets.prepare import prepare_coco
-from datasets.shard_format import load_manifest
-from datasets.stream import EvalStream, load_sources
-from tests.s3_fault_proxy import Fault, FaultProxy
+from maskx.datasets import storage
+from maskx.datasets.storage import READ_CHUNK
+from maskx.datasets.prepare import prepare_coco
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import EvalStream, load_sources
+from ..s3_fault_proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from datasets.shard_format import load_manifest
-from datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader
 
 
 def train_stream(synth_shards, **kwargs):

@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from datasets.shard_format import load_manifest
-from datasets.synth import SYNTH_CLASSES, write_synthetic, write_synthetic_shards
-from datasets.vocab import Vocabulary
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.synth import SYNTH_CLASSES, write_synthetic, write_synthetic_shards
+from maskx.datasets.vocab import Vocabulary
 
 
 def _boxes_overlap(a, b) -> bool:

@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from datasets.prepare import prepare_coco
-from datasets.shard_format import load_manifest
-from datasets.writer import RECORDS_DIR
+from maskx.datasets.prepare import prepare_coco
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.writer import RECORDS_DIR
 
 
 def test_rerun_is_deterministic_and_skips_complete_shards(synth_paths, tmp_path, caplog):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
 
 NUM_CLASSES = 6  # background + 5; set A = {1, 2, 3}, set B = {4, 5}
 SET_A = [1, 2, 3]

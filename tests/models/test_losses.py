@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.losses import objectness_loss, softmax_focal_loss, softmax_prior_bias
+from maskx.models.losses import objectness_loss, softmax_focal_loss, softmax_prior_bias
 
 
 def test_focal_with_gamma_zero_and_no_alpha_equals_cross_entropy():
@@ -40,7 +40,7 @@ def test_prior_bias_starts_foreground_at_pi():
 
 
 def test_focal_box_loss_sets_the_prior_bias():
-    from models import build_model
+    from maskx.models import build_model
 
     from .conftest import tiny_config
 

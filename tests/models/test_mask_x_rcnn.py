@@ -3,8 +3,8 @@ import io
 import pytest
 import torch
 
-from models import build_model
-from models.config import MASK_HEAD_MODES
+from maskx.models import build_model
+from maskx.models.config import MASK_HEAD_MODES
 
 from .conftest import SET_A, tiny_batch, tiny_config, tiny_model
 

@@ -1,6 +1,6 @@
 import torch
 
-from models import build_model
+from maskx.models import build_model
 
 from .conftest import tiny_batch, tiny_config
 
@@ -40,7 +40,7 @@ def test_transfer_input_selects_which_box_weights_feed_t():
 
 
 def test_transfer_mlp_shapes():
-    from models.transfer import WeightTransfer
+    from maskx.models.transfer import WeightTransfer
 
     t = WeightTransfer(in_dim=40, out_dim=8, hidden_dim=16, num_layers=2, activation="leaky_relu")
     assert t(torch.randn(7, 40)).shape == (7, 8)

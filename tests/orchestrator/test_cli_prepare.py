@@ -2,11 +2,11 @@ import json
 import subprocess
 import sys
 
-from datasets.shard_format import load_manifest
+from maskx.datasets.shard_format import load_manifest
 
 
 def maskx(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, check=check)
+    return subprocess.run([sys.executable, "-P", "-m", "maskx.orchestrator.cli", *args], capture_output=True, text=True, check=check)
 
 
 def test_synth_then_prepare_coco_and_vg_with_one_vocabulary(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.config import ConfigError, dump_config, load_config
+from maskx.orchestrator.config import ConfigError, dump_config, load_config
 
 TINY = "configs/tiny-cpu.yaml"
 

@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
-from datasets.stream import TrainStream, load_sources
-from models import build_model
-from orchestrator import engine
-from orchestrator.config import SolverConfig, load_config
+from maskx.datasets.stream import TrainStream, load_sources
+from maskx.models import build_model
+from maskx.orchestrator import engine
+from maskx.orchestrator.config import SolverConfig, load_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny-cpu.yaml")
 

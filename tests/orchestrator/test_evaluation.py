@@ -1,9 +1,9 @@
 import torch
 
-from datasets.coco import decode_rle
-from datasets.shard_format import load_manifest
-from datasets.stream import EvalStream, Source
-from orchestrator.evaluation import detection_records, evaluate, ground_truth_records
+from maskx.datasets.coco import decode_rle
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import EvalStream, Source
+from maskx.orchestrator.evaluation import detection_records, evaluate, ground_truth_records
 
 
 def perfect_detections(target):

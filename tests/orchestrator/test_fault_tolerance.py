@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from orchestrator import engine
-from orchestrator.config import load_config
-from orchestrator.trainer import train
-from tests.conftest import wait_until
+from maskx.orchestrator import engine
+from maskx.orchestrator.config import load_config
+from maskx.orchestrator.trainer import train
+from ..conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def unbroken_run(cluster, synth_shards, tmp_path_factory):
 
 
 def shard_of_key(synth_shards):
-    from datasets.shard_format import load_manifest
+    from maskx.datasets.shard_format import load_manifest
 
     shard_of = {}
     for source in ("coco_train", "vg"):
@@ -139,7 +139,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_r
 
     import ray.train
 
-    from orchestrator.train_loop import _load_latest_readable
+    from maskx.orchestrator.train_loop import _load_latest_readable
 
     result, _ = unbroken_run
     run_folder = tmp_path / "run"
@@ -156,7 +156,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_r
 def test_training_survives_the_mlflow_server_going_down_and_catches_up(cluster, synth_shards, tmp_path):
     import mlflow
 
-    from tests.conftest import free_port, start_mlflow_server, stop_mlflow_server
+    from ..conftest import free_port, start_mlflow_server, stop_mlflow_server
 
     store, port = tmp_path / "mlflow", free_port()
     store.mkdir()

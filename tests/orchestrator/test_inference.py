@@ -1,8 +1,8 @@
 """Overlays of predictions: masks, boxes and class names over the image."""
 import torch
 
-from datasets.vocab import Vocabulary, VocabClass
-from orchestrator.inference import draw_overlay
+from maskx.datasets.vocab import Vocabulary, VocabClass
+from maskx.orchestrator.inference import draw_overlay
 
 
 def test_overlay_draws_kept_detections_only():

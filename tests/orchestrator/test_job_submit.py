@@ -4,6 +4,7 @@ registered model that loads and predicts."""
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import free_port
+from ..conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +48,16 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
                  "mlflow.registered_model=maskx-job-test"]
     submitted = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps(runtime_env), "--", "maskx", "train", "--config", "configs/tiny-cpu.yaml",
-         *overrides],
+         "--runtime-env-json", json.dumps(runtime_env), "--",
+         # The uploaded working dir is on sys.path there (as on the workers): no top-level package of
+         # maskx's may come with it to shadow an installed one (Hugging Face's `datasets`).
+         "sh", "-c", "python -c 'import importlib.util as u; print(\"uploaded datasets:\", u.find_spec(\"datasets\"))' && "
+         "maskx train --config configs/tiny-cpu.yaml " + " ".join(shlex.quote(o) for o in overrides)],
         env=env, capture_output=True, text=True, timeout=900)
     assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
     assert PLANTED_SECRET not in submitted.stdout + submitted.stderr  # the job's whole log
     assert "succeeded" in submitted.stdout.lower()
+    assert "uploaded datasets: None" in submitted.stdout
 
     import mlflow
 
@@ -83,7 +88,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
     model = mlflow.pytorch.load_model("models:/maskx-job-test/1", map_location="cpu")
-    from orchestrator.inference import predict, read_image
+    from maskx.orchestrator.inference import predict, read_image
 
     image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])
     detection = predict(model, read_image(image))
@@ -92,7 +97,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])
 
     # maskx's own loader takes the weights alone (weights_only=True), no unpickling.
-    from orchestrator.inference import load_model
+    from maskx.orchestrator.inference import load_model
 
     loaded = load_model("models:/maskx-job-test/1", mlflow_server)
     safe = predict(loaded.model, read_image(image))

@@ -1,7 +1,7 @@
 """`maskx mlflow-server` binds 127.0.0.1 unless told otherwise (the session's `mlflow_server` fixture
 runs it for real)."""
-from orchestrator.cli import build_parser
-from orchestrator.tracking import server_command
+from maskx.orchestrator.cli import build_parser
+from maskx.orchestrator.tracking import server_command
 
 
 def test_the_tracking_server_binds_localhost_by_default(tmp_path):

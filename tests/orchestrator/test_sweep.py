@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.sweep import search_space, sweep
-from tests.conftest import wait_until
+from maskx.orchestrator.config import load_config
+from maskx.orchestrator.sweep import search_space, sweep
+from ..conftest import wait_until
 
 SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweep-tiny-cpu.yaml")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -85,7 +85,7 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["promotion.decision"] == "promoted: no champion yet"
     # The champion is what `maskx eval` takes by alias (loaded through the safe weights-only path).
-    from orchestrator.cli import main
+    from maskx.orchestrator.cli import main
 
     overrides = sweep_overrides(synth_shards, tmp_path, mlflow_server)
     assert main(["eval", "--config", SWEEP, *overrides, "--model", f"models:/{MODEL}@champion",
@@ -140,7 +140,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(first_sweep
         "solver.max_iter=12", "log_every=4", "checkpoint.every=4", "sweep.scheduler=fifo", "sweep.max_concurrent_trials=1",
         "sweep.space={solver.lr: {grid: [0.02, 0.01]}}"]
     env = {**os.environ, "RAY_ADDRESS": sweep_ray, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "orchestrator.cli", "tune"] + config_args
+    command = [sys.executable, "-P", "-m", "maskx.orchestrator.cli", "tune"] + config_args
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         done_first = _wait_for_children(client, "sweep-resume-test", proc)
@@ -183,7 +183,7 @@ def test_every_knob_of_the_r50_sweep_is_a_config_key_a_trial_can_take():
     through a list index), with no Ray session."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.sweep import trial_config
+    from maskx.orchestrator.sweep import trial_config
 
     cfg = load_config(os.path.join(REPO, "configs", "sweep-coco-vg-r50.yaml"))
     searcher = OptunaSearch(seed=0)
@@ -205,7 +205,7 @@ ABLATION_SWEEP = os.path.join(REPO, "configs", "ablation-mask-head.yaml")
 def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_config):
     """Every variant of configs/ablation-mask-head.yaml is a valid trial of either training config and
     changes only the mask head; the sweep runs each to the full schedule and registers nothing."""
-    from orchestrator.sweep import VARIANT_KEY, trial_config, trial_overrides
+    from maskx.orchestrator.sweep import VARIANT_KEY, trial_config, trial_overrides
 
     cfg = load_config(os.path.join(REPO, "configs", train_config), sweep_path=ABLATION_SWEEP)
     assert cfg.sweep.scheduler == "fifo" and cfg.sweep.promote is False
@@ -233,7 +233,7 @@ def test_variants_need_a_grid_without_early_stopping():
 
 
 def test_variant_table_is_mean_and_sample_std_over_finished_seeds():
-    from orchestrator.sweep import variant_table, variant_table_markdown
+    from maskx.orchestrator.sweep import variant_table, variant_table_markdown
 
     def trial(variant, status, ap):
         return {"variant": variant, "status": status, "table_metrics": {"segm/setB/AP": ap}}

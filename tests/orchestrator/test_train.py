@@ -3,11 +3,11 @@ import json
 import os
 
 import pytest
-from orchestrator import engine
-from orchestrator.cli import main
-from orchestrator.config import load_config
-from orchestrator.trainer import MLFLOW_RUN_FILE, train
-from tests.conftest import wait_until
+from maskx.orchestrator import engine
+from maskx.orchestrator.cli import main
+from maskx.orchestrator.config import load_config
+from maskx.orchestrator.trainer import MLFLOW_RUN_FILE, train
+from ..conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, sy
     out_png = tmp_path / "overlay.png"
     assert main(["predict", "--model", result.checkpoint, "--image", image, "--out", str(out_png), "--score-threshold", "0"]) == 0
     overlay = decode_png(read_file(str(out_png)))
-    from orchestrator.inference import read_image
+    from maskx.orchestrator.inference import read_image
 
     original = read_image(image)
     assert overlay.shape == original.shape  # what gets drawn is tested in test_inference.py
@@ -132,7 +132,7 @@ def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synt
     overrides = tiny_overrides(synth_shards, tmp_path, 8)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
     repo = os.path.join(os.path.dirname(TINY), "..")
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "train", "--config", TINY, *overrides], cwd=repo,
+    driver = subprocess.Popen([sys.executable, "-P", "-m", "maskx.orchestrator.cli", "train", "--config", TINY, *overrides], cwd=repo,
                               env=env, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
     found = wait_until(lambda: list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004")),
                        "the driver's checkpoint at iteration 4", lambda: driver.poll() is None,
