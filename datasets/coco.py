@@ -5,10 +5,9 @@ import contextlib
 import io
 import os
 
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from .shard_format import ImageRecord, Skipped
+from .shard_format import ImageRecord, Skipped, rle_to_json
 from .vocab import Vocabulary
 
 
@@ -22,13 +21,6 @@ def clip_box(bbox, width: int, height: int):
     if x1 - x0 < 1.0 or y1 - y0 < 1.0:
         return None
     return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
-
-
-def rle_of(coco: COCO, ann: dict) -> dict:
-    """Compressed RLE of any COCO segmentation (polygons, uncompressed or compressed RLE)."""
-    rle = coco.annToRLE(ann)
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
 def _segmentation_problem(segmentation) -> str | None:
@@ -68,15 +60,11 @@ def read_coco(annotation_file: str, images_dir: str, vocab: Vocabulary) -> tuple
                 "category": name,
                 "coco_category_id": int(ann["category_id"]),
                 "iscrowd": int(ann.get("iscrowd", 0)),
-                "segmentation": rle_of(coco, ann),
+                # Polygons, uncompressed or compressed RLE: all become compressed RLE.
+                "segmentation": rle_to_json(coco.annToRLE(ann)),
             })
         records.append(ImageRecord(
             key=f"coco-{image_id:012d}", source="coco", image_id=int(image_id), width=width, height=height,
             image_path=os.path.join(images_dir, image["file_name"]), annotations=annotations,
         ))
     return records, skipped
-
-
-def decode_rle(rle: dict):
-    """(H, W) uint8 mask of a shard's compressed RLE."""
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})

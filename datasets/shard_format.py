@@ -81,6 +81,17 @@ class Manifest:
         return obj
 
 
+def rle_to_json(rle: dict) -> dict:
+    """pycocotools' compressed RLE (`counts` bytes) -> the shard record's (`counts` an ASCII string)."""
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def rle_from_json(rle: dict) -> dict:
+    """A shard record's RLE -> what pycocotools' decode, area and toBbox take."""
+    return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
 def manifest_url(url: str) -> str:
     """Accept the manifest itself or the folder that holds it."""
     return url if url.endswith(".json") else storage.join(url, MANIFEST_NAME)

@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from .shard_format import rle_to_json
+
 
 @dataclass(frozen=True)
 class SynthClass:
@@ -141,7 +143,7 @@ def _rle_annotation(visible: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
     bbox = [round(float(v), 2) for v in mask_utils.toBbox(rle)]
     return {"bbox": bbox, "area": float(mask_utils.area(rle)),
-            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}}
+            "segmentation": rle_to_json(rle)}
 
 
 def _draw_image(rng: random.Random, width: int, height: int, objects) -> Image.Image:

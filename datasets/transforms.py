@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-from .shard_format import FORMAT_VERSION
+from .shard_format import FORMAT_VERSION, rle_from_json
 from .vocab import Vocabulary
 
 
@@ -67,7 +67,7 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
         masks = torch.zeros((len(labels), height, width), dtype=torch.uint8)
         index = torch.where(has_mask)[0]
         try:
-            decoded = mask_utils.decode([{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")} for i in index.tolist()])
+            decoded = mask_utils.decode([rle_from_json(rles[i]) for i in index.tolist()])
         except Exception as exc:
             raise BadSample(f"sample {key}: bad RLE ({exc})") from None
         masks[index] = torch.from_numpy(decoded).permute(2, 0, 1)

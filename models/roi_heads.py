@@ -11,7 +11,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 
 from .losses import box_classifier_loss

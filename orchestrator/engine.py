@@ -16,7 +16,6 @@ from torch import nn
 
 from maskx.datasets.stream import Batch, StreamPosition
 from maskx.datasets.vocab import Vocabulary
-from maskx.models import MaskXRCNN
 
 from .config import SolverConfig, TrainConfig
 from .evaluation import detection_records, evaluate, ground_truth_records

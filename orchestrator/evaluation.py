@@ -15,6 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from maskx.datasets.shard_format import rle_from_json, rle_to_json
+
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
@@ -30,7 +32,7 @@ def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dic
                  "iscrowd": int(crowd), "area": (x1 - x0) * (y1 - y0)}
         if rle is not None:
             entry["segmentation"] = rle
-            entry["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+            entry["area"] = float(mask_utils.area(rle_from_json(rle)))
         annotations.append(entry)
     return image, annotations
 
@@ -45,8 +47,7 @@ def detection_records(image_id: int, detection: dict, mask_threshold: float = 0.
         x0, y0, x1, y1 = box
         entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
         if rles is not None:
-            rle = rles[i]
-            entry["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            entry["segmentation"] = rle_to_json(rles[i])
         records.append(entry)
     return records
 

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from maskx.datasets.coco import decode_rle
 from maskx.datasets.prepare import prepare_coco, prepare_vg, prepare_vocabulary
-from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.shard_format import load_manifest, rle_from_json
 from maskx.datasets.stream import EvalStream, Source
 from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
 
@@ -40,7 +40,7 @@ def test_real_coco_round_trip_masks_equal_ann_to_mask(tmp_path):
             assert vocab.name(int(label)) == coco.cats[ann["category_id"]]["name"]
             x, y, w, h = ann["bbox"]
             np.testing.assert_allclose(box.numpy(), [x, y, x + w, y + h], atol=0.01)
-            assert np.array_equal(decode_rle(rle), coco.annToMask(ann))
+            assert np.array_equal(mask_utils.decode(rle_from_json(rle)), coco.annToMask(ann))
             crowd_seen += int(crowd)
     assert crowd_seen > 0, "coco-tiny has crowd RLEs; they must survive conversion"
 

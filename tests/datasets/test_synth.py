@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.shard_format import load_manifest, rle_from_json
 from maskx.datasets.synth import SYNTH_CLASSES, write_synthetic, write_synthetic_shards
 from maskx.datasets.vocab import Vocabulary
 
@@ -27,7 +27,7 @@ def test_occluded_masks_are_the_visible_parts_of_overlapping_objects(tmp_path):
     for image in coco["images"]:
         pixels = np.asarray(Image.open(os.path.join(paths["coco_train_images"], image["file_name"])), dtype=float)
         anns = by_image.get(image["id"], [])
-        masks = [mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}) for a in anns]
+        masks = [mask_utils.decode(rle_from_json(a["segmentation"])) for a in anns]
         for ann, mask in zip(anns, masks):
             assert ann["iscrowd"] == 0 and mask.sum() == ann["area"] > 0
             assert ann["bbox"] == [round(float(v), 2) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask)))]

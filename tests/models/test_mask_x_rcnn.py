@@ -6,7 +6,7 @@ import torch
 from maskx.models import build_model
 from maskx.models.config import MASK_HEAD_MODES
 
-from .conftest import SET_A, tiny_batch, tiny_config, tiny_model
+from .conftest import SET_A, tiny_config, tiny_model
 
 LOSS_NAMES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 

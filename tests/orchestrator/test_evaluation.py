@@ -1,14 +1,14 @@
 import torch
+from pycocotools import mask as mask_utils
 
-from maskx.datasets.coco import decode_rle
-from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.shard_format import load_manifest, rle_from_json
 from maskx.datasets.stream import EvalStream, Source
 from maskx.orchestrator.evaluation import detection_records, evaluate, ground_truth_records
 
 
 def perfect_detections(target):
     """Model-shaped output that reproduces the ground truth exactly."""
-    masks = torch.stack([torch.from_numpy(decode_rle(r)).float() for r in target["segmentations"]])[:, None] \
+    masks = torch.stack([torch.from_numpy(mask_utils.decode(rle_from_json(r))).float() for r in target["segmentations"]])[:, None] \
         if target["segmentations"] and all(r is not None for r in target["segmentations"]) else None
     out = {"boxes": target["boxes"], "labels": target["labels"], "scores": torch.ones(len(target["labels"]))}
     if masks is not None:
