@@ -1,6 +1,6 @@
 """Typed configuration of the Mask^X R-CNN model.
 
-`build_model` (models/build.py) is the only reader of these dataclasses; every module below it
+`build_model` (models/mask_x_rcnn.py) is the only reader of these dataclasses; every module below it
 takes plain arguments.
 """
 from __future__ import annotations
@@ -89,10 +89,6 @@ class MaskHeadConfig:
             raise ValueError(f"{where}.transfer_layers: must be >= 1, got {self.transfer_layers}")
         if self.num_convs < 1:
             raise ValueError(f"{where}.num_convs: must be >= 1, got {self.num_convs}")
-
-    @property
-    def uses_transfer(self) -> bool:
-        return self.mode.startswith("transfer")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `maskx` command line: synth, prepare, and (as they land) train, eval, predict, tune, demo."""
+"""The `maskx` command line: synth, prepare, train, tune, eval, predict, mlflow-server, demo."""
 from __future__ import annotations
 
 import argparse
@@ -138,16 +138,16 @@ def run_tune(args) -> int:
     print(f"sweep {result.sweep_folder} (MLflow parent run {result.parent_run_id})")
     print(f"{'trial':28} {'status':14} {cfg.sweep.metric:>14}  params")
     for trial in result.trials:
-        value = "-" if trial["metric"] is None else f"{trial['metric']:.4f}"
-        print(f"{trial['trial'][:28]:28} {trial['status']:14} {value:>14}  {trial['params']}")
+        value = "-" if trial.metric is None else f"{trial.metric:.4f}"
+        print(f"{trial.trial[:28]:28} {trial.status:14} {value:>14}  {trial.params}")
     if result.best:
-        print(f"best: {result.best['trial']} {cfg.sweep.metric}={result.best['metric']:.4f}")
+        print(f"best: {result.best.trial} {cfg.sweep.metric}={result.best.metric:.4f}")
         print(f"reproduce: {reproduce_command(args.config, result.best)}")
     if result.interrupted:
         again = f" --sweep {args.sweep}" if args.sweep else ""
         print(f"interrupted: continue with maskx tune --config {args.config}{again} --resume {result.sweep_folder}")
         return 130
-    print(f"promotion: {result.promotion['decision']}")
+    print(f"promotion: {result.promotion.decision}")
     if result.variant_table:
         print(f"variants (AP x100, mean ± std over seeds; also in {result.sweep_folder}/variants.md):")
         print(result.variant_table, end="")

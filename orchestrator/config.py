@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pydantic
 import yaml
@@ -66,7 +66,8 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"
+    # Ray's placement group strategies: SPREAD puts each worker on its own node where it can.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 @dataclass
@@ -104,11 +105,11 @@ class SweepConfig:
     space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     table_metrics: list[str] = field(default_factory=lambda: list(PAPER_TABLE_METRICS))
-    search: str = "grid"  # grid | random | optuna
+    search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
     metric: str = "segm/setB/AP"
-    mode: str = "max"
-    scheduler: str = "asha"  # asha | fifo
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1  # ASHA: reports (checkpoints) before a trial may be stopped
     reduction_factor: float = 2.0
     max_concurrent_trials: int = 2

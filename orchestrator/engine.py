@@ -1,4 +1,4 @@
-"""The training step, the solver, checkpoint contents and evaluation as plain functions.
+"""The training step, the solver and evaluation as plain functions (checkpoints: `run_folder.py`).
 
 Nothing here knows Ray or MLflow: `train_loop.py` wires these together on Ray Train workers and
 unit tests call them directly on a CPU.
@@ -6,23 +6,18 @@ unit tests call them directly on a CPU.
 from __future__ import annotations
 
 import logging
-import os
-import random
-from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
-from maskx.datasets.stream import Batch, StreamPosition
+from maskx.datasets.stream import Batch
 from maskx.datasets.vocab import Vocabulary
 
 from .config import SolverConfig, TrainConfig
 from .evaluation import detection_records, evaluate, ground_truth_records
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "state.pt"
 
 
 def bind_to_vocabulary(cfg: TrainConfig, vocab: Vocabulary) -> TrainConfig:
@@ -88,72 +83,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, ba
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint holds besides the weights: where training and the data stream stand."""
-    iteration: int = 0
-    position: StreamPosition = field(default_factory=StreamPosition)
-    # Sample keys this rank consumed since the start of the run (only when asked to record them).
-    consumed: list[str] = field(default_factory=list)
-
-
-def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState, positions: list[dict]) -> dict:
-    """Everything needed to continue exactly: weights, solver, iteration, every rank's data position, RNG.
-
-    Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
-    return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "iteration": state.iteration,
-        "positions": positions,
-        "rng": {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
-    }
-
-
-def save_checkpoint(contents: dict, directory: str) -> str:
-    """Write `state.pt` into `directory` atomically: a crash never leaves a half file under the final name."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    partial = path + ".partial"
-    torch.save(contents, partial)
-    os.replace(partial, path)
-    return path
-
-
-def load_checkpoint(directory: str) -> dict:
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint {directory}: no {CHECKPOINT_FILE} in it") from None
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
-
-
-def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
-    unwrap(model).load_state_dict(contents["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(contents["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(contents["scheduler"])
-    torch.set_rng_state(contents["rng"]["torch"])
-    random.setstate(_python_rng_from_lists(contents["rng"]["python"]))
-    positions = contents.get("positions") or []
-    position = StreamPosition.from_json(positions[rank]) if rank < len(positions) else StreamPosition()
-    return TrainState(iteration=contents["iteration"], position=position)
-
-
-def _python_rng_to_lists(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _python_rng_from_lists(state: list) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
 
 
 @torch.no_grad()

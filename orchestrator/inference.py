@@ -16,8 +16,8 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from maskx.datasets.vocab import Vocabulary
 from maskx.models import MaskXRCNN, build_model
 
-from . import engine
-from .config import TrainConfig, load_config
+from . import engine, run_folder
+from .config import TrainConfig
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
@@ -29,31 +29,23 @@ class LoadedModel:
     config: TrainConfig
 
 
-WEIGHTS_FILE = "weights.pt"  # the state dict in a logged model's extra_files, loaded with weights_only=True
-
-
 def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
     if uri.startswith(MLFLOW_SCHEMES):
-        from . import tracking
+        from .tracking import Tracking
 
-        folder = tracking.download_model(uri, tracking_uri)
-        extra = os.path.join(folder, "extra_files")
-        cfg = load_config(os.path.join(extra, "config.yaml"))
-        weights = os.path.join(extra, WEIGHTS_FILE)
-        if not os.path.exists(weights):
-            raise ValueError(f"model {uri}: no extra_files/{WEIGHTS_FILE} to load safely; if you trust its source, "
-                             "load it with mlflow.pytorch.load_model (unpickling runs code)")
-        model = build_model(cfg.model)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return LoadedModel(model.eval(), Vocabulary.load(os.path.join(extra, "vocab.json")), cfg)
-    if not os.path.isdir(uri):
+        extra = os.path.join(Tracking(tracking_uri).download_model(uri), "extra_files")
+        cfg, vocab = run_folder.read_config_and_vocab(extra)
+        state_dict = run_folder.load_weights(extra, uri)
+    elif os.path.isdir(uri):
+        cfg, vocab = run_folder.read_config_and_vocab(uri)
+        state_dict = run_folder.load_state(uri)["model"]
+    else:
         raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
-    cfg = load_config(os.path.join(uri, "config.yaml"))
     model = build_model(cfg.model)
-    model.load_state_dict(engine.load_checkpoint(uri)["model"])
-    return LoadedModel(model.eval(), Vocabulary.load(os.path.join(uri, "vocab.json")), cfg)
+    model.load_state_dict(state_dict)
+    return LoadedModel(model.eval(), vocab, cfg)
 
 
 def read_image(path: str) -> torch.Tensor:

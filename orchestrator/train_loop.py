@@ -6,7 +6,6 @@ The heavy parts are the plain functions of `engine.py`; this module only wires t
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -21,15 +20,12 @@ import torch.distributed as dist
 from maskx.datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader
 from maskx.models import build_model
 
-from . import engine
+from . import engine, run_folder
 from .config import TrainConfig, dump_config, validate
-from .tracking import MetricLogger
+from .run_folder import TrainState
+from .tracking import MetricLogger, Tracking
 
 log = logging.getLogger(__name__)
-
-UNSENT_METRICS_FILE = "unsent_metrics.json"
-EVAL_FILE = "eval.json"
-KEYS_FOLDER = "consumed_keys"
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -46,19 +42,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = build_model(cfg.model).to(device)
     optimizer = engine.build_optimizer(model, cfg.solver)
     scheduler = engine.build_lr_scheduler(optimizer, cfg.solver)
-    state = engine.TrainState()
+    state = TrainState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        state = engine.restore(_load_latest_readable(checkpoint), model, optimizer, scheduler, rank)
+        state = run_folder.restore(run_folder.load_latest_readable(checkpoint), model, optimizer, scheduler, rank)
         log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
                  state.position.epoch, state.position.batches)
-    # Batches from VG images carry no masks: the mask branch then takes no part in the step.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    # Every trainable parameter takes part in every step, also on VG batches without a mask (the mask
+    # loss keeps the mask branch in the graph at zero weight; tests/models/test_partial_supervision.py),
+    # so DDP needs no search for unused parameters after each backward.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False})
 
     samples = sum(s.num_samples for s in sources if s.weight > 0)
     batches_per_epoch = cfg.data.batches_per_epoch or max(1, samples // (cfg.data.batch_size * world_size))
-    metrics_logger = MetricLogger(loop_config.get("mlflow_run_id"), loop_config.get("mlflow_tracking_uri"),
-                                  in_training_process=True) if rank == 0 else None
+    run_id = loop_config.get("mlflow_run_id")
+    mlflow_run = Tracking(loop_config["mlflow_tracking_uri"]).run(run_id) if run_id else None
+    metrics_logger = MetricLogger(mlflow_run, in_training_process=True) if rank == 0 else None
     keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
@@ -101,12 +100,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 # Metrics MLflow could not take yet travel with the last checkpoint; the driver sends them.
                 unsent = metrics_logger.unsent() if last and metrics_logger and not metrics_logger.flush() else []
                 _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result,
-                                   dict(last_metrics, mlflow_run_id=loop_config.get("mlflow_run_id") or ""), unsent)
+                                   dict(last_metrics, mlflow_run_id=run_id or ""), unsent)
             if last:
                 break
 
 
-def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: engine.TrainState,
+def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: TrainState,
                       optimizer, world_size: int) -> dict[str, float]:
     """Losses averaged over the window and over ranks, throughput of the whole job, lr, skipped samples."""
     names = sorted(window_losses[0])
@@ -161,7 +160,7 @@ def _evaluate(cfg: TrainConfig, model, sources, vocab, device, rank: int, world_
     return metrics, tables
 
 
-def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: engine.TrainState, vocab, rank: int,
+def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: TrainState, vocab, rank: int,
                        eval_result, train_metrics: dict, unsent_metrics: list = ()) -> None:
     """Rank 0 writes the checkpoint; every rank reports (the call is a barrier). The reported metrics
     (latest losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
@@ -170,44 +169,15 @@ def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: eng
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
+    evaluation = None
+    if eval_result:
+        metrics.update(eval_result[0])
+        evaluation = {"metrics": eval_result[0], "per_class_ap": eval_result[1]}
     with tempfile.TemporaryDirectory() as folder:
-        engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, state, positions), folder)
-        with open(os.path.join(folder, "config.yaml"), "w") as f:
-            f.write(dump_config(cfg))
-        vocab.save(os.path.join(folder, "vocab.json"))
-        if unsent_metrics:
-            with open(os.path.join(folder, UNSENT_METRICS_FILE), "w") as f:
-                json.dump(list(unsent_metrics), f)
-        if eval_result:
-            metrics.update(eval_result[0])
-            with open(os.path.join(folder, EVAL_FILE), "w") as f:
-                json.dump({"metrics": eval_result[0], "per_class_ap": eval_result[1]}, f, indent=1)
+        run_folder.write_checkpoint(folder, run_folder.checkpoint_contents(model, optimizer, scheduler, state, positions),
+                                    dump_config(cfg), vocab, evaluation, unsent_metrics)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint_{state.iteration:08d}")
-
-
-def _load_latest_readable(checkpoint: ray.train.Checkpoint) -> dict:
-    """The latest checkpoint's contents or, when it cannot be read (a disk or upload gone bad after it
-    was registered), the newest older one in the same run folder, with a warning."""
-    from pyarrow.fs import FileSelector, FileType
-
-    run_folder = os.path.dirname(checkpoint.path.rstrip("/"))
-    siblings = checkpoint.filesystem.get_file_info(FileSelector(run_folder))
-    older = sorted((info.path for info in siblings if info.type == FileType.Directory
-                    and os.path.basename(info.path).startswith("checkpoint_") and info.path < checkpoint.path), reverse=True)
-    errors = []
-    for path in [checkpoint.path] + older:
-        try:
-            with ray.train.Checkpoint(path, checkpoint.filesystem).as_directory() as folder:
-                contents = engine.load_checkpoint(folder)
-        except (ValueError, FileNotFoundError) as exc:
-            errors.append(str(exc))
-            log.warning("%s; trying the previous checkpoint", exc)
-            continue
-        if errors:
-            log.warning("resuming from %s instead of the latest checkpoint %s", path, checkpoint.path)
-        return contents
-    raise ValueError(f"no readable checkpoint in {run_folder}: " + "; ".join(errors))
+                         checkpoint_dir_name=run_folder.checkpoint_name(state.iteration))
 
 
 def _open_keys_log(folder: Optional[str], rank: int):

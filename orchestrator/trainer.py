@@ -3,7 +3,6 @@ the evaluation, overlays and the model, and register it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -17,13 +16,12 @@ from torchvision.io import write_png
 from maskx.datasets import storage
 from maskx.datasets.stream import EvalStream, load_sources
 
-from . import engine, tracking
+from . import engine, run_folder
 from .config import TrainConfig, dump_config
-from .train_loop import EVAL_FILE, UNSENT_METRICS_FILE, train_loop_per_worker
+from .tracking import TrackedRun, Tracking, connection_errors, redact
+from .train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
-
-MLFLOW_RUN_FILE = "mlflow_run.json"
 
 
 @dataclass
@@ -38,7 +36,7 @@ class TrainingResult:
 
 
 def run_folder_of(cfg: TrainConfig, run_name: str) -> str:
-    return storage.join(absolute_storage_path(cfg.checkpoint.storage_path), run_name)
+    return run_folder.run_folder(absolute_storage_path(cfg.checkpoint.storage_path), run_name)
 
 
 def absolute_storage_path(path: str) -> str:
@@ -81,12 +79,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     cfg = with_absolute_paths(cfg)
     check_inputs(cfg)
     run_name = resume or run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_folder = run_folder_of(cfg, run_name)
-    if resume and storage.stat(storage.join(run_folder, MLFLOW_RUN_FILE)) is None:
+    folder = run_folder_of(cfg, run_name)
+    if resume and run_folder.read_mlflow_run(folder) is None:
         raise FileNotFoundError(f"--resume {resume}: no run of that name under {cfg.checkpoint.storage_path}")
-    tracking_uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
-    run_id = _mlflow_run(cfg, run_name, run_folder, tracking_uri, parent_run_id)
-    log.info("run %s: checkpoints in %s, MLflow run %s at %s", run_name, run_folder, run_id, tracking.redact(tracking_uri))
+    tracking = Tracking(cfg.mlflow.tracking_uri)
+    mlflow_run = _mlflow_run(cfg, run_name, folder, tracking, parent_run_id)
+    log.info("run %s: checkpoints in %s, MLflow run %s at %s", run_name, folder, mlflow_run.run_id, tracking.redacted_uri)
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
@@ -95,7 +93,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri,
+        train_loop_config={"config": cfg.to_dict(), "mlflow_run_id": mlflow_run.run_id, "mlflow_tracking_uri": tracking.uri,
                            "record_keys_to": record_keys_to and os.path.abspath(record_keys_to)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
@@ -111,58 +109,55 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         result = trainer.fit()
     except Exception as exc:
         # Only if still open: a sweep marks a trial its scheduler stopped KILLED.
-        tracking.close_run_if_open(tracking_uri, run_id, "FAILED", f"training failed: {type(exc).__name__}")
-        raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {run_folder}; "
+        mlflow_run.close_if_open("FAILED", f"training failed: {type(exc).__name__}")
+        raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {folder}; "
                            f"continue it with `maskx train --config ... --resume {run_name}`") from exc
 
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics, version = {}, None
     try:
         if result.checkpoint is not None:
-            with result.checkpoint.as_directory() as folder:
-                metrics, version = _log_final(cfg, folder, tracking_uri, run_id)
-        tracking.end_run(tracking_uri, run_id)
-    except tracking.connection_errors() as exc:
+            with result.checkpoint.as_directory() as checkpoint_folder:
+                metrics, version = _log_final(cfg, checkpoint_folder, mlflow_run)
+        mlflow_run.end()
+    except connection_errors() as exc:
         raise RuntimeError(
             f"run {run_name} trained to the end (checkpoint {checkpoint}), but its last metrics, evaluation, "
-            f"overlays and model could not be logged to MLflow at {tracking.redact(tracking_uri)} "
-            f"({type(exc).__name__}: {tracking.redact(str(exc).splitlines()[0][:200])}); once the server is back, "
+            f"overlays and model could not be logged to MLflow at {tracking.redacted_uri} "
+            f"({type(exc).__name__}: {redact(str(exc).splitlines()[0][:200])}); once the server is back, "
             f"`maskx train --config ... --resume {run_name}` logs them") from None
-    return TrainingResult(run_name, run_folder, checkpoint, metrics, run_id, tracking_uri, version)
+    return TrainingResult(run_name, folder, checkpoint, metrics, mlflow_run.run_id, tracking.uri, version)
 
 
-def _mlflow_run(cfg: TrainConfig, run_name: str, run_folder: str, tracking_uri: str,
-                parent_run_id: Optional[str] = None) -> str:
+def _mlflow_run(cfg: TrainConfig, run_name: str, folder: str, tracking: Tracking,
+                parent_run_id: Optional[str] = None) -> TrackedRun:
     """The run's MLflow run: the one recorded in its folder when resuming, else a new one."""
-    record = storage.join(run_folder, MLFLOW_RUN_FILE)
-    if storage.stat(record) is not None:
-        run_id = json.loads(storage.read_bytes(record))["run_id"]
-        tracking.reopen_run(tracking_uri, run_id)
-        return run_id
-    run_id = tracking.start_run(tracking_uri, cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
-                                tags={"maskx.run_folder": run_folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
-    storage.write_bytes(record, json.dumps({"run_id": run_id, "tracking_uri": tracking.redact(tracking_uri)}).encode())
-    return run_id
+    run_id = run_folder.read_mlflow_run(folder)
+    if run_id is not None:
+        mlflow_run = tracking.run(run_id)
+        mlflow_run.reopen()
+        return mlflow_run
+    mlflow_run = tracking.start_run(cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
+                                    tags={"maskx.run_folder": folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
+    run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
+    return mlflow_run
 
 
-def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_id: str) -> tuple[dict, Optional[str]]:
+def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun) -> tuple[dict, Optional[str]]:
     """Eval tables, overlays of a few val images and the model (registered) from the last checkpoint."""
-    from .inference import WEIGHTS_FILE, draw_overlay, load_model, predict
+    from .inference import draw_overlay, load_model, predict
 
-    unsent_path = os.path.join(checkpoint_folder, UNSENT_METRICS_FILE)
-    if os.path.exists(unsent_path):
-        with open(unsent_path) as f:
-            tracking.log_unsent(tracking_uri, run_id, json.load(f))
+    unsent = run_folder.read_unsent_metrics(checkpoint_folder)
+    if unsent:
+        mlflow_run.log_unsent(unsent)
     loaded = load_model(checkpoint_folder)
     metrics = {}
-    eval_path = os.path.join(checkpoint_folder, EVAL_FILE)
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            evaluation = json.load(f)
+    evaluation = run_folder.read_evaluation(checkpoint_folder)
+    if evaluation:
         metrics = evaluation["metrics"]
         set_a = [loaded.vocab.name(label) for label in loaded.config.model.mask_classes or []]
-        tracking.log_evaluation(tracking_uri, run_id, evaluation["per_class_ap"], set_a)
-        tracking.log_artifact(tracking_uri, run_id, eval_path, "eval")
+        mlflow_run.log_evaluation(evaluation["per_class_ap"], set_a)
+        mlflow_run.log_artifact(run_folder.eval_path(checkpoint_folder), "eval")
     example = None
     if cfg.data.val:
         sources, vocab = load_sources([(cfg.data.val, 1.0)])
@@ -174,13 +169,9 @@ def _log_final(cfg: TrainConfig, checkpoint_folder: str, tracking_uri: str, run_
                 example = image.float() / 255 if example is None else example
                 path = os.path.join(folder, f"{batch.keys[0].replace('/', '_')}.png")
                 write_png(draw_overlay(image, predict(loaded.model, image), vocab), path)
-                tracking.log_artifact(tracking_uri, run_id, path, "overlays")
+                mlflow_run.log_artifact(path, "overlays")
     if example is None:
         example = torch.zeros(3, loaded.config.model.min_size, loaded.config.model.min_size)
     with tempfile.TemporaryDirectory() as folder:
-        # The weights alone, for maskx's safe loading path (torch.load(weights_only=True)).
-        weights = os.path.join(folder, WEIGHTS_FILE)
-        torch.save(loaded.model.state_dict(), weights)
-        extra_files = [os.path.join(checkpoint_folder, name) for name in ("config.yaml", "vocab.json")] + [weights]
-        version = tracking.log_model(tracking_uri, run_id, loaded.model, example, extra_files, cfg.mlflow.registered_model)
-    return metrics, version
+        extra_files = run_folder.model_files(checkpoint_folder, loaded.model, folder)
+        return metrics, mlflow_run.log_model(loaded.model, example, extra_files, cfg.mlflow.registered_model)

@@ -1,6 +1,10 @@
 import copy
 
+import pytest
 import torch
+
+from maskx.models import ClassifierLossConfig
+from maskx.models.config import MASK_HEAD_MODES
 
 from .conftest import tiny_batch, tiny_model
 
@@ -54,3 +58,23 @@ def test_masks_at_source_resolution_give_the_same_loss_as_at_input_resolution():
     double = copy.deepcopy(targets)
     double[0]["masks"] = double[0]["masks"].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
     torch.testing.assert_close(mask_loss(model, double), at_input, rtol=0.02, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", MASK_HEAD_MODES)
+@pytest.mark.parametrize("with_masks", [True, False], ids=["coco-batch", "vg-only-batch"])
+def test_every_trainable_parameter_takes_part_in_every_step(mode, with_masks):
+    """What lets DDP run with find_unused_parameters=False (no extra graph traversal per step): a
+    batch without a single mask (Visual Genome) still reaches every mask-head parameter, with a zero
+    gradient, so every rank reduces the same parameters."""
+    model = tiny_model(mode, box_loss=ClassifierLossConfig(kind="focal")).train()
+    images, targets = tiny_batch()
+    if not with_masks:
+        for t in targets:
+            t.pop("masks", None)
+            t.pop("has_mask", None)
+    torch.manual_seed(7)
+    sum(model(images, targets).values()).backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    if not with_masks:
+        assert all(p.grad.abs().sum() == 0 for p in model.roi_heads.mask_predictor.parameters())

@@ -65,3 +65,12 @@ def test_a_sweep_file_replaces_the_sweep_section_and_holds_nothing_else(tmp_path
     stray.write_text("sweep: {variants: {a: {seed: 1}}, schedular: fifo}\n")
     with pytest.raises(ConfigError, match="sweep.schedular: unknown key"):
         load_config("configs/tiny-cpu.yaml", sweep_path=str(stray))
+
+
+@pytest.mark.parametrize("override, key", [("sweep.mode=maximize", "sweep.mode"), ("sweep.scheduler=median", "sweep.scheduler"),
+                                           ("sweep.search=bayes", "sweep.search"),
+                                           ("scaling.placement_strategy=spread", "scaling.placement_strategy")])
+def test_a_choice_outside_its_options_is_an_error_naming_the_key_and_the_options(override, key):
+    # Free strings let `mode: maximize` minimize and `scheduler: median` run FIFO without a word.
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be '\w+'"):
+        load_config(TINY, [override])

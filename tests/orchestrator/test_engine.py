@@ -6,7 +6,7 @@ import torch
 
 from maskx.datasets.stream import TrainStream, load_sources
 from maskx.models import build_model
-from maskx.orchestrator import engine
+from maskx.orchestrator import engine, run_folder
 from maskx.orchestrator.config import SolverConfig, load_config
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny-cpu.yaml")
@@ -77,13 +77,13 @@ def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
     model, optimizer, scheduler = fresh(cfg)
     for batch in batches[:2]:
         engine.train_step(model, optimizer, scheduler, batch, device)
-    state = engine.TrainState(iteration=2)
-    engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, state, [state.position.to_json()]),
+    state = run_folder.TrainState(iteration=2)
+    run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, state, [state.position.to_json()]),
                            str(tmp_path))
     unbroken = [engine.train_step(model, optimizer, scheduler, b, device)["loss"] for b in batches[2:4]]
 
     resumed_model, resumed_optimizer, resumed_scheduler = fresh(cfg, seed=123)
-    restored = engine.restore(engine.load_checkpoint(str(tmp_path)), resumed_model, resumed_optimizer, resumed_scheduler)
+    restored = run_folder.restore(run_folder.load_state(str(tmp_path)), resumed_model, resumed_optimizer, resumed_scheduler)
     assert restored.iteration == 2
     resumed = [engine.train_step(resumed_model, resumed_optimizer, resumed_scheduler, b, device)["loss"] for b in batches[2:4]]
     assert resumed == pytest.approx(unbroken, rel=1e-5)
@@ -93,10 +93,10 @@ def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
 def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_path):
     cfg, _, _ = setup
     model, optimizer, scheduler = fresh(cfg)
-    path = engine.save_checkpoint(engine.checkpoint_contents(model, optimizer, scheduler, engine.TrainState(), []), str(tmp_path))
+    path = run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(), []), str(tmp_path))
     assert not os.path.exists(path + ".partial")
     torch.load(path, weights_only=True)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ValueError, match=f"checkpoint {path}: unreadable"):
-        engine.load_checkpoint(str(tmp_path))
+        run_folder.load_state(str(tmp_path))

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from maskx.orchestrator import engine
+from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import load_config
 from maskx.orchestrator.trainer import train
+
 from ..conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ def shard_of_key(synth_shards):
 def test_one_worker_per_node_each_streaming_its_own_shards(cluster, unbroken_run, synth_shards):
     _, workers = cluster
     result, (samples, nodes) = unbroken_run
-    assert engine.load_checkpoint(result.checkpoint)["iteration"] == MAX_ITER
+    assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
     assert sorted(n for starts in nodes.values() for n in starts) == sorted(w.node_id for w in workers)
     shard_of = shard_of_key(synth_shards)
     # Shards are split by world rank within a pass over a source (later passes reshuffle, and a rank
@@ -125,7 +126,7 @@ def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_n
     workers[1] = replacement
 
     result = outcome["result"]
-    assert engine.load_checkpoint(result.checkpoint)["iteration"] == MAX_ITER
+    assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
     samples, nodes = consumed(str(tmp_path / "keys"))
     assert any(len(starts) == 2 for starts in nodes.values()), nodes  # the group really restarted
     assert replacement.node_id in {n for starts in nodes.values() for n in starts}
@@ -139,15 +140,13 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_r
 
     import ray.train
 
-    from maskx.orchestrator.train_loop import _load_latest_readable
-
     result, _ = unbroken_run
-    run_folder = tmp_path / "run"
-    shutil.copytree(result.run_folder, run_folder)
-    latest = run_folder / os.path.basename(result.checkpoint)
-    (latest / engine.CHECKPOINT_FILE).write_bytes(b"half a file")
+    folder = tmp_path / "run"
+    shutil.copytree(result.run_folder, folder)
+    latest = folder / os.path.basename(result.checkpoint)
+    (latest / run_folder.STATE_FILE).write_bytes(b"half a file")
     with caplog.at_level("WARNING"):
-        contents = _load_latest_readable(ray.train.Checkpoint(str(latest)))
+        contents = run_folder.load_latest_readable(ray.train.Checkpoint(str(latest)))
     assert contents["iteration"] == MAX_ITER - 2
     assert f"checkpoint {latest}/state.pt: unreadable" in caplog.text
     assert "resuming from" in caplog.text and "checkpoint_00000006" in caplog.text
@@ -210,7 +209,7 @@ def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(
     source = [f"data.train=[{{manifest: {damaged_shards}, weight: 1.0}}]", "checkpoint.max_failures=0"]
     cfg = spread_config({}, tmp_path, "damaged", source + ["data.max_skipped_fraction=0.5"])
     result = train(cfg)
-    assert engine.load_checkpoint(result.checkpoint)["iteration"] == MAX_ITER
+    assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
     skipped = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(result.mlflow_run_id, "data/skipped_samples")
     assert skipped and max(m.value for m in skipped) > 0
 

@@ -60,7 +60,7 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     import ray
 
     result, lines = first_sweep
-    statuses = sorted(t["status"] for t in result.trials)
+    statuses = sorted(t.status for t in result.trials)
     assert len(result.trials) == 4 and "finished" in statuses and "stopped early" in statuses, result.trials
     assert any("stopped early" in line for line in lines) and any("finished" in line for line in lines), lines
 
@@ -77,9 +77,9 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert sorted(r.info.status for r in children) == sorted("FINISHED" if s == "finished" else "KILLED" for s in statuses), \
         [(r.info.run_name, r.info.status, r.data.tags.get("maskx.end_reason")) for r in children] + result.trials
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.run_id == result.best["mlflow_run_id"]
-    assert result.best["metric"] == min(t["metric"] for t in result.trials if t["status"] == "finished")
-    assert result.promotion["decision"] == "promoted: no champion yet"
+    assert champion.run_id == result.best.mlflow_run_id
+    assert result.best.metric == min(t.metric for t in result.trials if t.status == "finished")
+    assert result.promotion.decision == "promoted: no champion yet"
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.json", "sweep/metric_by_param.png", "sweep/promotion.json"} <= parent_artifacts
     parent = client.get_run(result.parent_run_id)
@@ -91,7 +91,7 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert main(["eval", "--config", SWEEP, *overrides, "--model", f"models:/{MODEL}@champion",
                  "--json", str(tmp_path / "champion.json")]) == 0
     assert "segm/setB/AP" in json.load(open(tmp_path / "champion.json"))["metrics"]
-    assert parent.data.metrics["promotion/new_value"] == pytest.approx(result.best["metric"])
+    assert parent.data.metrics["promotion/new_value"] == pytest.approx(result.best.metric)
 
 
 @pytest.mark.integration
@@ -104,13 +104,13 @@ def test_a_sweep_whose_best_is_worse_keeps_the_champion(first_sweep, synth_shard
     result = sweep(load_config(SWEEP, overrides))
 
     client = mlflow.MlflowClient(mlflow_server)
-    assert result.promotion["decision"] == "kept the champion: the new model does not beat it", result.promotion
-    assert result.promotion["new_value"] > result.promotion["champion_value"] == pytest.approx(first_sweep[0].best["metric"])
+    assert result.promotion.decision == "kept the champion: the new model does not beat it", result.promotion
+    assert result.promotion.new_value > result.promotion.champion_value == pytest.approx(first_sweep[0].best.metric)
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
-    assert client.get_model_version(MODEL, result.promotion["new_version"])  # registered all the same
+    assert client.get_model_version(MODEL, result.promotion.new_version)  # registered all the same
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["promotion.decision"].startswith("kept the champion")
-    assert parent.data.metrics["promotion/champion_value"] == pytest.approx(result.promotion["champion_value"])
+    assert parent.data.metrics["promotion/champion_value"] == pytest.approx(result.promotion.champion_value)
 
 
 def _wait_for_children(client, experiment: str, proc, timeout: float = 300):
@@ -233,18 +233,20 @@ def test_variants_need_a_grid_without_early_stopping():
 
 
 def test_variant_table_is_mean_and_sample_std_over_finished_seeds():
-    from maskx.orchestrator.sweep import variant_table, variant_table_markdown
+    from maskx.orchestrator.sweep_report import variant_table, variant_table_markdown
+    from maskx.orchestrator.trials import Trial
 
     def trial(variant, status, ap):
-        return {"variant": variant, "status": status, "table_metrics": {"segm/setB/AP": ap}}
+        return Trial(trial=f"{variant}-{ap}", status=status, params={}, metric=ap, mlflow_run_id=None, variant=variant,
+                     table_metrics={"segm/setB/AP": ap})
 
     trials = [trial("a", "finished", 0.10), trial("a", "finished", 0.14), trial("a", "error", None),
               trial("b", "finished", 0.30)]
     rows = variant_table(trials, ["b", "a"], ["segm/setB/AP"])
-    assert [r["variant"] for r in rows] == ["b", "a"]
-    a = rows[1]["metrics"]["segm/setB/AP"]
-    assert a["mean"] == pytest.approx(0.12) and a["std"] == pytest.approx(0.02 * 2 ** 0.5) and a["values"] == [0.10, 0.14]
-    assert rows[0]["metrics"]["segm/setB/AP"]["std"] is None
+    assert [r.variant for r in rows] == ["b", "a"]
+    a = rows[1].metrics["segm/setB/AP"]
+    assert a.mean == pytest.approx(0.12) and a.std == pytest.approx(0.02 * 2 ** 0.5) and a.values == [0.10, 0.14]
+    assert rows[0].metrics["segm/setB/AP"].std is None
     markdown = variant_table_markdown(rows, ["segm/setB/AP"])
     assert markdown.splitlines()[0] == "| method | set-B mask AP | seeds |"
     assert "| b | 30.0 | 1 |" in markdown and "| a | 12.0 ± 2.8 | 2 of 3 |" in markdown
@@ -267,9 +269,9 @@ def test_ablation_sweep_logs_the_paper_table_on_its_parent_run(sweep_ray, synth_
                  "mlflow.experiment=ablation-test", f"sweep.variants={json.dumps(two)}", "sweep.space={seed: {grid: [0, 1]}}"]
     result = sweep(load_config(ABLATION_TRAIN, overrides, sweep_path=ABLATION_SWEEP))
 
-    assert sorted((t["variant"], t["status"], t["iteration"]) for t in result.trials) == sorted(
+    assert sorted((t.variant, t.status, t.iteration) for t in result.trials) == sorted(
         (name, "finished", 4) for name in two for _ in range(2))
-    assert result.promotion["decision"] == "not registered: sweep.promote is false"
+    assert result.promotion.decision == "not registered: sweep.promote is false"
     assert result.sweep_folder.startswith(str(tmp_path / "runs" / "sweeps"))  # default: under checkpoint.storage_path
     client = mlflow.MlflowClient(mlflow_server)
     children = [r for r in client.search_runs([client.get_experiment_by_name("ablation-test").experiment_id])

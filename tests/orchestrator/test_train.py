@@ -3,10 +3,13 @@ import json
 import os
 
 import pytest
-from maskx.orchestrator import engine
+
+from maskx.orchestrator import run_folder
 from maskx.orchestrator.cli import main
 from maskx.orchestrator.config import load_config
-from maskx.orchestrator.trainer import MLFLOW_RUN_FILE, train
+from maskx.orchestrator.run_folder import MLFLOW_RUN_FILE
+from maskx.orchestrator.trainer import train
+
 from ..conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -62,7 +65,7 @@ def test_two_workers_train_checkpoint_and_evaluate(first_run):
     checkpoints = sorted(d for d in os.listdir(result.run_folder) if d.startswith("checkpoint_0"))
     assert checkpoints == ["checkpoint_00000002", "checkpoint_00000004"]
     assert result.checkpoint.endswith("checkpoint_00000004")
-    contents = engine.load_checkpoint(result.checkpoint)
+    contents = run_folder.load_state(result.checkpoint)
     assert contents["iteration"] == 4
     assert [p["batches"] for p in contents["positions"]] == [4, 4]  # one data position per rank
     assert sorted(os.listdir(result.checkpoint)) == ["config.yaml", "eval.json", "state.pt", "vocab.json"]
@@ -78,7 +81,7 @@ def test_resume_continues_at_the_saved_iteration(first_run, synth_shards):
     cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 6))
     resumed = train(cfg, resume=first.run_name, record_keys_to=str(tmp / "keys-resumed"))
     assert resumed.run_folder == first.run_folder and resumed.mlflow_run_id == first.mlflow_run_id
-    assert engine.load_checkpoint(resumed.checkpoint)["iteration"] == 6
+    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 6
     # Only iterations 5 and 6 ran: two batches of two images per rank.
     assert all(len(k) == 2 * 2 for k in keys_per_rank(str(tmp / "keys-resumed")).values())
     with open(os.path.join(first.run_folder, MLFLOW_RUN_FILE)) as f:
@@ -139,11 +142,11 @@ def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synt
                        lambda: (tmp_path / "driver.log").read_text()[-3000:])
     driver.kill()
     driver.wait()
-    run_folder = found[0].parent
-    recorded = json.loads((run_folder / MLFLOW_RUN_FILE).read_text())["run_id"]
+    folder = found[0].parent
+    recorded = json.loads((folder / MLFLOW_RUN_FILE).read_text())["run_id"]
 
-    resumed = train(load_config(TINY, overrides), resume=run_folder.name, record_keys_to=str(tmp_path / "keys"))
-    assert engine.load_checkpoint(resumed.checkpoint)["iteration"] == 8
+    resumed = train(load_config(TINY, overrides), resume=folder.name, record_keys_to=str(tmp_path / "keys"))
+    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 8
     assert resumed.mlflow_run_id == recorded
     iterations = [int(line.split()[0]) for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
     assert min(iterations) > 2 and max(iterations) == 8  # continued from a checkpoint, not from iteration 1

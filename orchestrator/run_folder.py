@@ -1,0 +1,215 @@
+"""A training run's folder: the one module that names, writes and reads the files in it.
+
+    <checkpoint.storage_path>/<run name>/       a local folder or s3://
+        mlflow_run.json                         the run's MLflow run id, written when the run starts
+        checkpoint_00001000/                    every checkpoint.every iterations (Ray Train keeps
+                                                checkpoint.num_to_keep of them)
+            state.pt                            weights, optimizer, scheduler, iteration, every rank's
+                                                data-stream position, RNG
+            config.yaml                         the resolved config
+            vocab.json                          the shards' class vocabulary
+            eval.json                           metrics and per-class AP, when it evaluated there
+            unsent_metrics.json                 metric values MLflow could not take yet (last one only)
+
+A logged MLflow model carries config.yaml, vocab.json and weights.pt (the state dict alone, which
+loads with `torch.load(weights_only=True)`) as its extra files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from maskx.datasets import storage
+from maskx.datasets.stream import StreamPosition
+from maskx.datasets.vocab import Vocabulary
+
+from .config import TrainConfig, load_config
+from .engine import unwrap
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+VOCAB_FILE = "vocab.json"
+EVAL_FILE = "eval.json"
+UNSENT_METRICS_FILE = "unsent_metrics.json"
+WEIGHTS_FILE = "weights.pt"
+MLFLOW_RUN_FILE = "mlflow_run.json"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+def run_folder(storage_path: str, run_name: str) -> str:
+    return storage.join(storage_path, run_name)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{iteration:08d}"
+
+
+def read_mlflow_run(folder: str) -> Optional[str]:
+    """The MLflow run id recorded in a run folder, or None for a run that never started."""
+    record = storage.join(folder, MLFLOW_RUN_FILE)
+    if storage.stat(record) is None:
+        return None
+    return json.loads(storage.read_bytes(record))["run_id"]
+
+
+def write_mlflow_run(folder: str, run_id: str, redacted_tracking_uri: str) -> None:
+    storage.write_bytes(storage.join(folder, MLFLOW_RUN_FILE),
+                        json.dumps({"run_id": run_id, "tracking_uri": redacted_tracking_uri}).encode())
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights: where training and the data stream stand."""
+    iteration: int = 0
+    position: StreamPosition = field(default_factory=StreamPosition)
+
+
+def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState, positions: list[dict]) -> dict:
+    """Everything needed to continue exactly: weights, solver, iteration, every rank's data position, RNG.
+
+    Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "iteration": state.iteration,
+        "positions": positions,
+        "rng": {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
+    }
+
+
+def save_state(contents: dict, folder: str) -> str:
+    """Write `state.pt` into `folder` atomically: a crash never leaves a half file under the final name."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STATE_FILE)
+    partial = path + ".partial"
+    torch.save(contents, partial)
+    os.replace(partial, path)
+    return path
+
+
+def write_checkpoint(folder: str, contents: dict, config_yaml: str, vocab: Vocabulary,
+                     evaluation: Optional[dict] = None, unsent_metrics: list = ()) -> None:
+    """A whole checkpoint folder: state, config, vocabulary, and the evaluation and unsent metrics if any."""
+    save_state(contents, folder)
+    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
+        f.write(config_yaml)
+    vocab.save(os.path.join(folder, VOCAB_FILE))
+    if unsent_metrics:
+        with open(os.path.join(folder, UNSENT_METRICS_FILE), "w") as f:
+            json.dump(list(unsent_metrics), f)
+    if evaluation:
+        with open(os.path.join(folder, EVAL_FILE), "w") as f:
+            json.dump(evaluation, f, indent=1)
+
+
+def load_state(folder: str) -> dict:
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {folder}: no {STATE_FILE} in it") from None
+    except Exception as exc:  # a truncated or foreign file: say which and why
+        raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
+    unwrap(model).load_state_dict(contents["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(contents["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(contents["scheduler"])
+    torch.set_rng_state(contents["rng"]["torch"])
+    random.setstate(_python_rng_from_lists(contents["rng"]["python"]))
+    positions = contents.get("positions") or []
+    position = StreamPosition.from_json(positions[rank]) if rank < len(positions) else StreamPosition()
+    return TrainState(iteration=contents["iteration"], position=position)
+
+
+def _python_rng_to_lists(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_lists(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def read_evaluation(folder: str) -> Optional[dict]:
+    """`{"metrics": ..., "per_class_ap": ...}` of a checkpoint that evaluated, else None."""
+    path = eval_path(folder)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def eval_path(folder: str) -> str:
+    return os.path.join(folder, EVAL_FILE)
+
+
+def read_unsent_metrics(folder: str) -> list[dict]:
+    path = os.path.join(folder, UNSENT_METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_config_and_vocab(folder: str) -> tuple[TrainConfig, Vocabulary]:
+    """The config and vocabulary a checkpoint folder or a logged model's extra files hold."""
+    return load_config(os.path.join(folder, CONFIG_FILE)), Vocabulary.load(os.path.join(folder, VOCAB_FILE))
+
+
+def model_files(checkpoint_folder: str, model: nn.Module, out_folder: str) -> list[str]:
+    """What a logged model carries: the checkpoint's config and vocabulary, and the weights alone,
+    for maskx's safe loading path (`load_weights`)."""
+    weights = os.path.join(out_folder, WEIGHTS_FILE)
+    torch.save(unwrap(model).state_dict(), weights)
+    return [os.path.join(checkpoint_folder, CONFIG_FILE), os.path.join(checkpoint_folder, VOCAB_FILE), weights]
+
+
+def load_weights(folder: str, source: str) -> dict:
+    """The state dict of a logged model's extra files, with weights_only=True (no unpickling)."""
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"model {source}: no extra_files/{WEIGHTS_FILE} to load safely; if you trust its source, "
+                         "load it with mlflow.pytorch.load_model (unpickling runs code)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_latest_readable(checkpoint) -> dict:
+    """The state of Ray's latest checkpoint (a `ray.train.Checkpoint`) or, when it cannot be read (a
+    disk or upload gone bad after it was registered), of the newest older one in the same run
+    folder, with a warning."""
+    import ray.train
+    from pyarrow.fs import FileSelector, FileType
+
+    folder = os.path.dirname(checkpoint.path.rstrip("/"))
+    siblings = checkpoint.filesystem.get_file_info(FileSelector(folder))
+    older = sorted((info.path for info in siblings if info.type == FileType.Directory
+                    and os.path.basename(info.path).startswith(CHECKPOINT_PREFIX) and info.path < checkpoint.path),
+                   reverse=True)
+    errors = []
+    for path in [checkpoint.path] + older:
+        try:
+            with ray.train.Checkpoint(path, checkpoint.filesystem).as_directory() as local:
+                contents = load_state(local)
+        except (ValueError, FileNotFoundError) as exc:
+            errors.append(str(exc))
+            log.warning("%s; trying the previous checkpoint", exc)
+            continue
+        if errors:
+            log.warning("resuming from %s instead of the latest checkpoint %s", path, checkpoint.path)
+        return contents
+    raise ValueError(f"no readable checkpoint in {folder}: " + "; ".join(errors))
