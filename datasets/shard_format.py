@@ -6,6 +6,7 @@ record below); `manifest.json` beside the shards lists them with counts and chec
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -43,6 +44,16 @@ class ImageRecord:
 class Skipped:
     input: str
     reason: str
+
+
+@dataclass
+class SourceRecords:
+    """What a reader found in a release's files: the images to convert and what it left out."""
+    records: list[ImageRecord] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # annotations that are wrong
+    missing: list[Skipped] = field(default_factory=list)  # listed images not found (or without image data)
+    filtered: Counter = field(default_factory=Counter)  # VG objects the paper's filter leaves out: no error
+    excluded_coco: int = 0  # VG images whose coco_id is in the excluded COCO split
 
 
 @dataclass
@@ -90,6 +101,10 @@ def rle_to_json(rle: dict) -> dict:
 def rle_from_json(rle: dict) -> dict:
     """A shard record's RLE -> what pycocotools' decode, area and toBbox take."""
     return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
+def save_manifest(manifest: Manifest) -> None:
+    storage.write_bytes(manifest.location, json.dumps(manifest.to_json(), indent=1).encode())
 
 
 def manifest_url(url: str) -> str:

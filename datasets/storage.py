@@ -65,7 +65,7 @@ def s3_client():
     )
 
 
-def _s3_error(url: str, exc: Exception) -> Exception:
+def s3_error(url: str, exc: Exception) -> Exception:
     from botocore.exceptions import ClientError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -87,7 +87,7 @@ def read_bytes(url: str) -> bytes:
     try:
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
-        raise _s3_error(url, exc) from None
+        raise s3_error(url, exc) from None
 
 
 def write_bytes(url: str, payload: bytes) -> None:
@@ -102,7 +102,7 @@ def write_bytes(url: str, payload: bytes) -> None:
     try:
         s3_client().put_object(Bucket=bucket, Key=key, Body=payload)
     except Exception as exc:
-        raise _s3_error(url, exc) from None
+        raise s3_error(url, exc) from None
 
 
 def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = None) -> None:
@@ -120,7 +120,7 @@ def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = Non
             Config=TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20),
         )
     except Exception as exc:
-        raise _s3_error(url, exc) from None
+        raise s3_error(url, exc) from None
     os.remove(local_path)
 
 
@@ -133,7 +133,7 @@ def stat(url: str) -> Optional[tuple[int, dict[str, str]]]:
     try:
         head = s3_client().head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        err = _s3_error(url, exc)
+        err = s3_error(url, exc)
         if isinstance(err, FileNotFoundError):
             return None
         raise err from None
@@ -167,7 +167,7 @@ class S3RangeReader(io.RawIOBase):
         try:
             response = s3_client().get_object(Bucket=self.bucket, Key=self.key, **kwargs)
         except Exception as exc:
-            raise _s3_error(self.url, exc) from None
+            raise s3_error(self.url, exc) from None
         self.body = response["Body"]
         if self.size is None:
             self.size = int(response["ContentLength"])

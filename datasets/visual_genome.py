@@ -1,39 +1,51 @@
 """Visual Genome release files (image_data.json, objects.json) -> image records in shard form."""
 from __future__ import annotations
 
-import json
-import os
-from collections import Counter
+import posixpath
+import sys
 
 from .coco import clip_box
-from .shard_format import ImageRecord, Skipped
+from .image_files import ImageFiles
+from .json_files import iter_json_array
+from .shard_format import ImageRecord, Skipped, SourceRecords
 from .vocab import Vocabulary
 
 
-def image_file_name(image: dict) -> str:
-    """VG images are named by the last part of their url (`.../VG_100K/2345.jpg`), else by id."""
+def image_file_names(image: dict) -> list[str]:
+    """Where a VG image may be, relative to the images: the release's folder and name from its url
+    (`.../VG_100K_2/2345.jpg` -> `VG_100K_2/2345.jpg`), then the name alone (a flat folder)."""
     url = image.get("url") or image.get("image_url") or ""
-    return os.path.basename(url) if url else f"{image['image_id']}.jpg"
+    name = posixpath.basename(url) if url else f"{image['image_id']}.jpg"
+    folder = posixpath.basename(posixpath.dirname(url)) if url else ""
+    return [f"{folder}/{name}", name] if folder else [name]
 
 
-def read_visual_genome(
-    image_data_file: str, objects_file: str, images_dir: str, vocab: Vocabulary
-) -> tuple[list[ImageRecord], list[Skipped], Counter]:
+def read_visual_genome(image_data_file: str, objects_file: str, images: ImageFiles, vocab: Vocabulary,
+                       exclude_coco_ids: frozenset[int] = frozenset()) -> SourceRecords:
     """Boxes only. Keeps objects with exactly one synset that the vocabulary knows (Sec. 5 of the
-    paper); the third value counts objects left out by that filter, which are not errors."""
-    with open(image_data_file) as f:
-        images = {int(im["image_id"]): im for im in json.load(f)}
-    with open(objects_file) as f:
-        objects_by_image = {int(entry["image_id"]): entry.get("objects", []) for entry in json.load(f)}
-    records, skipped, filtered = [], [], Counter()
-    for image_id in sorted(objects_by_image):
-        image = images.get(image_id)
+    paper), and leaves out images whose `coco_id` is in `exclude_coco_ids` (the COCO split used for
+    evaluation: about half of VG's images are COCO images)."""
+    image_data = {int(im["image_id"]): im for im in iter_json_array(image_data_file)}
+    found = SourceRecords()
+    records, skipped, filtered = found.records, found.skipped, found.filtered
+    # objects.json streams by (only the kept objects stay in memory, as shard annotations).
+    for entry in iter_json_array(objects_file):
+        image_id = int(entry["image_id"])
+        image = image_data.get(image_id)
         if image is None:
-            skipped.append(Skipped(f"{objects_file}: image {image_id}", "not in image_data.json"))
+            found.missing.append(Skipped(f"{objects_file}: image {image_id}", "not in image_data.json"))
+            continue
+        if image.get("coco_id") is not None and int(image["coco_id"]) in exclude_coco_ids:
+            found.excluded_coco += 1
+            continue
+        names = image_file_names(image)
+        image_path = images.find(names)
+        if image_path is None:
+            found.missing.append(Skipped(names[0], f"missing image: looked in {images.where(names)}"))
             continue
         width, height = int(image["width"]), int(image["height"])
         annotations = []
-        for obj in objects_by_image[image_id]:
+        for obj in entry.get("objects", []):
             synsets = obj.get("synsets") or []
             if len(synsets) != 1:
                 filtered["not exactly one synset"] += 1
@@ -49,11 +61,11 @@ def read_visual_genome(
                                        f"degenerate or out-of-image box {[obj.get(k) for k in 'xywh']}"))
                 continue
             annotations.append({
-                "bbox": bbox, "category": vocab.name(label), "vg_synset": synsets[0],
+                "bbox": bbox, "category": vocab.name(label), "vg_synset": sys.intern(synsets[0]),
                 "iscrowd": 0, "segmentation": None,
             })
         records.append(ImageRecord(
             key=f"vg-{image_id:012d}", source="vg", image_id=image_id, width=width, height=height,
-            image_path=os.path.join(images_dir, image_file_name(image)), annotations=annotations,
+            image_path=image_path, annotations=annotations,
         ))
-    return records, skipped, filtered
+    return found

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -21,12 +22,26 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from . import storage
+from .image_files import read_image_file
 from .shard_format import FORMAT_VERSION, MANIFEST_NAME, ImageRecord, Manifest, ShardEntry, Skipped
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 RECORDS_DIR = "_records"
 FIXED_MTIME = 0.0
+
+
+class _LogLines:
+    """A file for tqdm that logs each state of the bar as a line: a job log keeps only lines, so
+    tqdm's carriage-return updates would show as the first state alone ("0/12") and never 100%."""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            log.info("%s", line)
+
+    def flush(self) -> None:
+        pass
 
 
 def check_jpeg(payload: bytes, width: int, height: int) -> Optional[str]:
@@ -67,10 +82,9 @@ def write_one_shard(out: str, name: str, records: list[ImageRecord]) -> tuple[Sh
         with TarWriter(stream, mtime=FIXED_MTIME, user="maskx", group="maskx") as tar:
             for record in records:
                 try:
-                    with open(record.image_path, "rb") as f:
-                        payload = f.read()
-                except OSError as exc:
-                    skipped.append(Skipped(record.image_path, f"missing image ({exc.strerror})"))
+                    payload = read_image_file(record.image_path)
+                except OSError as exc:  # gone since it was found, or an archive member that will not read
+                    skipped.append(Skipped(record.image_path, f"unreadable image ({exc.strerror or exc})"))
                     continue
                 problem = check_jpeg(payload, record.width, record.height)
                 if problem:
@@ -131,7 +145,7 @@ def write_shards(
     map_tasks: Optional[Callable[[Callable, list], Iterator]] = None,
     progress: bool = True,
 ) -> Manifest:
-    """Write `records` as shards under `out` and the manifest beside them.
+    """Write `records` as shards under `out`; returns their manifest, for the caller to check and save.
 
     map_tasks(fn, tasks) runs fn over tasks and yields results in order; the default is a
     process pool over `workers` cores (the orchestrator passes Ray tasks for cluster scale).
@@ -151,9 +165,13 @@ def write_shards(
     if results:
         log.info("%s: %d of %d shards already complete (checksum verified); writing %d", out, len(results), len(plan), len(todo))
     run = map_tasks or pool_map(workers)
-    for (_, name, _), result in zip(todo, tqdm(run(_write_task, todo), total=len(todo), desc=f"shards {source}",
-                                                 unit="shard", disable=not progress)):
-        results[name] = result
+    # In a terminal a live bar; in a job log (CI, `ray job logs`) one line per update with real counts.
+    bar_file = None if sys.stderr.isatty() else _LogLines()
+    with tqdm(total=len(todo), desc=f"shards {source}", unit="shard", disable=not progress, file=bar_file,
+              mininterval=0.1 if bar_file is None else 10.0) as bar:
+        for (_, name, _), result in zip(todo, run(_write_task, todo)):
+            results[name] = result
+            bar.update()
     entries = [results[name][0] for name, _ in plan]
     skipped = list(reader_skipped) + [s for name, _ in plan for s in results[name][1]]
     skipped_images = {s.input for s in skipped}
@@ -165,5 +183,4 @@ def write_shards(
         vocabulary=vocab.to_json(), skipped=skipped,
         location=storage.join(out, MANIFEST_NAME),
     )
-    storage.write_bytes(manifest.location, json.dumps(manifest.to_json(), indent=1).encode())
     return manifest

@@ -5,8 +5,13 @@ import argparse
 import logging
 import sys
 
+from maskx.datasets.prepare import DEFAULT_MAX_SKIPPED_FRACTION
+
 
 def _add_prepare_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-skipped-fraction", type=float, default=DEFAULT_MAX_SKIPPED_FRACTION,
+                        help="fail, writing no manifest, when more than this fraction of the listed images is missing "
+                             f"or unreadable (default {DEFAULT_MAX_SKIPPED_FRACTION})")
     parser.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     parser.add_argument("--vocab", help="vocab.json from `maskx prepare vocab` (shared by every source)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
@@ -20,11 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a small synthetic dataset in the real COCO and VG file formats")
-    synth.add_argument("--out", required=True)
-    synth.add_argument("--train-images", type=int, default=200)
-    synth.add_argument("--val-images", type=int, default=50)
-    synth.add_argument("--vg-images", type=int, default=200)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="folder to write into")
+    synth.add_argument("--train-images", type=int, default=200, help="COCO-format train images (default 200)")
+    synth.add_argument("--val-images", type=int, default=50, help="COCO-format val images (default 50)")
+    synth.add_argument("--vg-images", type=int, default=200, help="VG-format images, boxes only (default 200; 0 for none)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes")
     synth.add_argument("--occlusion", action="store_true",
                        help="overlapping objects with visible-part masks: the ablation's data (docs/ablation.md)")
     synth.add_argument("--shards", action="store_true",
@@ -37,14 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--vg-classes", type=int, default=3000, help="K most frequent VG synsets (default 3000)")
     vocab.add_argument("--out", required=True, help="vocab.json to write")
     coco = prepare.add_parser("coco", help="COCO instances JSON + images -> shards")
-    coco.add_argument("--annotations", required=True)
-    coco.add_argument("--images", required=True)
+    coco.add_argument("--annotations", required=True, help="the split's instances JSON, e.g. annotations/instances_val2017.json")
+    coco.add_argument("--images", required=True, nargs="+", metavar="FOLDER_OR_ZIP",
+                      help="the split's images as distributed: the val2017/ folder or val2017.zip, local or s3://")
     _add_prepare_common(coco)
     vg = prepare.add_parser("vg", help="Visual Genome image_data.json + objects.json + images -> shards")
-    vg.add_argument("--image-data", required=True)
-    vg.add_argument("--objects", required=True)
-    vg.add_argument("--images", required=True)
-    vg.add_argument("--vg-classes", type=int, default=3000)
+    vg.add_argument("--image-data", required=True, help="VG's image_data.json (sizes, urls, coco_id)")
+    vg.add_argument("--objects", required=True, help="VG's objects.json (boxes and synsets)")
+    vg.add_argument("--images", required=True, nargs="+", metavar="FOLDER_OR_ZIP",
+                    help="VG's images.zip and images2.zip, or the folder holding VG_100K/ and VG_100K_2/ (or every "
+                         "image flat), local or s3://")
+    vg.add_argument("--vg-classes", type=int, default=3000, help="without --vocab: keep the K most frequent synsets (default 3000)")
+    vg.add_argument("--exclude-coco", action="append", default=[], metavar="ANNOTATIONS_JSON",
+                    help="leave out VG images that are in this COCO split (its instances JSON), e.g. the val2017 you "
+                         "evaluate on; repeatable")
     _add_prepare_common(vg)
 
     train = sub.add_parser("train", help="train on the connected Ray cluster (or a local one), tracked in MLflow")
@@ -105,14 +116,17 @@ def run_prepare(args) -> int:
         from maskx.orchestrator.ray_tasks import ray_map
 
         map_tasks = ray_map
+    common = dict(vocab_path=args.vocab, shard_size=args.shard_size, workers=args.workers, map_tasks=map_tasks,
+                  max_skipped_fraction=args.max_skipped_fraction)
     if args.source == "coco":
-        manifest = prepare.prepare_coco(args.annotations, args.images, args.out, args.vocab, args.shard_size, args.workers, map_tasks)
+        manifest = prepare.prepare_coco(args.annotations, args.images, args.out, **common)
     else:
-        manifest = prepare.prepare_vg(args.image_data, args.objects, args.images, args.out, args.vocab, args.vg_classes,
-                                      args.shard_size, args.workers, map_tasks)
+        manifest = prepare.prepare_vg(args.image_data, args.objects, args.images, args.out, vg_classes=args.vg_classes,
+                                      exclude_coco=args.exclude_coco, **common)
     counts = manifest.counts[manifest.source]
+    excluded = f", {counts['excluded_coco_images']} COCO images excluded" if "excluded_coco_images" in counts else ""
     print(f"{manifest.location}: {len(manifest.shards)} shards, {counts['images']} images, "
-          f"{counts['instances']} instances, {len(manifest.skipped)} inputs skipped (listed in the manifest)")
+          f"{counts['instances']} instances, {len(manifest.skipped)} inputs skipped (listed in the manifest){excluded}")
     return 0
 
 

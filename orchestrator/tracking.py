@@ -132,8 +132,9 @@ class Tracking:
         return redact(self.uri)
 
     def start_run(self, experiment: str, run_name: str, config_tree: dict, config_yaml: str,
-                  tags: Optional[dict] = None) -> "TrackedRun":
-        """A new run for one training run (or sweep): the resolved config as params and as `config.yaml`."""
+                  tags: Optional[dict] = None, extra_params: Optional[dict[str, str]] = None) -> "TrackedRun":
+        """A new run for one training run (or sweep): the resolved config as params and as `config.yaml`,
+        and `extra_params` (facts about its data)."""
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         created = self.client.create_run(experiment_id, run_name=run_name,
@@ -141,7 +142,7 @@ class Tracking:
         run = self.run(created.info.run_id)
         from mlflow.entities import Param
 
-        params = [Param(k, v) for k, v in flatten_params(config_tree).items()]
+        params = [Param(k, v) for k, v in {**flatten_params(config_tree), **(extra_params or {})}.items()]
         for i in range(0, len(params), 100):  # MLflow's limit per log_batch call
             self.client.log_batch(run.run_id, params=params[i:i + 100])
         run.log_text(redact_text(config_yaml), "config.yaml")

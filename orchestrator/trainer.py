@@ -14,6 +14,7 @@ import torch
 from torchvision.io import write_png
 
 from maskx.datasets import storage
+from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
 
 from . import engine, run_folder
@@ -138,9 +139,22 @@ def _mlflow_run(cfg: TrainConfig, run_name: str, folder: str, tracking: Tracking
         mlflow_run.reopen()
         return mlflow_run
     mlflow_run = tracking.start_run(cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
-                                    tags={"maskx.run_folder": folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
+                                    tags={"maskx.run_folder": folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
+                                    extra_params=training_data_params(cfg))
     run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
     return mlflow_run
+
+
+def training_data_params(cfg: TrainConfig) -> dict[str, str]:
+    """What each training manifest holds, from its counts: `data.train.1.images`, and for VG prepared
+    with --exclude-coco `data.train.1.excluded_coco_images` (the VG images left out because they are in
+    the COCO split evaluated on)."""
+    params = {}
+    for i, source in enumerate(cfg.data.train):
+        manifest = load_manifest(source.manifest)
+        params[f"data.train.{i}.source"] = manifest.source
+        params.update({f"data.train.{i}.{key}": str(value) for key, value in manifest.counts[manifest.source].items()})
+    return params
 
 
 def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun) -> tuple[dict, Optional[str]]:
