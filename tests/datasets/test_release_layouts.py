@@ -7,7 +7,6 @@ image's url: 51 in VG_100K_2/, 49 in VG_100K/).
 """
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from PIL import Image
 
 from maskx.datasets import storage
 from maskx.datasets.prepare import TooManySkipped, prepare_coco, prepare_vg
-from maskx.datasets.shard_format import MANIFEST_NAME, load_manifest
+from maskx.datasets.shard_format import MANIFEST_NAME
 
 from ..conftest import SHARED_DATA
 
