@@ -42,6 +42,9 @@ class DataConfig:
     batches_per_epoch: Optional[int] = None
     # Fail the run when more than this fraction of drawn samples was unusable.
     max_skipped_fraction: float = 0.01
+    # Refuse VG training manifests prepared without `--exclude-coco` (VG images that are COCO images
+    # of the evaluation split would be trained on). On in the configs that evaluate on COCO val.
+    require_vg_coco_exclusion: bool = False
 
 
 @dataclass

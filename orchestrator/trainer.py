@@ -60,12 +60,26 @@ def check_inputs(cfg: TrainConfig) -> None:
     """Fail on the driver, before any worker starts, when the shards or the config cannot work."""
     if not cfg.data.train:
         raise ValueError("data.train: no training manifests configured")
+    if cfg.data.require_vg_coco_exclusion:
+        check_vg_coco_exclusion(cfg)
     _, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
     engine.bind_to_vocabulary(cfg, vocab)
     if cfg.data.val:
         _, val_vocab = load_sources([(cfg.data.val, 1.0)])
         if val_vocab.to_json() != vocab.to_json():
             raise ValueError(f"data.val: {cfg.data.val} was prepared with another vocabulary than data.train")
+
+
+def check_vg_coco_exclusion(cfg: TrainConfig) -> None:
+    """Every VG training manifest was prepared with --exclude-coco (its counts say how many it left out)."""
+    for i, source in enumerate(cfg.data.train):
+        manifest = load_manifest(source.manifest)
+        if manifest.source == "vg" and "excluded_coco_images" not in manifest.counts["vg"]:
+            raise ValueError(
+                f"data.train.{i}: {manifest.location} was prepared without --exclude-coco, and "
+                "data.require_vg_coco_exclusion is true: VG images that are COCO images of the evaluation split "
+                "would be trained on. Prepare it again with `maskx prepare vg ... --exclude-coco "
+                "instances_val2017.json`, or set data.require_vg_coco_exclusion=false")
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Optional[str] = None,

@@ -57,3 +57,17 @@ def test_bad_inputs_are_skipped_and_listed(synth_paths, tmp_path):
 def test_missing_manifest_fails_fast_with_its_url(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "manifest.json")):
         load_manifest(str(tmp_path / "nowhere"))
+
+
+def test_jpeg_check_takes_padding_after_the_end_marker_but_not_a_cut(synth_paths):
+    from PIL import Image
+
+    from maskx.datasets.writer import check_jpeg
+
+    path = os.path.join(synth_paths["coco_train_images"], sorted(os.listdir(synth_paths["coco_train_images"]))[0])
+    payload = open(path, "rb").read()
+    width, height = Image.open(path).size
+    assert check_jpeg(payload, width, height) is None
+    assert check_jpeg(payload + b"\0" * 200, width, height) is None  # some encoders pad
+    assert check_jpeg(payload[: len(payload) - 100], width, height) == "corrupt JPEG (truncated: no end-of-image marker)"
+    assert check_jpeg(payload, width + 1, height).startswith("image is")
