@@ -124,6 +124,25 @@ def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = Non
     os.remove(local_path)
 
 
+def list_folder(url: str) -> tuple[list[str], list[str]]:
+    """(subfolder names, file names) directly under a folder or an S3 prefix; empty where nothing is."""
+    if not is_s3(url):
+        if not os.path.isdir(url):
+            return [], []
+        entries = sorted(os.scandir(url), key=lambda entry: entry.name)
+        return [e.name for e in entries if e.is_dir()], [e.name for e in entries if e.is_file()]
+    bucket, prefix = split_s3(url.rstrip("/") + "/")
+    folders, files = [], []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        for page in pages:
+            folders += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            files += [item["Key"][len(prefix):] for item in page.get("Contents", [])]
+    except Exception as exc:
+        raise s3_error(url, exc) from None
+    return sorted(folders), sorted(files)
+
+
 def stat(url: str) -> Optional[tuple[int, dict[str, str]]]:
     """(bytes, user metadata) of the object at url, or None where nothing is there.
     Local files carry no metadata."""

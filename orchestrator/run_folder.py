@@ -10,16 +10,24 @@
             vocab.json                          the shards' class vocabulary
             eval.json                           metrics and per-class AP, when it evaluated there
             unsent_metrics.json                 metric values MLflow could not take yet (last one only)
+            complete.json                       written last: the size and sha256 of every file above
+
+A checkpoint is complete when its complete.json is there and every file it lists has the size and
+checksum it records; resuming (`--resume` or Ray's restart after a failure) continues from the newest
+complete checkpoint in the folder itself, whatever Ray's own record says (its snapshot can lag the
+folders on storage when the driver dies).
 
 A logged MLflow model carries config.yaml, vocab.json and weights.pt (the state dict alone, which
 loads with `torch.load(weights_only=True)`) as its extra files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,6 +50,7 @@ EVAL_FILE = "eval.json"
 UNSENT_METRICS_FILE = "unsent_metrics.json"
 WEIGHTS_FILE = "weights.pt"
 MLFLOW_RUN_FILE = "mlflow_run.json"
+COMPLETE_FILE = "complete.json"
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
@@ -51,6 +60,12 @@ def run_folder(storage_path: str, run_name: str) -> str:
 
 def checkpoint_name(iteration: int) -> str:
     return f"{CHECKPOINT_PREFIX}{iteration:08d}"
+
+
+def checkpoint_iteration(name: str) -> Optional[int]:
+    """The iteration a checkpoint folder's name says, or None for another name."""
+    digits = name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
 
 
 def read_mlflow_run(folder: str) -> Optional[str]:
@@ -110,6 +125,16 @@ def write_checkpoint(folder: str, contents: dict, config_yaml: str, vocab: Vocab
     if evaluation:
         with open(os.path.join(folder, EVAL_FILE), "w") as f:
             json.dump(evaluation, f, indent=1)
+    # Last, and covering every other file: the upload to storage may copy files in any order.
+    files = {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": _sha256(os.path.join(folder, name))}
+             for name in sorted(os.listdir(folder))}
+    with open(os.path.join(folder, COMPLETE_FILE), "w") as f:
+        json.dump({"iteration": contents["iteration"], "files": files}, f, indent=1)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_state(folder: str) -> dict:
@@ -188,28 +213,63 @@ def load_weights(folder: str, source: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_latest_readable(checkpoint) -> dict:
-    """The state of Ray's latest checkpoint (a `ray.train.Checkpoint`) or, when it cannot be read (a
-    disk or upload gone bad after it was registered), of the newest older one in the same run
-    folder, with a warning."""
-    import ray.train
-    from pyarrow.fs import FileSelector, FileType
-
-    folder = os.path.dirname(checkpoint.path.rstrip("/"))
-    siblings = checkpoint.filesystem.get_file_info(FileSelector(folder))
-    older = sorted((info.path for info in siblings if info.type == FileType.Directory
-                    and os.path.basename(info.path).startswith(CHECKPOINT_PREFIX) and info.path < checkpoint.path),
-                   reverse=True)
-    errors = []
-    for path in [checkpoint.path] + older:
+def resume_state(folder: str, offered: Optional[str] = None) -> Optional[tuple[str, dict]]:
+    """(checkpoint url, its state) of the newest complete checkpoint in the run folder `folder` (a
+    local folder or s3://), or None when it holds no checkpoint yet (a new run). `offered` is the
+    checkpoint Ray would restore, named in the log. Checkpoints that are incomplete (cut off mid-write
+    or mid-upload) or unreadable are passed over with a warning; a folder whose checkpoints all are is
+    an error listing them, never a silent start from scratch."""
+    names = sorted((n for n in storage.list_folder(folder)[0] if checkpoint_iteration(n) is not None),
+                   key=checkpoint_iteration, reverse=True)
+    # A folder with no completion record at all was written by a maskx from before them.
+    legacy = not any(storage.stat(storage.join(storage.join(folder, name), COMPLETE_FILE)) for name in names)
+    problems = []
+    for name in names:
+        url = storage.join(folder, name)
         try:
-            with ray.train.Checkpoint(path, checkpoint.filesystem).as_directory() as local:
-                contents = load_state(local)
-        except (ValueError, FileNotFoundError) as exc:
-            errors.append(str(exc))
-            log.warning("%s; trying the previous checkpoint", exc)
+            state = load_complete_state(url, legacy)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{name}: {exc}")
+            log.warning("checkpoint %s passed over: %s", url, exc)
             continue
-        if errors:
-            log.warning("resuming from %s instead of the latest checkpoint %s", path, checkpoint.path)
-        return contents
-    raise ValueError(f"no readable checkpoint in {folder}: " + "; ".join(errors))
+        offered_name = os.path.basename(offered.rstrip("/")) if offered else None
+        why = "the newest complete checkpoint in the run folder"
+        if offered_name != name:
+            why += f"; Ray offered {offered_name or 'none'}"
+        if problems:
+            why += f"; passed over {len(problems)} newer"
+        log.info("resuming from %s (iteration %d): %s", url, state["iteration"], why)
+        return url, state
+    if names:
+        raise ValueError(f"run folder {folder}: none of its {len(names)} checkpoints is complete and readable ("
+                         + "; ".join(problems) + "); refusing to start the run over")
+    return None
+
+
+def load_complete_state(url: str, legacy: bool = False) -> dict:
+    """The state of a checkpoint folder (local or s3://) once its files match its complete.json; with
+    `legacy` (a run from before completion records), once its state.pt loads whole."""
+    with tempfile.TemporaryDirectory(prefix="maskx-checkpoint-") as scratch:
+        local = url if not storage.is_s3(url) else scratch
+        record_path = storage.join(url, COMPLETE_FILE)
+        if storage.stat(record_path) is None:
+            if not legacy or storage.stat(storage.join(url, STATE_FILE)) is None:
+                raise ValueError(f"no {COMPLETE_FILE}: cut off before it was complete")
+            # torch's zip format does not load once truncated.
+            log.warning("checkpoint %s has no %s (an older maskx wrote it); using it since its %s loads", url,
+                        COMPLETE_FILE, STATE_FILE)
+            if storage.is_s3(url):
+                storage.write_bytes(os.path.join(scratch, STATE_FILE), storage.read_bytes(storage.join(url, STATE_FILE)))
+            return load_state(local)
+        record = json.loads(storage.read_bytes(record_path))
+        for name, expected in record["files"].items():
+            found = storage.stat(storage.join(url, name))
+            if found is None:
+                raise ValueError(f"{name} is missing ({COMPLETE_FILE} lists it)")
+            if found[0] != expected["bytes"]:
+                raise ValueError(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}")
+        if storage.is_s3(url):
+            storage.write_bytes(os.path.join(scratch, STATE_FILE), storage.read_bytes(storage.join(url, STATE_FILE)))
+        if _sha256(os.path.join(local, STATE_FILE)) != record["files"][STATE_FILE]["sha256"]:
+            raise ValueError(f"{STATE_FILE} does not match its checksum in {COMPLETE_FILE}")
+        return load_state(local)

@@ -43,9 +43,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = engine.build_optimizer(model, cfg.solver)
     scheduler = engine.build_lr_scheduler(optimizer, cfg.solver)
     state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = run_folder.restore(run_folder.load_latest_readable(checkpoint), model, optimizer, scheduler, rank)
+    resumed = _agreed_resume_state(loop_config["run_folder"], ray.train.get_checkpoint(), rank)
+    if resumed is not None:
+        state = run_folder.restore(resumed, model, optimizer, scheduler, rank)
         log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
                  state.position.epoch, state.position.batches)
     # Every trainable parameter takes part in every step, also on VG batches without a mask (the mask
@@ -178,6 +178,28 @@ def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: Tra
                                     dump_config(cfg), vocab, evaluation, unsent_metrics)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=run_folder.checkpoint_name(state.iteration))
+
+
+def _agreed_resume_state(folder: str, offered: Optional[ray.train.Checkpoint], rank: int) -> Optional[dict]:
+    """The state to continue from, the same on every rank: rank 0 finds the newest complete checkpoint
+    in the run folder (not only what Ray offers: its record can lag the folder) and the others load
+    that one. An error on rank 0 is every rank's, so none waits on a collective that never comes."""
+    found = None
+    choice: list = [None]
+    if rank == 0:
+        try:
+            found = run_folder.resume_state(folder, offered.path if offered else None)
+            choice = [("checkpoint", found[0]) if found else None]
+        except ValueError as exc:
+            choice = [("error", str(exc))]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    kind, value = choice[0]
+    if kind == "error":
+        raise ValueError(value)
+    return found[1] if rank == 0 else run_folder.load_complete_state(value)
 
 
 def _open_keys_log(folder: Optional[str], rank: int):

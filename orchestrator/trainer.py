@@ -108,7 +108,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "mlflow_run_id": mlflow_run.run_id, "mlflow_tracking_uri": tracking.uri,
+        train_loop_config={"config": cfg.to_dict(), "run_folder": folder, "mlflow_run_id": mlflow_run.run_id,
+                           "mlflow_tracking_uri": tracking.uri,
                            "record_keys_to": record_keys_to and os.path.abspath(record_keys_to)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),

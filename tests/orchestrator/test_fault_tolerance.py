@@ -138,18 +138,16 @@ def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_n
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_run, tmp_path, caplog):
     import shutil
 
-    import ray.train
-
     result, _ = unbroken_run
     folder = tmp_path / "run"
     shutil.copytree(result.run_folder, folder)
     latest = folder / os.path.basename(result.checkpoint)
     (latest / run_folder.STATE_FILE).write_bytes(b"half a file")
-    with caplog.at_level("WARNING"):
-        contents = run_folder.load_latest_readable(ray.train.Checkpoint(str(latest)))
-    assert contents["iteration"] == MAX_ITER - 2
-    assert f"checkpoint {latest}/state.pt: unreadable" in caplog.text
-    assert "resuming from" in caplog.text and "checkpoint_00000006" in caplog.text
+    with caplog.at_level("INFO"):
+        url, contents = run_folder.resume_state(str(folder), offered=str(latest))
+    assert contents["iteration"] == MAX_ITER - 2 and url.endswith("checkpoint_00000006")
+    assert f"checkpoint {latest} passed over: state.pt is 11 bytes" in caplog.text
+    assert "resuming from" in caplog.text and "Ray offered checkpoint_00000008" in caplog.text
 
 
 def test_training_survives_the_mlflow_server_going_down_and_catches_up(cluster, synth_shards, tmp_path):

@@ -68,7 +68,7 @@ def test_two_workers_train_checkpoint_and_evaluate(first_run):
     contents = run_folder.load_state(result.checkpoint)
     assert contents["iteration"] == 4
     assert [p["batches"] for p in contents["positions"]] == [4, 4]  # one data position per rank
-    assert sorted(os.listdir(result.checkpoint)) == ["config.yaml", "eval.json", "state.pt", "vocab.json"]
+    assert sorted(os.listdir(result.checkpoint)) == ["complete.json", "config.yaml", "eval.json", "state.pt", "vocab.json"]
     assert {"bbox/setA/AP", "bbox/setB/AP", "segm/setA/AP", "segm/setB/AP"} <= set(result.metrics)
     assert result.metrics["eval/images"] == 10
     keys = keys_per_rank(str(tmp / "keys-first"))
@@ -123,12 +123,14 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_
     assert f"image {bad}: cannot decode" in capsys.readouterr().err
 
 
-def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synth_shards, tmp_path):
-    """`maskx train` killed (SIGKILL) once its checkpoint at iteration 4 is written (so the one at 2 is
-    surely registered), as a lost job driver is; `--resume RUN_NAME` continues from a checkpoint, in the
-    same MLflow run."""
+def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpoint(local_ray, synth_shards, tmp_path):
+    """`maskx train` killed (SIGKILL) the moment its checkpoint folder at iteration 4 appears, as a lost
+    job driver is: that checkpoint may be whole, half-written or only a folder, and Ray's own record
+    may not know it yet. `--resume RUN_NAME` continues, in the same MLflow run, from exactly the
+    newest complete checkpoint in the run folder: never from scratch, never from an older one."""
     import subprocess
     import sys
+    import time
 
     import ray
 
@@ -139,14 +141,27 @@ def test_a_killed_driver_is_continued_by_resume_not_started_over(local_ray, synt
                               env=env, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
     found = wait_until(lambda: list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004")),
                        "the driver's checkpoint at iteration 4", lambda: driver.poll() is None,
-                       lambda: (tmp_path / "driver.log").read_text()[-3000:])
+                       lambda: (tmp_path / "driver.log").read_text()[-3000:], interval=0.05)
     driver.kill()
     driver.wait()
     folder = found[0].parent
+
+    def listing():
+        return sorted((str(p), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+    # The killed job's workers stop soon after their driver; then the folder holds what it will hold.
+    def settled():
+        before = listing()
+        time.sleep(2)
+        return listing() == before
+
+    wait_until(settled, "the killed run's folder to stop changing", interval=0)
+    newest_complete = run_folder.resume_state(str(folder))[1]["iteration"]
     recorded = json.loads((folder / MLFLOW_RUN_FILE).read_text())["run_id"]
 
     resumed = train(load_config(TINY, overrides), resume=folder.name, record_keys_to=str(tmp_path / "keys"))
     assert run_folder.load_state(resumed.checkpoint)["iteration"] == 8
     assert resumed.mlflow_run_id == recorded
     iterations = [int(line.split()[0]) for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
-    assert min(iterations) > 2 and max(iterations) == 8  # continued from a checkpoint, not from iteration 1
+    assert newest_complete in (2, 4)
+    assert min(iterations) == newest_complete + 1 and max(iterations) == 8

@@ -1,0 +1,118 @@
+"""Resuming takes the newest *complete* checkpoint in the run folder itself, whatever Ray remembers:
+the moments a driver can die (a checkpoint folder just created, cut off mid-write or mid-upload,
+between two checkpoints) laid out on disk and on S3, deterministically."""
+import logging
+import shutil
+
+import pytest
+import torch
+
+from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
+from maskx.orchestrator import engine, run_folder
+from maskx.orchestrator.config import SolverConfig, TrainConfig, dump_config
+
+
+def write_run(folder, iterations=(2, 4, 6)):
+    """A run folder with a complete checkpoint at each iteration, as `maskx train` writes them."""
+    model = torch.nn.Linear(4, 2)
+    optimizer = engine.build_optimizer(model, SolverConfig())
+    scheduler = engine.build_lr_scheduler(optimizer, SolverConfig())
+    vocab = build_vocabulary(COCO_CATEGORIES)
+    for iteration in iterations:
+        contents = run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(iteration), [])
+        run_folder.write_checkpoint(str(folder / run_folder.checkpoint_name(iteration)), contents,
+                                    dump_config(TrainConfig()), vocab)
+    return folder
+
+
+def resumed_iteration(folder, **kwargs):
+    found = run_folder.resume_state(str(folder), **kwargs)
+    return None if found is None else found[1]["iteration"]
+
+
+def test_a_checkpoint_records_every_file_it_holds(tmp_path):
+    checkpoint = write_run(tmp_path, (2,)) / "checkpoint_00000002"
+    import json
+
+    record = json.loads((checkpoint / run_folder.COMPLETE_FILE).read_text())
+    assert record["iteration"] == 2
+    assert set(record["files"]) == {"state.pt", "config.yaml", "vocab.json"}
+    assert record["files"]["state.pt"]["bytes"] == (checkpoint / "state.pt").stat().st_size
+
+
+def test_a_new_run_folder_resumes_nothing(tmp_path):
+    assert run_folder.resume_state(str(tmp_path / "absent")) is None
+    assert run_folder.resume_state(str(tmp_path)) is None
+
+
+def test_the_newest_complete_checkpoint_wins_over_what_ray_offers(tmp_path, caplog):
+    write_run(tmp_path)
+    with caplog.at_level(logging.INFO):
+        assert resumed_iteration(tmp_path, offered=str(tmp_path / "checkpoint_00000002")) == 6
+    assert "resuming from" in caplog.text and "checkpoint_00000006" in caplog.text
+    assert "Ray offered checkpoint_00000002" in caplog.text
+
+
+@pytest.mark.parametrize("moment", ["folder just created", "state written, record not yet", "upload cut mid-file",
+                                    "record there, a file not yet", "bytes damaged after the write"])
+def test_a_checkpoint_cut_off_at_any_moment_is_passed_over_for_the_previous_one(tmp_path, caplog, moment):
+    write_run(tmp_path)
+    newest = tmp_path / "checkpoint_00000006"
+    state = newest / "state.pt"
+    if moment == "folder just created":
+        shutil.rmtree(newest)
+        newest.mkdir()
+    elif moment == "state written, record not yet":
+        (newest / run_folder.COMPLETE_FILE).unlink()
+        (newest / "vocab.json").unlink()
+    elif moment == "upload cut mid-file":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif moment == "record there, a file not yet":
+        (newest / "config.yaml").unlink()
+    else:
+        damaged = bytearray(state.read_bytes())
+        damaged[len(damaged) // 2] ^= 0xFF
+        state.write_bytes(bytes(damaged))
+    with caplog.at_level(logging.WARNING):
+        assert resumed_iteration(tmp_path) == 4
+    assert "checkpoint_00000006 passed over" in caplog.text
+
+
+def test_between_two_checkpoints_the_earlier_one_is_the_newest(tmp_path):
+    write_run(tmp_path, (2, 4))
+    (tmp_path / "checkpoint_00000006.tmp-upload").mkdir()  # not a checkpoint name: ignored
+    assert resumed_iteration(tmp_path) == 4
+
+
+def test_a_folder_whose_checkpoints_are_all_broken_is_an_error_listing_them(tmp_path):
+    write_run(tmp_path, (2, 4))
+    for name in ("checkpoint_00000002", "checkpoint_00000004"):
+        (tmp_path / name / "state.pt").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match=r"none of its 2 checkpoints is complete and readable \(checkpoint_00000004: "
+                                         r"state.pt is 11 bytes.*checkpoint_00000002: .*refusing to start the run over"):
+        run_folder.resume_state(str(tmp_path))
+
+
+def test_a_run_from_before_completion_records_resumes_from_a_checkpoint_that_loads(tmp_path, caplog):
+    write_run(tmp_path, (2, 4))
+    for name in ("checkpoint_00000002", "checkpoint_00000004"):
+        (tmp_path / name / run_folder.COMPLETE_FILE).unlink()
+    with caplog.at_level(logging.WARNING):
+        assert resumed_iteration(tmp_path) == 4
+    assert "an older maskx wrote it" in caplog.text
+    state = tmp_path / "checkpoint_00000004" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])  # and not once it no longer loads
+    assert resumed_iteration(tmp_path) == 2
+
+
+def test_the_run_folder_on_s3_resumes_the_same_way(tmp_path, s3_endpoint):
+    from maskx.datasets import storage
+
+    write_run(tmp_path / "run")
+    (tmp_path / "run" / "checkpoint_00000006" / "state.pt").write_bytes(b"cut")
+    storage.s3_client().create_bucket(Bucket="runs")
+    for path in sorted((tmp_path / "run").rglob("*")):
+        if path.is_file():
+            storage.put_file(str(shutil.copy(path, tmp_path / "upload")), f"s3://runs/r/{path.relative_to(tmp_path / 'run')}")
+    url, state = run_folder.resume_state("s3://runs/r")
+    assert url == "s3://runs/r/checkpoint_00000004" and state["iteration"] == 4
