@@ -12,6 +12,7 @@ RSS. `json.load` of the same file runs beside each reader, for the ratio.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import multiprocessing
@@ -144,19 +145,24 @@ def step_copy_bytes(images: str, out: str):
     return len(os.listdir(images))
 
 
-def _timed(connection, step, args):
+def _timed(connection, step, args, imports):
+    for module in imports:  # imported before the clock starts: a conversion imports once, not per image
+        importlib.import_module(module)
     start = time.perf_counter()
     found = step(*args)
     connection.send((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, found))
 
 
-def measure(step, *args):
+MASKX_MODULES = ("maskx.datasets.prepare", "maskx.datasets.coco", "maskx.datasets.visual_genome")
+
+
+def measure(step, *args, imports=MASKX_MODULES):
     """(seconds, peak RSS of the step's process, what it found), in a fresh process forked from the
     small fork server (a peak RSS survives exec, so a process started from this grown one would
     report this one's), not a pool's: the conversion starts processes of its own."""
     context = multiprocessing.get_context("forkserver")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_timed, args=(send, step, args))
+    process = context.Process(target=_timed, args=(send, step, args, imports))
     process.start()
     result = receive.recv()
     process.join()
@@ -169,7 +175,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep the generated files here (default: a temporary folder)")
     parser.add_argument("--copy-images", type=int, default=1000, help="JPEGs in the conversion-vs-copy row (default 1000)")
     args = parser.parse_args()
-    measure(len, "")  # starts the fork server while this process is still small
+    measure(len, "", imports=())  # starts the fork server while this process is still small
     work = args.workdir or tempfile.mkdtemp(prefix="maskx-prepare-scale-")
     rng = random.Random(0)
     vg_images, coco_images = max(2, int(VG_IMAGES * args.scale)), max(2, int(COCO_IMAGES * args.scale))
@@ -192,11 +198,11 @@ def main() -> None:
     vocab_path = os.path.join(work, "vocab.json")
     prepare_vocabulary(coco, objects).save(vocab_path)
     rows = [
-        ("json.load objects.json (what streaming replaces)", measure(step_json_load, objects), vg_images),
+        ("json.load objects.json (what streaming replaces)", measure(step_json_load, objects, imports=()), vg_images),
         ("maskx prepare vocab (COCO categories + VG synsets)", measure(step_vocab, coco, objects), vg_images),
         ("maskx prepare vg: annotation side (reader)", measure(step_read_vg, os.path.join(work, "vg", "image_data.json"),
                                                               objects, os.path.join(work, "vg-images"), vocab_path), vg_images),
-        ("json.load instances_train.json (what streaming replaces)", measure(step_json_load, coco), coco_images),
+        ("json.load instances_train.json (what streaming replaces)", measure(step_json_load, coco, imports=()), coco_images),
         ("maskx prepare coco: annotation side (reader)", measure(step_read_coco, coco, os.path.join(work, "coco-images"),
                                                                 vocab_path), coco_images),
     ]
@@ -213,7 +219,7 @@ def main() -> None:
     small = os.path.join(work, "copy-instances.json")
     write_coco(small, args.copy_images, 7 * args.copy_images, random.Random(2))
     megabytes = sum(os.path.getsize(os.path.join(jpegs, n)) for n in os.listdir(jpegs)) / 2**20
-    copy = measure(step_copy_bytes, jpegs, os.path.join(work, "copy.tar"))
+    copy = measure(step_copy_bytes, jpegs, os.path.join(work, "copy.tar"), imports=())
     cores = os.cpu_count() or 1
     one = measure(step_prepare_coco, small, jpegs, os.path.join(work, "shards-1"), 1)
     shutil.rmtree(os.path.join(work, "shards-1"))

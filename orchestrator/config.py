@@ -71,6 +71,9 @@ class ScalingConfig:
     gpus_per_worker: float = 1.0
     # Ray's placement group strategies: SPREAD puts each worker on its own node where it can.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Local folders every node sees at the same path (NFS, EFS, Lustre). On a cluster of several
+    # nodes, any other local path (checkpoints, shards, a sqlite tracking store) is refused at start.
+    shared_paths: list[str] = field(default_factory=list)
 
 
 @dataclass

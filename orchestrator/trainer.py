@@ -70,6 +70,49 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise ValueError(f"data.val: {cfg.data.val} was prepared with another vocabulary than data.train")
 
 
+def check_paths_reach_every_node(cfg: TrainConfig, tracking_uri: str) -> None:
+    """On a cluster of several hosts, every path a worker opens must be one each host sees: `s3://`,
+    a tracking server, or a local folder under `scaling.shared_paths`. Said at start, not at the first
+    checkpoint an hour in."""
+    shared = [os.path.abspath(p) for p in cfg.scaling.shared_paths]
+
+    def local_only(path: Optional[str]) -> bool:
+        return bool(path) and not storage.is_s3(path) and not any(
+            os.path.commonpath([os.path.abspath(path), prefix]) == prefix for prefix in shared)
+
+    problems = [f"checkpoint.storage_path {cfg.checkpoint.storage_path}: use s3://BUCKET/PREFIX"] \
+        if local_only(cfg.checkpoint.storage_path) else []
+    problems += [f"data.train.{i}.manifest {s.manifest}: prepare the shards to s3:// (maskx prepare --out s3://...)"
+                 for i, s in enumerate(cfg.data.train) if local_only(s.manifest)]
+    if local_only(cfg.data.val):
+        problems.append(f"data.val {cfg.data.val}: prepare the val shards to s3://")
+    if local_only(cfg.model.backbone.weights):
+        problems.append(f"model.backbone.weights {cfg.model.backbone.weights}: put the file on every node or on a shared path")
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        store = tracking_uri.split(":///", 1)[-1]
+        if local_only(store):
+            problems.append(f"mlflow.tracking_uri {redact(tracking_uri)}: a store on this host; run a tracking server "
+                            "the workers reach (`maskx mlflow-server --host ADDRESS`) and set mlflow.tracking_uri=http://...")
+    if problems:
+        raise ValueError("this Ray cluster has several hosts, and these paths exist on this one only: "
+                         + "; ".join(problems)
+                         + ". Or, if they are on a filesystem every node mounts at the same path, list it in "
+                           "scaling.shared_paths")
+
+
+def spans_several_hosts(cfg: TrainConfig) -> bool:
+    """Whether the workers may run on another host than this driver: the cluster has other nodes, or
+    this node has nothing to train on (a head kept free of training, its workers yet to be autoscaled)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    if any(node["NodeID"] != here for node in alive):
+        return True
+    resources = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
+    return resources.get("GPU" if cfg.scaling.use_gpu else "CPU", 0) == 0
+
+
 def check_vg_coco_exclusion(cfg: TrainConfig) -> None:
     """Every VG training manifest was prepared with --exclude-coco (its counts say how many it left out)."""
     for i, source in enumerate(cfg.data.train):
@@ -93,16 +136,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
 
     cfg = with_absolute_paths(cfg)
     check_inputs(cfg)
+    tracking = Tracking(cfg.mlflow.tracking_uri)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    if spans_several_hosts(cfg):
+        check_paths_reach_every_node(cfg, tracking.uri)
     run_name = resume or run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = run_folder_of(cfg, run_name)
     if resume and run_folder.read_mlflow_run(folder) is None:
         raise FileNotFoundError(f"--resume {resume}: no run of that name under {cfg.checkpoint.storage_path}")
-    tracking = Tracking(cfg.mlflow.tracking_uri)
     mlflow_run = _mlflow_run(cfg, run_name, folder, tracking, parent_run_id)
     log.info("run %s: checkpoints in %s, MLflow run %s at %s", run_name, folder, mlflow_run.run_id, tracking.redacted_uri)
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker

@@ -3,6 +3,7 @@
 a corrupted latest checkpoint."""
 import os
 import tarfile
+import tempfile
 import threading
 
 import pytest
@@ -44,6 +45,8 @@ def spread_overrides(synth_shards, tmp, name, overrides=()):
         "data.val=null", "data.batch_size=2", "data.loader_workers=0", f"solver.max_iter={MAX_ITER}",
         "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
         "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", f"checkpoint.storage_path={tmp}/ray_results",
+        # The cluster's "hosts" are processes of this machine: its temp folder is one they all see.
+        f"scaling.shared_paths=[{tempfile.gettempdir()}]",
         f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "mlflow.registered_model=null", f"name={name}", *overrides]
 
 
