@@ -138,6 +138,13 @@ def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_n
     assert samples == expected
 
 
+def test_a_run_on_several_hosts_with_local_paths_fails_before_it_starts(cluster, synth_shards, tmp_path):
+    cfg = spread_config(synth_shards, tmp_path, "local-paths", ["scaling.shared_paths=[]"])
+    with pytest.raises(ValueError, match=r"this Ray cluster has several hosts.*checkpoint.storage_path .*data.train.0.manifest"):
+        train(cfg)
+    assert not (tmp_path / "ray_results").exists()  # nothing started: no run folder, no MLflow run
+
+
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_run, tmp_path, caplog):
     import shutil
 

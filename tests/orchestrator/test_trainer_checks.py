@@ -1,3 +1,4 @@
+"""Checks `maskx train` makes on the driver before any worker starts."""
 from maskx.datasets.shard_format import FORMAT_VERSION, Manifest, save_manifest
 from maskx.orchestrator.config import load_config
 from maskx.orchestrator.trainer import training_data_params
@@ -29,3 +30,24 @@ def test_a_config_that_requires_it_refuses_vg_shards_prepared_without_exclude_co
     cfg = load_config("configs/coco-vg-r50.yaml", [f"data.train=[{{manifest: {tmp_path}/vg-plain}}]"])
     with pytest.raises(ValueError, match=r"data.train.0: .*vg-plain/manifest.json was prepared without --exclude-coco"):
         check_vg_coco_exclusion(cfg)
+
+
+def test_a_run_on_several_hosts_names_every_path_only_this_host_sees(tmp_path):
+    import pytest
+
+    from maskx.orchestrator.trainer import check_paths_reach_every_node
+
+    cfg = load_config("configs/tiny-cpu.yaml", [f"data.train=[{{manifest: {tmp_path}/coco}}, {{manifest: s3://b/vg}}]",
+                                                f"data.val={tmp_path}/val", f"checkpoint.storage_path={tmp_path}/runs"])
+    with pytest.raises(ValueError) as failure:
+        check_paths_reach_every_node(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+    message = str(failure.value)
+    for named in (f"checkpoint.storage_path {tmp_path}/runs: use s3://", f"data.train.0.manifest {tmp_path}/coco",
+                  f"data.val {tmp_path}/val", "mlflow.tracking_uri sqlite:///", "maskx mlflow-server", "scaling.shared_paths"):
+        assert named in message
+    assert "data.train.1" not in message  # on S3: every host reaches it
+    cfg.scaling.shared_paths = [str(tmp_path)]  # the user says every node mounts it
+    check_paths_reach_every_node(cfg, f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = load_config("configs/tiny-cpu.yaml", ["data.train=[{manifest: s3://b/coco}]", "data.val=s3://b/val",
+                                                "checkpoint.storage_path=s3://b/runs"])
+    check_paths_reach_every_node(cfg, "http://mlflow.internal:5000")
