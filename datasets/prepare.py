@@ -12,13 +12,10 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 from .coco import coco_image_ids, read_coco
 from .image_files import ImageFiles
 from .json_files import iter_json_array
-from .shard_format import Manifest, Skipped, SourceRecords, save_manifest
+from .shard_format import DEFAULT_MAX_SKIPPED_FRACTION, Manifest, Skipped, SourceRecords, save_manifest
 from .visual_genome import read_visual_genome
 from .vocab import COCO_CATEGORIES, Vocabulary, build_vocabulary, single_synset_counts
 from .writer import write_shards
-
-# Real releases lose an image or two (VG has a few unreadable ones); a wrong folder loses them all.
-DEFAULT_MAX_SKIPPED_FRACTION = 0.02
 
 MapTasks = Callable[[Callable, list], Iterator]
 

@@ -15,6 +15,9 @@ from .vocab import Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# No manifest is written when more of the listed images than this were skipped. Real releases lose
+# an image or two (VG has a few unreadable ones); a wrong --images folder loses them all.
+DEFAULT_MAX_SKIPPED_FRACTION = 0.02
 
 
 @dataclass

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from maskx.datasets.prepare import DEFAULT_MAX_SKIPPED_FRACTION
+from maskx.datasets.shard_format import DEFAULT_MAX_SKIPPED_FRACTION
 
 
 def _add_prepare_common(parser: argparse.ArgumentParser) -> None:

@@ -248,28 +248,27 @@ def resume_state(folder: str, offered: Optional[str] = None) -> Optional[tuple[s
 
 def load_complete_state(url: str, legacy: bool = False) -> dict:
     """The state of a checkpoint folder (local or s3://) once its files match its complete.json; with
-    `legacy` (a run from before completion records), once its state.pt loads whole."""
+    `legacy` (a run from before completion records), once its state.pt loads whole (torch's zip
+    format does not load once truncated)."""
+    record_path = storage.join(url, COMPLETE_FILE)
+    record = json.loads(storage.read_bytes(record_path)) if storage.stat(record_path) else None
+    if record is None and not legacy:
+        raise ValueError(f"no {COMPLETE_FILE}: cut off before it was complete")
+    for name, expected in (record or {"files": {}})["files"].items():
+        found = storage.stat(storage.join(url, name))
+        if found is None:
+            raise ValueError(f"{name} is missing ({COMPLETE_FILE} lists it)")
+        if found[0] != expected["bytes"]:
+            raise ValueError(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}")
     with tempfile.TemporaryDirectory(prefix="maskx-checkpoint-") as scratch:
-        local = url if not storage.is_s3(url) else scratch
-        record_path = storage.join(url, COMPLETE_FILE)
-        if storage.stat(record_path) is None:
-            if not legacy or storage.stat(storage.join(url, STATE_FILE)) is None:
-                raise ValueError(f"no {COMPLETE_FILE}: cut off before it was complete")
-            # torch's zip format does not load once truncated.
-            log.warning("checkpoint %s has no %s (an older maskx wrote it); using it since its %s loads", url,
-                        COMPLETE_FILE, STATE_FILE)
-            if storage.is_s3(url):
-                storage.write_bytes(os.path.join(scratch, STATE_FILE), storage.read_bytes(storage.join(url, STATE_FILE)))
-            return load_state(local)
-        record = json.loads(storage.read_bytes(record_path))
-        for name, expected in record["files"].items():
-            found = storage.stat(storage.join(url, name))
-            if found is None:
-                raise ValueError(f"{name} is missing ({COMPLETE_FILE} lists it)")
-            if found[0] != expected["bytes"]:
-                raise ValueError(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}")
+        local = url
         if storage.is_s3(url):
+            local = scratch
             storage.write_bytes(os.path.join(scratch, STATE_FILE), storage.read_bytes(storage.join(url, STATE_FILE)))
-        if _sha256(os.path.join(local, STATE_FILE)) != record["files"][STATE_FILE]["sha256"]:
+        if record is not None and _sha256(os.path.join(local, STATE_FILE)) != record["files"][STATE_FILE]["sha256"]:
             raise ValueError(f"{STATE_FILE} does not match its checksum in {COMPLETE_FILE}")
-        return load_state(local)
+        state = load_state(local)
+    if record is None:
+        log.warning("checkpoint %s has no %s (an older maskx wrote it); using it since its %s loads", url,
+                    COMPLETE_FILE, STATE_FILE)
+    return state
