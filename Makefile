@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.maskx-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench gpu-data gpu-report clean
 
 install: $(INSTALLED)
 
@@ -27,6 +27,16 @@ test-fast: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/model_step.py
 	$(BIN)/python bench/data_stream.py
+
+# The lent GPU machine receives the repository only: copy the sample data into it first (git ignores
+# .gpu-data/), then run gpu-report there. It needs torch and torchvision; maskx needs no install.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+gpu-data:
+	mkdir -p .gpu-data && cp -r ../shared/data/coco-tiny .gpu-data/
+
+gpu-report:
+	$(GPU_PYTHON) bench/gpu_report.py --write
 
 clean:
 	rm -rf $(VENV) demo-out mlruns mlflow.db .pytest_cache

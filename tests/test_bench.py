@@ -13,3 +13,19 @@ def test_prepare_scale_bench_runs_and_prints_its_table(tmp_path):
     for row in ("json.load objects.json", "maskx prepare vocab", "maskx prepare vg: annotation side",
                 "maskx prepare coco: annotation side", "12 JPEGs"):
         assert row in result.stdout
+
+
+def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
+    import shutil
+
+    data = tmp_path / "coco"
+    (data / "annotations").mkdir(parents=True)
+    shutil.copy(synth_paths["coco_train_annotations"], data / "annotations" / "instances_train2017.json")
+    shutil.copytree(synth_paths["coco_train_images"], data / "train2017")
+    # Not -P: the script imports its sibling bench/model_step.py from its own folder.
+    result = subprocess.run([sys.executable, str(BENCH / "gpu_report.py"), "--tiny", "--device", "cpu", "--data", str(data)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("model step, 11 classes: maskx / torchvision", "training loop, 3 iterations", "img/s end to end",
+                "JPEG decode + resize to 128 px on cpu"):
+        assert row in result.stdout

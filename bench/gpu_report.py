@@ -1,0 +1,215 @@
+"""`make gpu-report`: the figures maskx needs from a lent GPU, from one command, with no edit.
+
+Runs where only the repository arrives and Ray and MLflow are absent: torch, torchvision and maskx's
+own data code (webdataset, pycocotools). Sample data is read from `--data` (default `.gpu-data/`,
+which git ignores: `make gpu-data` copies ../shared/data/coco-tiny there before the repository is
+sent). Three parts, side by side in one process:
+
+1. model train step, maskx vs torchvision Mask R-CNN on the same batch (bench/model_step.py):
+   s/iter, img/s, peak memory, at 81 and 3081 classes;
+2. a single-process training loop over real shards built from the sample: end-to-end img/s, the
+   time a step waits for the loader, GPU utilization when nvidia-smi answers;
+3. the data path: JPEG decode and resize to training size on the device vs on the CPU.
+
+    python bench/gpu_report.py --device cuda --write     # R-50-FPN, 1333x800, batch 8, bf16
+    python bench/gpu_report.py --tiny                    # tiny sizes (always on a CPU): what the test runs
+
+`--write` adds the table, date, device and command to docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms.v2 import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".gpu-data" / "coco-tiny"
+
+
+def make_maskx_importable() -> None:
+    """The GPU machine receives the repository, not an installed maskx: lay out `maskx.*` as links to
+    the folders (what the package-dir mapping in pyproject.toml installs) and put it on sys.path."""
+    from importlib.util import find_spec
+
+    if find_spec("maskx") is not None and find_spec("maskx.models") is not None:
+        return
+    root = Path(tempfile.mkdtemp(prefix="maskx-import-"))
+    (root / "maskx").mkdir()
+    for package in ("models", "datasets", "orchestrator", "configs"):
+        (root / "maskx" / package).symlink_to(REPO / package)
+    sys.path.insert(0, str(root))
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def model_step_rows(args) -> list[tuple[str, str]]:
+    from model_step import synthetic_batch, time_train_steps  # bench/ is the script's folder
+    from torchvision.models.detection import MaskRCNN
+
+    from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+    from maskx.models.backbone import resnet_fpn_backbone
+
+    rows = []
+    for num_classes in args.num_classes:
+        images, targets = synthetic_batch(args.batch, args.size, args.max_size, num_classes, 8, args.device)
+        cfg = ModelConfig(num_classes=num_classes, min_size=args.size, max_size=args.max_size,
+                          backbone=BackboneConfig(name=args.backbone, trainable_layers=3),
+                          mask_head=MaskHeadConfig(mode="transfer+mlp"))
+        cfg.box_loss.kind = "focal"
+        maskx = build_model(cfg)
+        torchvision_model = MaskRCNN(resnet_fpn_backbone(args.backbone, 256, "frozen_bn", 3), num_classes=num_classes,
+                                     min_size=args.size, max_size=args.max_size)
+        torchvision_model.transform._skip_resize = True  # both get the batch at training size
+        ours, ours_mib = time_train_steps(maskx, images, targets, args.steps, args.warmup, args.device, args.amp)
+        theirs, theirs_mib = time_train_steps(torchvision_model, images, targets, args.steps, args.warmup, args.device,
+                                              args.amp)
+        rows.append((f"model step, {num_classes} classes: maskx / torchvision s/iter",
+                     f"{ours:.3f} / {theirs:.3f} (ratio {ours / theirs:.2f}); {args.batch / ours:.1f} / "
+                     f"{args.batch / theirs:.1f} img/s; peak {ours_mib:.0f} / {theirs_mib:.0f} MiB"))
+        del maskx, torchvision_model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def gpu_utilization() -> str:
+    try:
+        shown = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=10)
+        return f"{shown.stdout.split()[0]}%" if shown.returncode == 0 and shown.stdout.strip() else "n/a"
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+
+
+def training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
+    name = "training loop over shards of the sample"
+    try:
+        return _training_loop_rows(args, workdir)
+    except ImportError as exc:  # maskx's data code needs webdataset, pycocotools, ijson, pydantic
+        return [(name, f"skipped: {exc} (install maskx's dependencies there: pip install -c constraints.txt .)")]
+
+
+def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
+    from maskx.datasets.prepare import prepare_coco
+    from maskx.datasets.stream import TrainStream, load_sources, make_loader
+    from maskx.models import BackboneConfig, ModelConfig, build_model
+    from maskx.orchestrator import engine
+    from maskx.orchestrator.config import SolverConfig
+
+    annotations = Path(args.data) / "annotations" / "instances_train2017.json"
+    prepare_coco(str(annotations), str(Path(args.data) / "train2017"), os.path.join(workdir, "shards"), shard_size=10,
+                 workers=1, progress=False)
+    sources, vocab = load_sources([(os.path.join(workdir, "shards"), 1.0)])
+    device = torch.device(args.device)
+    model = build_model(ModelConfig(num_classes=vocab.num_classes, min_size=args.size, max_size=args.max_size,
+                                    backbone=BackboneConfig(name=args.backbone, trainable_layers=3))).to(device)
+    solver = SolverConfig(lr=0.01, warmup_iters=10, steps=[10**9])
+    optimizer = engine.build_optimizer(model, solver)
+    scheduler = engine.build_lr_scheduler(optimizer, solver)
+    stream = TrainStream(sources, vocab, None, args.batch, batches_per_epoch=10**9, min_sizes=(args.size,),
+                         max_size=args.max_size)
+    loader = make_loader(stream, args.loader_workers, pin_memory=args.device == "cuda")
+    waited, done, images = 0.0, 0, 0
+    utilization = "n/a"
+    batches = iter(loader)
+    start = time.perf_counter()
+    while done < args.iterations:
+        before = time.perf_counter()
+        batch = next(batches)
+        if done >= args.warmup:  # the first steps (cuDNN autotuning, loader start-up) are not counted
+            waited += time.perf_counter() - before
+        engine.train_step(model, optimizer, scheduler, batch, device, args.amp)
+        done += 1
+        if done == args.warmup:
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        elif done > args.warmup:
+            images += len(batch.images)
+        if done == args.iterations // 2 and args.device == "cuda":
+            utilization = gpu_utilization()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    timed = args.iterations - args.warmup
+    return [(f"training loop, {timed} iterations over shards of the sample ({args.loader_workers} loader workers)",
+             f"{images / elapsed:.1f} img/s end to end; {elapsed / timed:.3f} s/iter of which {waited / timed:.3f} s "
+             f"waiting for data; GPU utilization {utilization}")]
+
+
+def data_path_rows(args) -> list[tuple[str, str]]:
+    paths = sorted((Path(args.data) / "train2017").glob("*.jpg"))[: args.decode_images]
+    payloads = [read_file(str(p)) for p in paths]
+    rows = []
+    for where in ["cpu"] + (["cuda"] if args.device == "cuda" else []):
+        def one_pass():
+            for payload in payloads:
+                image = decode_jpeg(payload, mode=ImageReadMode.RGB, device=where)
+                F.resize(image, [args.size], max_size=args.max_size, antialias=True)
+            if where == "cuda":
+                torch.cuda.synchronize()
+
+        one_pass()  # warm-up: nvjpeg and kernels load on first use
+        start = time.perf_counter()
+        one_pass()
+        rows.append((f"JPEG decode + resize to {args.size} px on {where}", f"{len(payloads) / (time.perf_counter() - start):.1f} img/s"))
+    return rows
+
+
+def write_rows(rows: list[tuple[str, str]], device: str, command: str) -> None:
+    date = datetime.date.today().isoformat()
+    lines = [f"\n### {date}, {device_name(device)}, torch {torch.__version__}\n", f"`{command}`\n\n",
+             "| measure | figure |\n", "|---|---|\n"] + [f"| {name} | {figure} |\n" for name, figure in rows]
+    with open(REPO / "docs" / "benchmarks.md", "a") as f:
+        f.writelines(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--tiny", action="store_true", help="R-18, 128 px, batch 2, a few iterations (always on a CPU)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="COCO sample: annotations/ and train2017/ (default .gpu-data/coco-tiny)")
+    parser.add_argument("--write", action="store_true", help="add the table, date, device and command to docs/benchmarks.md")
+    args = parser.parse_args()
+    args.tiny = args.tiny or args.device == "cpu"  # the full sizes take hours on a CPU
+    sizes = dict(backbone="resnet18", size=128, max_size=160, batch=2, num_classes=[11], steps=1, warmup=1,
+                 iterations=4, loader_workers=0, decode_images=4, amp=False) if args.tiny else \
+        dict(backbone="resnet50", size=800, max_size=1333, batch=8, num_classes=[81, 3081], steps=10, warmup=3,
+             iterations=300, loader_workers=6, decode_images=50, amp=args.device == "cuda")
+    for key, value in sizes.items():
+        setattr(args, key, value)
+    if not (Path(args.data) / "train2017").is_dir():
+        sys.exit(f"gpu-report: no sample data in {args.data}: run `make gpu-data` (copies ../shared/data/coco-tiny there)")
+    make_maskx_importable()
+    torch.manual_seed(0)
+    rows = [("setup", f"{device_name(args.device)}; {args.backbone}-FPN, {args.max_size}x{args.size}, batch "
+                      f"{args.batch}, {'bf16 autocast' if args.amp else 'fp32'}")]
+    rows += model_step_rows(args)
+    with tempfile.TemporaryDirectory(prefix="maskx-gpu-report-") as workdir:
+        rows += training_loop_rows(args, workdir)
+    rows += data_path_rows(args)
+    width = max(len(name) for name, _ in rows)
+    for name, figure in rows:
+        print(f"{name:{width}}  {figure}")
+    if args.write and args.tiny:
+        print("tiny mode: nothing written to docs/benchmarks.md")
+    elif args.write:
+        write_rows(rows, args.device, "python bench/gpu_report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
