@@ -65,27 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
     tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
-    tune.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    tune.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. sweep.max_concurrent_trials=4")
     tune.add_argument("--sweep", metavar="SWEEP_YAML",
                       help="a file whose sweep: section replaces the config's, e.g. configs/ablation-mask-head.yaml")
     tune.add_argument("--resume", metavar="SWEEP_FOLDER", help="continue an interrupted sweep (finished trials are not rerun)")
 
     evaluate = sub.add_parser("eval", help="COCO box and mask AP (overall, set A, set B) of a model on data.val")
     evaluate.add_argument("--config", required=True, help="config whose data.val and data.mask_sets to use")
-    evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. data.val=s3://b/coco-val2017")
     evaluate.add_argument("--model", required=True, help="checkpoint folder, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
     evaluate.add_argument("--json", help="also write the metrics and per-class AP here")
 
     predict = sub.add_parser("predict", help="draw a model's masks, boxes and class names over one image")
     predict.add_argument("--model", required=True, help="checkpoint folder or MLflow model URI")
-    predict.add_argument("--image", required=True)
+    predict.add_argument("--image", required=True, help="a JPEG or PNG file")
     predict.add_argument("--out", required=True, help="PNG to write")
-    predict.add_argument("--score-threshold", type=float, default=0.5)
+    predict.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this (default 0.5)")
 
     server = sub.add_parser("mlflow-server", help="run an MLflow tracking server (sqlite + artifacts under --store); localhost only unless --host")
     server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts (default mlflow-server)")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: not reachable from other machines)")
-    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
 
     demo = sub.add_parser("demo", help="the embedded end-to-end demo: synthetic data, local Ray, local MLflow")
     demo.add_argument("--out", default="demo-out", help="folder for data, shards and checkpoints (default demo-out)")

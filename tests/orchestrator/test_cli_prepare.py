@@ -31,3 +31,22 @@ def test_prepare_reports_a_missing_input_clearly(tmp_path):
                    "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2
     assert "absent.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_flag_of_every_command_says_what_it_takes():
+    import argparse
+
+    from maskx.orchestrator.cli import build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+            elif not action.help and action.dest != "help":
+                silent.append(f"{' '.join(path)} {action.option_strings or action.dest}")
+
+    walk(build_parser(), ["maskx"])
+    assert not silent
