@@ -74,6 +74,10 @@ class ScalingConfig:
     # Local folders every node sees at the same path (NFS, EFS, Lustre). On a cluster of several
     # nodes, any other local path (checkpoints, shards, a sqlite tracking store) is refused at start.
     shared_paths: list[str] = field(default_factory=list)
+    # A collective (gradient all-reduce, the eval gather) waiting longer than this fails the step, and
+    # Ray Train restarts from the checkpoint: a hung rank costs minutes, not torch's default 30. Keep it
+    # above the longest evaluation (ranks wait at the gather while rank 0 runs COCOeval).
+    collective_timeout_s: int = 900
 
 
 @dataclass

@@ -214,3 +214,32 @@ def test_mlflow_down_at_the_end_fails_clearly_and_resume_only_logs_and_registers
         assert mlflow.MlflowClient(f"http://127.0.0.1:{port}").get_model_version("maskx-end-test", "1").run_id == run.info.run_id
     finally:
         stop_mlflow_server(server)
+
+
+def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synth_shards, tmp_path):
+    """One rank blocks for good (its shard is a pipe nobody writes); the other reaches the gradient
+    all-reduce and gives up after scaling.collective_timeout_s instead of torch's 30 minutes."""
+    import shutil
+
+    from maskx.datasets.shard_format import load_manifest, save_manifest
+
+    manifest = load_manifest(synth_shards["coco_train"])
+    manifest.shards = manifest.shards[:2]
+    manifest.location = str(tmp_path / "shards" / "manifest.json")
+    (tmp_path / "shards").mkdir()
+    shutil.copy(os.path.join(synth_shards["coco_train"], manifest.shards[0].url), tmp_path / "shards")
+    hanging = tmp_path / "shards" / manifest.shards[1].url
+    os.mkfifo(hanging)  # opening it for reading blocks until a writer comes: never
+    save_manifest(manifest)
+    overrides = tiny_overrides(synth_shards, tmp_path, 4) + [
+        f"data.train=[{{manifest: {tmp_path}/shards}}]", "data.val=null", "checkpoint.max_failures=0",
+        "scaling.collective_timeout_s=10"]
+    try:
+        # gloo's words for its timeout: the waiting side's, or the pair it closed.
+        with pytest.raises(RuntimeError, match=r"(?s)failed.*(Timed out waiting 10000ms|Application timeout caused pair closure)"):
+            train(load_config(TINY, overrides))
+    finally:
+        try:  # release a reader still blocked on the pipe, if its worker outlived the run
+            os.close(os.open(hanging, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
