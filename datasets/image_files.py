@@ -51,7 +51,9 @@ class ImageFiles:
             if is_archive(location):
                 self._members[location] = _index_members(open_archive(location).namelist())
             elif storage.is_s3(location):
-                self._s3_keys[location] = _list_s3(location)
+                self._s3_keys[location] = storage.list_keys(location)
+                if not self._s3_keys[location]:
+                    raise FileNotFoundError(f"--images {location}: no objects under that prefix")
             elif not os.path.isdir(location):
                 raise FileNotFoundError(f"--images {location}: no such folder or zip archive")
 
@@ -86,19 +88,6 @@ def _index_members(names: list[str]) -> dict[str, str]:
     index = {posixpath.basename(name): name for name in names if not name.endswith("/")}
     index.update({name: name for name in names if not name.endswith("/")})
     return index
-
-
-def _list_s3(prefix_url: str) -> set[str]:
-    bucket, prefix = storage.split_s3(prefix_url + "/")
-    keys = set()
-    try:
-        for page in storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys.update(item["Key"][len(prefix):] for item in page.get("Contents", []))
-    except Exception as exc:
-        raise storage.s3_error(prefix_url, exc) from None
-    if not keys:
-        raise FileNotFoundError(f"--images {prefix_url}: no objects under that prefix")
-    return keys
 
 
 def read_image_file(ref: str) -> bytes:

@@ -7,6 +7,7 @@ the middle of an object resumes at the byte where it stopped.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -141,6 +142,23 @@ def list_folder(url: str) -> tuple[list[str], list[str]]:
     except Exception as exc:
         raise s3_error(url, exc) from None
     return sorted(folders), sorted(files)
+
+
+def list_keys(url: str) -> set[str]:
+    """Every object key under an S3 prefix, relative to it (all levels)."""
+    bucket, prefix = split_s3(url.rstrip("/") + "/")
+    keys = set()
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.update(item["Key"][len(prefix):] for item in page.get("Contents", []))
+    except Exception as exc:
+        raise s3_error(url, exc) from None
+    return keys
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def stat(url: str) -> Optional[tuple[int, dict[str, str]]]:

@@ -74,11 +74,6 @@ def plan_digest(records: list[ImageRecord]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def write_one_shard(out: str, name: str, records: list[ImageRecord]) -> tuple[ShardEntry, list[Skipped]]:
     """Write one shard and its record; returns its manifest entry and the images it skipped."""
     skipped: list[Skipped] = []
@@ -101,7 +96,7 @@ def write_one_shard(out: str, name: str, records: list[ImageRecord]) -> tuple[Sh
                 tar.write({"__key__": record.key, "jpg": payload,
                            "json": json.dumps(record.sample_json(), sort_keys=True).encode()})
                 samples += 1
-    sha256 = file_sha256(local)
+    sha256 = storage.file_sha256(local)
     entry = ShardEntry(url=name, samples=samples, bytes=os.path.getsize(local), sha256=sha256)
     storage.put_file(local, storage.join(out, name), metadata={"sha256": sha256})
     shard_record = {"entry": asdict(entry), "skipped": [asdict(s) for s in skipped], "plan": plan_digest(records)}
@@ -126,7 +121,7 @@ def completed_shard(out: str, name: str, records: list[ImageRecord]) -> Optional
     found = storage.stat(url)
     if found is None or found[0] != entry.bytes:
         return None
-    sha256 = found[1].get("sha256") if storage.is_s3(url) else file_sha256(url)
+    sha256 = found[1].get("sha256") if storage.is_s3(url) else storage.file_sha256(url)
     if sha256 != entry.sha256:
         return None
     return entry, [Skipped(**s) for s in shard_record["skipped"]]

@@ -22,7 +22,6 @@ loads with `torch.load(weights_only=True)`) as its extra files.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -126,15 +125,10 @@ def write_checkpoint(folder: str, contents: dict, config_yaml: str, vocab: Vocab
         with open(os.path.join(folder, EVAL_FILE), "w") as f:
             json.dump(evaluation, f, indent=1)
     # Last, and covering every other file: the upload to storage may copy files in any order.
-    files = {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": _sha256(os.path.join(folder, name))}
+    files = {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": storage.file_sha256(os.path.join(folder, name))}
              for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, COMPLETE_FILE), "w") as f:
         json.dump({"iteration": contents["iteration"], "files": files}, f, indent=1)
-
-
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_state(folder: str) -> dict:
@@ -265,7 +259,7 @@ def load_complete_state(url: str, legacy: bool = False) -> dict:
         if storage.is_s3(url):
             local = scratch
             storage.write_bytes(os.path.join(scratch, STATE_FILE), storage.read_bytes(storage.join(url, STATE_FILE)))
-        if record is not None and _sha256(os.path.join(local, STATE_FILE)) != record["files"][STATE_FILE]["sha256"]:
+        if record is not None and storage.file_sha256(os.path.join(local, STATE_FILE)) != record["files"][STATE_FILE]["sha256"]:
             raise ValueError(f"{STATE_FILE} does not match its checksum in {COMPLETE_FILE}")
         state = load_state(local)
     if record is None:
