@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML config, e.g. configs/tiny-cpu.yaml")
     train.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. solver.lr=0.01")
     train.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+    train.add_argument("--record-keys-to", metavar="FOLDER",
+                       help="audit what the model saw: each rank appends every sample key it trains on, with its "
+                            "iteration, to FOLDER/rank{R}.txt on the host it runs on")
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
     tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
@@ -135,7 +138,7 @@ def run_train(args) -> int:
     from maskx.orchestrator.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, record_keys_to=args.record_keys_to)
     print(f"run {result.run_name}: checkpoint {result.checkpoint}")
     _print_metrics(result.metrics)
     if result.model_version:

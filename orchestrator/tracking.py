@@ -216,6 +216,11 @@ class TrackedRun:
         now = int(time.time() * 1000)
         _log_metric_batches(self.client, self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def logged_steps(self, after: int) -> dict[str, set[int]]:
+        """metric -> the steps past `after` it already holds (what an interrupted pass logged)."""
+        history = {key: self.client.get_metric_history(self.run_id, key) for key in self.latest_metrics()}
+        return {key: {m.step for m in values if m.step > after} for key, values in history.items()}
+
     def log_unsent(self, unsent: list[dict]) -> None:
         """Metric values a training process could not send (MLflow was down at its end), sent now."""
         from mlflow.entities import Metric
@@ -264,11 +269,15 @@ class TrackedRun:
 
 class MetricLogger:
     """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics
-    wait in a buffer and go out with the next call that reaches the server."""
+    wait in a buffer and go out with the next call that reaches the server.
+
+    A restarted run redoes the iterations since its checkpoint on the same samples; the steps the
+    interrupted pass already logged are not logged again, so no step of a metric appears twice."""
 
     def __init__(self, run: Optional[TrackedRun], in_training_process: bool = False):
         self.run = run
         self.pending: list = []
+        self.already_logged: dict[str, set[int]] = {}
         self._warned = False
         if in_training_process:
             # MLflow's client retries a refused request for minutes (process-wide settings); a
@@ -276,13 +285,27 @@ class MetricLogger:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+    def resume_after(self, iteration: int) -> None:
+        """The run continues after `iteration`: note what its interrupted pass logged beyond that."""
+        if self.run is None:
+            return
+        try:
+            self.already_logged = self.run.logged_steps(after=iteration)
+        except Exception as exc:  # the server is down: redone steps may then be logged twice
+            log.warning("MLflow at %s unreachable (%s): metrics of iterations redone after %d may appear twice",
+                        self.run.tracking.redacted_uri, type(exc).__name__, iteration)
+        redone = sorted(set().union(*self.already_logged.values())) if self.already_logged else []
+        if redone:
+            log.info("steps %s were logged before the restart; their metrics are not logged again", redone)
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.run is None:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()
+                         if step not in self.already_logged.get(k, ())]
         self.flush()
 
     def flush(self) -> bool:

@@ -58,6 +58,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     run_id = loop_config.get("mlflow_run_id")
     mlflow_run = Tracking(loop_config["mlflow_tracking_uri"]).run(run_id) if run_id else None
     metrics_logger = MetricLogger(mlflow_run, in_training_process=True) if rank == 0 else None
+    if metrics_logger and resumed is not None:
+        metrics_logger.resume_after(state.iteration)
     keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:

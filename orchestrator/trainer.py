@@ -132,7 +132,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     A sweep trial passes its own `run_name`, the sweep's MLflow `parent_run_id` and Tune's report callback."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from .process_group import NodeAddressTorchConfig
 
     cfg = with_absolute_paths(cfg)
     check_inputs(cfg)
@@ -158,7 +160,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
                            "record_keys_to": record_keys_to and os.path.abspath(record_keys_to)},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
-        torch_config=TorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
+        torch_config=NodeAddressTorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
         run_config=RunConfig(
             name=run_name,
             storage_path=absolute_storage_path(cfg.checkpoint.storage_path),

@@ -136,6 +136,11 @@ def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_n
     _, (expected, _) = unbroken_run
     # Per rank and iteration, the samples the finished model saw are exactly the unbroken run's.
     assert samples == expected
+    # Iterations redone after the restart are not logged to MLflow a second time.
+    import mlflow
+
+    losses = mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "loss/loss")
+    assert sorted(m.step for m in losses) == list(range(2, MAX_ITER + 1, 2))
 
 
 def test_a_run_on_several_hosts_with_local_paths_fails_before_it_starts(cluster, synth_shards, tmp_path):

@@ -1,0 +1,120 @@
+"""A Ray cluster on test hosts (`hosts.py`) laid out as a real one: the S3 endpoint on a storage host,
+the Ray head (token auth, dashboard) and the MLflow tracking server on the head host, worker hosts
+joining with `ray start --address`, and a laptop that submits jobs with `ray job submit`. Shards,
+checkpoints and MLflow artifacts travel only through S3 and the tracking server."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..conftest import wait_until
+from .hosts import REPO, Host, Network
+
+BIN = Path(sys.executable).parent
+S3_PORT, MLFLOW_PORT, GCS_PORT, DASHBOARD_PORT = 9000, 5000, 6379, 8265
+# A host cut off is declared dead after about 3 s instead of Ray's default 30 s or more.
+HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                "RAY_health_check_failure_threshold": "3"}
+
+
+def clean_environment() -> dict:
+    """This process's environment without what would point a host at this machine's own services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    return env
+
+
+class RehearsalCluster:
+    def __init__(self, folder: Path):
+        self.network = Network(folder)
+        self.token = secrets.token_hex(16)
+        self.storage = self.network.add_host("storage")
+        self.head = self.network.add_host("head")
+        self.laptop = self.network.add_host("laptop", private_tmp=False)
+        self.workers: list[Host] = []
+        self.s3 = f"http://{self.storage.address}:{S3_PORT}"
+        self.tracking_uri = f"http://{self.head.address}:{MLFLOW_PORT}"
+        self.dashboard = f"http://{self.head.address}:{DASHBOARD_PORT}"
+        self.aws = {"AWS_ENDPOINT_URL": self.s3, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+        moto = self.storage.start([str(BIN / "moto_server"), "-H", self.storage.address, "-p", str(S3_PORT)],
+                                  clean_environment(), "moto.log")
+        self.wait_for_http(self.storage, f"{self.s3}/", moto)
+        self.start_head()
+
+    def env(self, **extra: str) -> dict:
+        return dict(clean_environment(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, **extra)
+
+    def wait_for_http(self, host: Host, url: str, process, timeout: float = 120) -> None:
+        probe = [sys.executable, "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"]
+        wait_until(lambda: host.run(probe, clean_environment(), check=False).returncode == 0, f"{url} answering",
+                   lambda: process.poll() is None, lambda: (host.folder / "moto.log").read_text()[-2000:]
+                   if (host.folder / "moto.log").exists() else "", timeout, interval=1)
+
+    def start_head(self) -> None:
+        """Ray head (no CPUs: training runs on worker hosts) and the MLflow server on its own disk."""
+        server = self.head.start([str(BIN / "maskx"), "mlflow-server", "--store", "/tmp/mlflow", "--host",
+                                  self.head.address, "--port", str(MLFLOW_PORT)], clean_environment(), "mlflow.log")
+        self.head.run([str(BIN / "ray"), "start", "--head", f"--node-ip-address={self.head.address}",
+                       f"--port={GCS_PORT}", f"--dashboard-host={self.head.address}",
+                       f"--dashboard-port={DASHBOARD_PORT}", "--num-cpus=0", "--disable-usage-stats"],
+                      self.env(**HEALTH_CHECK), timeout=240)
+        self.wait_for_http(self.head, f"{self.tracking_uri}/health", server)
+
+    def add_worker(self) -> Host:
+        host = self.network.add_host(f"worker{sum(name.startswith('worker') for name in self.network.hosts) + 1}")
+        self.join(host)
+        self.workers.append(host)
+        return host
+
+    def join(self, host: Host) -> None:
+        host.run([str(BIN / "ray"), "start", f"--address={self.head.address}:{GCS_PORT}",
+                  f"--node-ip-address={host.address}", "--num-cpus=1", "--disable-usage-stats"],
+                 self.env(), timeout=240)
+
+    def restart(self) -> None:
+        """The head is lost and the cluster torn down; then started again on the same machines."""
+        for host in [self.head, *self.workers]:
+            host.kill()
+        for host in [self.head, *self.workers]:
+            host.boot()
+        self.start_head()
+        for host in self.workers:
+            self.join(host)
+
+    def upload(self, folders: dict[str, str], bucket: str = "maskx") -> dict[str, str]:
+        """The laptop puts local shard folders in S3; returns name -> s3:// URL."""
+        urls = {name: f"s3://{bucket}/shards/{name}" for name in folders}
+        code = ("import os, sys, json, boto3\n"
+                "from maskx.datasets import storage\n"
+                f"boto3.client('s3').create_bucket(Bucket={bucket!r})\n"
+                f"for name, folder in json.loads(sys.argv[1]).items():\n"
+                f"    for parent, _, files in os.walk(folder):\n"
+                f"        for file in files:\n"
+                f"            path = os.path.relpath(os.path.join(parent, file), folder)\n"
+                f"            storage.put_file(os.path.join(folder, path), f's3://{bucket}/shards/{{name}}/{{path}}')\n")
+        self.laptop.run([sys.executable, "-c", code, json.dumps(folders)], dict(clean_environment(), **self.aws))
+        return urls
+
+    def submit(self, maskx_args: list[str], wait: bool = True, timeout: float = 900):
+        """`ray job submit` from the laptop to the head's dashboard: `maskx ...` with S3 and the tracking
+        server reached through the job's environment."""
+        runtime_env = {"env_vars": {**self.aws, "MLFLOW_TRACKING_URI": self.tracking_uri}}
+        args = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+                "--runtime-env-json", json.dumps(runtime_env), *([] if wait else ["--no-wait"]), "--",
+                "maskx", *maskx_args]
+        return self.laptop.run(args, self.env(), timeout=timeout, check=False)
+
+    def query(self, code: str):
+        """Run Python on the laptop with `client` (MLflow) and `s3` (boto3) at hand; returns what it prints as JSON."""
+        prelude = ("import json, boto3, mlflow\n"
+                   f"client = mlflow.MlflowClient({self.tracking_uri!r})\n"
+                   "s3 = boto3.client('s3')\n")
+        done = self.laptop.run([sys.executable, "-c", prelude + code], dict(clean_environment(), **self.aws), timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def remove(self) -> None:
+        self.network.remove()

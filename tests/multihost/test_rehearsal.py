@@ -1,0 +1,155 @@
+"""A multi-host rehearsal: `ray job submit -- maskx train` on a cluster of test hosts that share no disk
+(`cluster.py`), and the faults of a real one: a worker host lost, a worker host cut off the network
+past Ray's health check, the head lost. Each run must train on exactly the samples an unbroken run
+trains on, iteration by iteration, and log each metric step once, in one MLflow run."""
+import os
+from collections import defaultdict
+
+import pytest
+
+from ..conftest import wait_until
+from .cluster import RehearsalCluster
+from .hosts import can_make_namespaces
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(bool(can_make_namespaces()), reason=str(can_make_namespaces()))]
+
+MAX_ITER = 8
+
+
+@pytest.fixture(scope="module")
+def rehearsal(synth_shards, tmp_path_factory):
+    cluster = RehearsalCluster(tmp_path_factory.mktemp("hosts"))
+    try:
+        for _ in range(2):
+            cluster.add_worker()
+        shards = cluster.upload({name: synth_shards[key] for name, key in
+                                 (("coco-train", "coco_train"), ("coco-val", "coco_val"), ("vg", "vg"))})
+        yield cluster, shards
+    finally:
+        cluster.remove()
+
+
+def train_args(shards, name, keys, overrides=()):
+    return ["train", "--config", "configs/tiny-cpu.yaml", "--record-keys-to", f"/tmp/{keys}",
+            f"data.train=[{{manifest: {shards['coco-train']}, weight: 1.0}}, {{manifest: {shards['vg']}, weight: 0.5}}]",
+            "data.val=null", "data.batch_size=2", "data.loader_workers=0", f"solver.max_iter={MAX_ITER}",
+            "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
+            "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "checkpoint.storage_path=s3://maskx/runs",
+            "mlflow.experiment=rehearsal", "mlflow.registered_model=null", f"name={name}", *overrides]
+
+
+def passes(cluster, keys):
+    """rank -> iteration -> the keys of each pass over it, gathered from every host's own /tmp (a
+    restart redoes the iterations since its checkpoint, maybe on another host)."""
+    seen = defaultdict(lambda: defaultdict(list))
+    for host in cluster.workers:
+        folder = host.tmp / keys
+        for name in sorted(os.listdir(folder)) if folder.exists() else []:
+            rank = name.removesuffix(".txt")
+            current = {}
+            for line in open(folder / name):
+                first, second = line.split()
+                if first == "node":
+                    for iteration, batch in current.items():
+                        seen[rank][iteration].append(batch)
+                    current = {}
+                else:
+                    current.setdefault(int(first), []).append(second)
+            for iteration, batch in current.items():
+                seen[rank][iteration].append(batch)
+    return seen
+
+
+def last_iteration(cluster, keys, rank="rank0"):
+    runs = passes(cluster, keys).get(rank, {})
+    return max(runs, default=0)
+
+
+def assert_same_samples(cluster, keys, unbroken):
+    """Every pass of every iteration trained on the unbroken run's samples, and no iteration is missing."""
+    broken = passes(cluster, keys)
+    assert sorted(broken) == sorted(unbroken)
+    for rank, iterations in broken.items():
+        assert sorted(iterations) == list(range(1, MAX_ITER + 1)), rank
+        for iteration, batches in iterations.items():
+            assert all(batch == unbroken[rank][iteration][0] for batch in batches), (rank, iteration, batches)
+    return broken
+
+
+def run_of(cluster, name):
+    """The MLflow run of run `name-*`: its id, status and each metric's steps."""
+    return cluster.query(
+        "exp = client.get_experiment_by_name('rehearsal')\n"
+        f"runs = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name.startswith('{name}-')]\n"
+        "print(json.dumps([{'id': r.info.run_id, 'name': r.info.run_name, 'status': r.info.status,\n"
+        "  'steps': {k: [m.step for m in client.get_metric_history(r.info.run_id, k)] for k in r.data.metrics}}\n"
+        "  for r in runs]))")
+
+
+def assert_logged_once(run):
+    assert run["status"] == "FINISHED"
+    for key in ("loss/loss", "train/lr"):
+        assert sorted(run["steps"][key]) == list(range(2, MAX_ITER + 1, 2)), (key, run["steps"][key])
+
+
+@pytest.fixture(scope="module")
+def unbroken(rehearsal):
+    """(a) Two workers on two hosts train, evaluate and register; the samples each rank saw."""
+    cluster, shards = rehearsal
+    args = train_args(shards, "unbroken", "keys-unbroken",
+                      [f"data.val={shards['coco-val']}", "mlflow.registered_model=maskx-rehearsal"])
+    job = cluster.submit(args)
+    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    seen = passes(cluster, "keys-unbroken")
+    assert all(len(batches) == 1 for iterations in seen.values() for batches in iterations.values())
+    return seen, job
+
+
+def test_two_worker_hosts_train_evaluate_and_register(rehearsal, unbroken):
+    cluster, _ = rehearsal
+    seen, _ = unbroken
+    assert sorted(seen) == ["rank0", "rank1"]
+    hosts_used = [h.name for h in cluster.workers if (h.tmp / "keys-unbroken").exists()]
+    assert len(hosts_used) == 2  # one worker per host: each read its shards from S3, not a shared disk
+    [run] = run_of(cluster, "unbroken")
+    assert_logged_once(run)
+    assert "segm/setB/AP" in run["steps"] and "bbox/setA/AP" in run["steps"]
+    # The laptop loads the registered model: its files came through the tracking server, not a disk.
+    registered = cluster.query(
+        "from maskx.orchestrator.inference import load_model\n"
+        "v = client.get_model_version('maskx-rehearsal', '1')\n"
+        f"loaded = load_model('models:/maskx-rehearsal/1', {cluster.tracking_uri!r})\n"
+        "print(json.dumps({'run_id': v.run_id, 'artifacts': [a.path for a in client.list_artifacts(v.run_id)],\n"
+        "                  'classes': loaded.vocab.num_classes}))")
+    assert registered["run_id"] == run["id"] and registered["classes"] == 11
+    assert {"eval", "overlays", "config.yaml"} <= set(registered["artifacts"])
+    checkpoints = cluster.query(
+        f"listed = s3.list_objects_v2(Bucket='maskx', Prefix='runs/{run['name']}/')\n"
+        "print(json.dumps(sorted({o['Key'].split('/')[2] for o in listed['Contents']})))")
+    assert {"checkpoint_00000006", "checkpoint_00000008"} <= set(checkpoints)
+
+
+def busy_worker_hosts(cluster, keys):
+    return [h for h in cluster.workers if (h.tmp / keys).exists()]
+
+
+def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint(rehearsal, unbroken, tmp_path):
+    cluster, shards = rehearsal
+    job = cluster.submit(train_args(shards, "lost-host", "keys-lost"), wait=False)
+    assert job.returncode == 0, job.stdout + job.stderr
+    wait_until(lambda: last_iteration(cluster, "keys-lost") >= 5, "iteration 5 past the checkpoint at 4")
+    lost = busy_worker_hosts(cluster, "keys-lost")[-1]
+    lost.kill()
+    cluster.workers.remove(lost)
+    replacement = cluster.add_worker()  # what the autoscaler does for a lost spot node
+    wait_until(lambda: (run_of(cluster, "lost-host") or [{}])[0].get("status") == "FINISHED", "the run finished",
+               timeout=600, interval=3)
+    cluster.workers.append(lost)  # its disk still holds the keys it logged before it died
+    try:
+        broken = assert_same_samples(cluster, "keys-lost", unbroken[0])
+    finally:
+        cluster.workers.remove(lost)
+    assert (replacement.tmp / "keys-lost").exists()
+    assert any(len(batches) == 2 for iterations in broken.values() for batches in iterations.values())
+    assert_logged_once(run_of(cluster, "lost-host")[0])
