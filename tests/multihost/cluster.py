@@ -70,6 +70,10 @@ class RehearsalCluster:
         self.workers.append(host)
         return host
 
+    def worker_disks(self) -> list[Host]:
+        """Every worker host there ever was, lost ones included: their disks keep what they wrote."""
+        return [host for name, host in self.network.hosts.items() if name.startswith("worker")]
+
     def join(self, host: Host) -> None:
         host.run([str(BIN / "ray"), "start", f"--address={self.head.address}:{GCS_PORT}",
                   f"--node-ip-address={host.address}", "--num-cpus=1", "--disable-usage-stats"],

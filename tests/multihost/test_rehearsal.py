@@ -43,7 +43,7 @@ def passes(cluster, keys):
     """rank -> iteration -> the keys of each pass over it, gathered from every host's own /tmp (a
     restart redoes the iterations since its checkpoint, maybe on another host)."""
     seen = defaultdict(lambda: defaultdict(list))
-    for host in cluster.workers:
+    for host in cluster.worker_disks():
         folder = host.tmp / keys
         for name in sorted(os.listdir(folder)) if folder.exists() else []:
             rank = name.removesuffix(".txt")
@@ -130,26 +130,75 @@ def test_two_worker_hosts_train_evaluate_and_register(rehearsal, unbroken):
     assert {"checkpoint_00000006", "checkpoint_00000008"} <= set(checkpoints)
 
 
-def busy_worker_hosts(cluster, keys):
-    return [h for h in cluster.workers if (h.tmp / keys).exists()]
+def host_of_rank(cluster, keys, rank):
+    return next(h for h in cluster.workers if (h.tmp / keys / f"{rank}.txt").exists())
 
 
-def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint(rehearsal, unbroken, tmp_path):
+def finished(cluster, name):
+    return wait_until(lambda: next((r for r in run_of(cluster, name) if r["status"] == "FINISHED"), None),
+                      f"run {name} finished", timeout=600, interval=3)
+
+
+def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint(rehearsal, unbroken):
     cluster, shards = rehearsal
     job = cluster.submit(train_args(shards, "lost-host", "keys-lost"), wait=False)
     assert job.returncode == 0, job.stdout + job.stderr
     wait_until(lambda: last_iteration(cluster, "keys-lost") >= 5, "iteration 5 past the checkpoint at 4")
-    lost = busy_worker_hosts(cluster, "keys-lost")[-1]
+    lost = host_of_rank(cluster, "keys-lost", "rank1")
     lost.kill()
     cluster.workers.remove(lost)
     replacement = cluster.add_worker()  # what the autoscaler does for a lost spot node
-    wait_until(lambda: (run_of(cluster, "lost-host") or [{}])[0].get("status") == "FINISHED", "the run finished",
-               timeout=600, interval=3)
-    cluster.workers.append(lost)  # its disk still holds the keys it logged before it died
-    try:
-        broken = assert_same_samples(cluster, "keys-lost", unbroken[0])
-    finally:
-        cluster.workers.remove(lost)
+    run = finished(cluster, "lost-host")
+    broken = assert_same_samples(cluster, "keys-lost", unbroken[0])
     assert (replacement.tmp / "keys-lost").exists()
     assert any(len(batches) == 2 for iterations in broken.values() for batches in iterations.values())
-    assert_logged_once(run_of(cluster, "lost-host")[0])
+    assert_logged_once(run)
+
+
+def test_a_worker_host_cut_off_past_the_health_check_is_replaced_and_logs_nothing_twice(rehearsal, unbroken):
+    cluster, shards = rehearsal
+    job = cluster.submit(train_args(shards, "cut-off", "keys-cut"), wait=False)
+    assert job.returncode == 0, job.stdout + job.stderr
+    wait_until(lambda: last_iteration(cluster, "keys-cut") >= 5, "iteration 5 past the checkpoint at 4")
+    # Rank 0's host: the one that logs metrics, and that would log stale ones when it comes back.
+    cut = host_of_rank(cluster, "keys-cut", "rank0")
+    cut.cut()
+    cluster.workers.remove(cut)
+    replacement = cluster.add_worker()
+    try:
+        wait_until(lambda: (replacement.tmp / "keys-cut").exists(), "the run restarted on the new host", timeout=300)
+    finally:
+        cut.reconnect()  # long past the health check: Ray declared the host dead
+    run = finished(cluster, "cut-off")
+    assert_same_samples(cluster, "keys-cut", unbroken[0])
+    assert_logged_once(run)
+    # The cut-off host learned it was declared dead and left the cluster.
+    wait_until(lambda: not any("raylet" in name for name in process_names(cut)), "the cut-off raylet exits", timeout=120)
+
+
+def process_names(host):
+    names = []
+    for pid in host.pids():
+        try:
+            names.append(open(f"/proc/{pid}/cmdline").read())
+        except OSError:
+            pass
+    return names
+
+
+def test_the_head_lost_then_resume_continues_from_s3_in_the_same_mlflow_run(rehearsal, unbroken):
+    cluster, shards = rehearsal
+    args = train_args(shards, "head-lost", "keys-head")
+    job = cluster.submit(args, wait=False)
+    assert job.returncode == 0, job.stdout + job.stderr
+    wait_until(lambda: last_iteration(cluster, "keys-head") >= 5, "iteration 5 past the checkpoint at 4")
+    [interrupted] = run_of(cluster, "head-lost")
+    cluster.restart()  # every process of the cluster killed, then started again
+
+    resumed = cluster.submit(args + ["--resume", interrupted["name"]])
+    assert resumed.returncode == 0, resumed.stdout[-6000:] + resumed.stderr[-3000:]
+    assert "resuming from s3://maskx/runs/" in resumed.stdout
+    [run] = run_of(cluster, "head-lost")
+    assert run["id"] == interrupted["id"]
+    assert_logged_once(run)
+    assert_same_samples(cluster, "keys-head", unbroken[0])
