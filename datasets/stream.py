@@ -2,7 +2,8 @@
 
 Train:  manifests -> shard list per pass (shuffled by seed, epoch, pass) -> split by node ->
         split by worker -> tar samples -> shuffle buffer -> mix sources by weight -> decode ->
-        resize/flip -> batch.
+        draw each image's resize/flip -> batch of uint8 source-size images (the train step resizes
+        and flips them on the device).
 Eval:   shard list -> split by node -> split by worker -> tar samples -> decode -> batch; every
         sample exactly once across all ranks and workers.
 
@@ -26,7 +27,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
 from . import storage
 from .shard_format import Manifest, load_manifest
-from .transforms import BadSample, decode_sample, train_transform
+from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,12 @@ class StreamPosition:
 
 @dataclass
 class Batch:
-    images: list[torch.Tensor]  # (3, H, W) uint8 each
-    targets: list[dict]
+    images: list[torch.Tensor]  # (3, H, W) uint8 each, at the source size
+    targets: list[dict]  # boxes in the source image's pixels
     keys: list[str]
     worker: int = 0
     position: WorkerPosition = field(default_factory=WorkerPosition)
+    augmentations: Optional[list[Augmentation]] = None  # training: what the step does to each image
 
     def pin_memory(self) -> "Batch":
         self.images = [im.pin_memory() for im in self.images]
@@ -238,7 +240,7 @@ class TrainStream(IterableDataset):
         skips.muted = False
 
         quota = self.quota(worker, num_workers)
-        images, targets, keys = [], [], []
+        images, targets, keys, augmentations = [], [], [], []
         while position.batches < quota:
             name = mix.choices(names, weights)[0]
             sample = next(raw[name])
@@ -248,15 +250,15 @@ class TrainStream(IterableDataset):
             except BadSample as exc:
                 skips.skip(f"{exc} in shard {sample.get('__url__')}")
                 continue
-            image, target = train_transform(image, target, transform_rng, self.min_sizes, self.max_size, self.flip_prob)
+            augmentations.append(draw_augmentation(transform_rng, self.min_sizes, self.max_size, self.flip_prob))
             images.append(image)
             targets.append(target)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
                 position.batches += 1
                 position.skipped = skips.count
-                yield Batch(images, targets, keys, worker, copy.deepcopy(position))
-                images, targets, keys = [], [], []
+                yield Batch(images, targets, keys, worker, copy.deepcopy(position), augmentations)
+                images, targets, keys, augmentations = [], [], [], []
 
 
 class EvalStream(IterableDataset):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -78,9 +79,28 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
     return image, target
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """What the train step does to one image, on the device: the shorter side to `min_size` with the
+    longer at most `max_size`, then a horizontal flip when `flip`. The stream draws it (seeded, so a
+    resumed run draws the same) and ships the image as uint8 at its source size."""
+    min_size: int
+    max_size: int
+    flip: bool
+
+
+def draw_augmentation(rng: random.Random, min_sizes: list[int], max_size: int, flip_prob: float) -> Augmentation:
+    return Augmentation(rng.choice(min_sizes), max_size, rng.random() < flip_prob)
+
+
+def augment(image: torch.Tensor, target: dict, augmentation: Augmentation) -> tuple[torch.Tensor, dict]:
+    return resize_and_flip(image, target, augmentation.min_size, augmentation.max_size, augmentation.flip)
+
+
 def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: int, flip: bool) -> tuple[torch.Tensor, dict]:
     """Shorter side to min_size with the longer side at most max_size, then an optional
-    horizontal flip; boxes follow. Boxes left under a pixel are dropped.
+    horizontal flip; boxes follow. Boxes left under a pixel are dropped. Runs wherever the tensors
+    are (the train step calls it on the GPU).
 
     Masks keep the source resolution and are only flipped: the model maps proposals onto the
     mask grid, so resizing (N, H, W) masks here would be work thrown away by RoIAlign.
@@ -103,7 +123,3 @@ def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: 
         if "masks" in out and not out["has_mask"].any():
             del out["masks"]
     return image, out
-
-
-def train_transform(image, target, rng: random.Random, min_sizes: list[int], max_size: int, flip_prob: float):
-    return resize_and_flip(image, target, rng.choice(min_sizes), max_size, rng.random() < flip_prob)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from maskx.datasets.stream import Batch
+from maskx.datasets.transforms import augment
 from maskx.datasets.vocab import Vocabulary
 
 from .config import SolverConfig, TrainConfig
@@ -53,18 +54,25 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -
 
 
 def to_device(batch: Batch, device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
-    """uint8 images to float [0, 1] on the device (the loader ships uint8 to move 4x fewer bytes)."""
+    """uint8 images to float [0, 1] on the device, then each training image's resize and flip there.
+
+    The loader ships uint8 at the source size (4x fewer bytes than float, and none of its cores spent
+    resizing); the model's transform normalizes on the device too."""
     images = [image.to(device, non_blocking=True).float().div_(255) for image in batch.images]
     targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
+    if batch.augmentations:
+        augmented = [augment(image, target, a) for image, target, a in zip(images, targets, batch.augmentations)]
+        images, targets = [image for image, _ in augmented], [target for _, target in augmented]
     return images, targets
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batch: Batch, device: torch.device,
                amp: bool = False, clip_grad_norm: Optional[float] = None) -> dict[str, float]:
-    """One SGD step on one batch; returns the losses (and `loss`, their sum) as floats."""
+    """One SGD step on one batch; returns the losses (and `loss`, their sum) as floats. `amp`: bf16
+    autocast (the train loop asks for it on GPUs; CPU autocast runs the same path in tests)."""
     model.train()
     images, targets = to_device(batch, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         losses = model(images, targets)
     loss = sum(losses.values())
     if not torch.isfinite(loss):

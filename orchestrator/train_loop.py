@@ -67,6 +67,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            world_size, epoch, cfg.seed, tuple(cfg.data.min_sizes), cfg.data.max_size,
                            cfg.data.flip_prob, cfg.data.shuffle_buffer, start)
 
+    amp = cfg.solver.amp and device.type == "cuda"
     window_start, window_images, window_losses = time.perf_counter(), 0, []
     last_metrics: dict = {}
     while state.iteration < cfg.solver.max_iter:
@@ -75,7 +76,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.position = StreamPosition(epoch=epoch)
         loader = make_loader(stream_for(epoch, state.position), cfg.data.loader_workers, pin_memory=device.type == "cuda")
         for batch in loader:
-            losses = engine.train_step(model, optimizer, scheduler, batch, device, cfg.solver.amp, cfg.solver.clip_grad_norm)
+            losses = engine.train_step(model, optimizer, scheduler, batch, device, amp, cfg.solver.clip_grad_norm)
             state.iteration += 1
             state.position.advance(batch)
             window_images += len(batch.images)

@@ -8,6 +8,7 @@ import torch
 
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader
+from maskx.datasets.transforms import augment
 
 
 def train_stream(synth_shards, **kwargs):
@@ -38,7 +39,11 @@ def test_train_epoch_gives_every_rank_the_same_batch_count(synth_shards):
         counts.append(len(batches))
         for batch in batches:
             assert len(batch.images) == 2 and all(im.dtype == torch.uint8 for im in batch.images)
-            for image, target in zip(batch.images, batch.targets):
+            for image, target, augmentation in zip(batch.images, batch.targets, batch.augmentations):
+                if "masks" in target:  # shipped at the source size; the train step resizes on the device
+                    assert target["masks"].shape[1:] == image.shape[-2:]
+                assert augmentation.min_size in (96, 128) and augmentation.max_size == 192
+                image, target = augment(image, target, augmentation)
                 assert min(image.shape[-2:]) in (96, 128) and max(image.shape[-2:]) <= 192
                 if "masks" in target:
                     # masks stay at the source resolution, with the image's aspect

@@ -133,11 +133,26 @@ class Host:
         ip("-n", self.switch, "link", "set", self.port, "up")
 
 
+def remove_stale_namespaces() -> None:
+    """Namespaces a killed test run left (`mx<PID>-*` whose process is gone): their processes and links."""
+    for line in ip("netns", "list").splitlines():
+        name = line.split()[0]
+        owner = name[2:].split("-")[0]
+        if name.startswith("mx") and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            for pid in ip("netns", "pids", name).split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 class Network:
     """A switch and the hosts on it; `remove` kills every process on them and deletes every namespace."""
 
     def __init__(self, folder: Path):
-        self.prefix = f"mx{os.getpid() % 100000}"
+        remove_stale_namespaces()
+        self.prefix = f"mx{os.getpid()}"
         self.folder = folder
         self.switch = f"{self.prefix}-switch"
         self.hosts: dict[str, Host] = {}

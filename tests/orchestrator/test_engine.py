@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from maskx.datasets.stream import TrainStream, load_sources
+from maskx.datasets.transforms import augment
 from maskx.models import build_model
 from maskx.orchestrator import engine, run_folder
 from maskx.orchestrator.config import SolverConfig, load_config
@@ -69,6 +70,27 @@ def test_repeated_steps_on_one_batch_drive_the_loss_down(setup):
     model, optimizer, scheduler = fresh(cfg)
     losses = [engine.train_step(model, optimizer, scheduler, batches[0], torch.device("cpu"))["loss"] for _ in range(15)]
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_autocast(setup):
+    """What runs on a GPU, where torch allows it on a CPU: uint8 source-size images resized and
+    flipped in the step (on the device), bf16 autocast (`solver.amp`), non-blocking copies."""
+    cfg, batches, _ = setup
+    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("masks" in t for t in b.targets))
+    images, targets = engine.to_device(batch, torch.device("cpu"))
+    for image, target, source, source_target, augmentation in zip(images, targets, batch.images, batch.targets,
+                                                                  batch.augmentations):
+        # what the loader used to do on its cores, to the uint8 image
+        expected_image, expected_target = augment(source, source_target, augmentation)
+        assert image.dtype == torch.float32 and image.shape == expected_image.shape
+        assert (image - expected_image.float() / 255).abs().max() <= 2 / 255
+        assert torch.allclose(target["boxes"], expected_target["boxes"])
+        if "masks" in target:
+            assert torch.equal(target["masks"], expected_target["masks"])
+    model, optimizer, scheduler = fresh(cfg)
+    losses = engine.train_step(model, optimizer, scheduler, batch, torch.device("cpu"), amp=True)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()) and losses["loss_mask"] > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
 
 
 def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
