@@ -65,14 +65,21 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
         "has_mask": has_mask,
     }
     if train and has_mask.any():
-        masks = torch.zeros((len(labels), height, width), dtype=torch.uint8)
         index = torch.where(has_mask)[0]
         try:
             decoded = mask_utils.decode([rle_from_json(rles[i]) for i in index.tolist()])
         except Exception as exc:
             raise BadSample(f"sample {key}: bad RLE ({exc})") from None
-        masks[index] = torch.from_numpy(decoded).permute(2, 0, 1)
-        target["masks"] = masks
+        # RLE runs down columns: pycocotools hands back (H, W, N) in column-major order, which is
+        # (N, W, H) row-major. Kept in that layout and seen through a transposed view, the masks
+        # cost one plain copy (none when every instance has one) instead of a transposing one.
+        by_column = torch.from_numpy(decoded.transpose(2, 1, 0))
+        if len(index) == len(labels):
+            masks = by_column
+        else:
+            masks = torch.zeros((len(labels), width, height), dtype=torch.uint8)
+            masks[index] = by_column
+        target["masks"] = masks.transpose(1, 2)
     if not train:
         target.update(image_id=int(record["image_id"]), source=record["source"], iscrowd=torch.tensor(iscrowd, dtype=torch.int64),
                       segmentations=rles, key=key)
