@@ -40,16 +40,22 @@ def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dic
 def detection_records(image_id: int, detection: dict, mask_threshold: float = 0.5) -> list[dict]:
     """COCO result entries from one image's model output (boxes xyxy, labels, scores, masks (N, 1, H, W))."""
     records = []
-    masks = detection.get("masks")
-    binary = (masks[:, 0] > mask_threshold).to(torch.uint8).numpy() if masks is not None and len(masks) else None
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if binary is not None else None
+    rles = mask_rles(detection.get("masks"), mask_threshold)
     for i, (box, label, score) in enumerate(zip(detection["boxes"].tolist(), detection["labels"].tolist(), detection["scores"].tolist())):
         x0, y0, x1, y1 = box
         entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
         if rles is not None:
-            entry["segmentation"] = rle_to_json(rles[i])
+            entry["segmentation"] = rles[i]
         records.append(entry)
     return records
+
+
+def mask_rles(masks: Optional[torch.Tensor], threshold: float = 0.5) -> Optional[list[dict]]:
+    """Mask probabilities (N, 1, H, W) -> COCO RLEs (`{"size": [H, W], "counts": str}`), or None without masks."""
+    if masks is None or not len(masks):
+        return None
+    binary = (masks[:, 0] > threshold).to(torch.uint8).numpy()
+    return [rle_to_json(rle) for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))]
 
 
 @contextlib.contextmanager

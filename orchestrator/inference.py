@@ -35,14 +35,20 @@ def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     if uri.startswith(MLFLOW_SCHEMES):
         from .tracking import Tracking
 
-        extra = os.path.join(Tracking(tracking_uri).download_model(uri), "extra_files")
-        cfg, vocab = run_folder.read_config_and_vocab(extra)
-        state_dict = run_folder.load_weights(extra, uri)
-    elif os.path.isdir(uri):
-        cfg, vocab = run_folder.read_config_and_vocab(uri)
-        state_dict = run_folder.load_state(uri)["model"]
-    else:
+        return load_model_files(run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri), uri))
+    if not os.path.isdir(uri):
         raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
+    cfg, vocab = run_folder.read_config_and_vocab(uri)
+    return _built(cfg, vocab, run_folder.load_state(uri)["model"])
+
+
+def load_model_files(folder: str) -> LoadedModel:
+    """A model from a logged model's files (config, vocabulary, weights)."""
+    cfg, vocab = run_folder.read_config_and_vocab(folder)
+    return _built(cfg, vocab, run_folder.load_weights(folder))
+
+
+def _built(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel:
     model = build_model(cfg.model)
     model.load_state_dict(state_dict)
     return LoadedModel(model.eval(), vocab, cfg)

@@ -190,21 +190,34 @@ def read_config_and_vocab(folder: str) -> tuple[TrainConfig, Vocabulary]:
     return load_config(os.path.join(folder, CONFIG_FILE)), Vocabulary.load(os.path.join(folder, VOCAB_FILE))
 
 
-def model_files(checkpoint_folder: str, model: nn.Module, out_folder: str) -> list[str]:
-    """What a logged model carries: the checkpoint's config and vocabulary, and the weights alone,
-    for maskx's safe loading path (`load_weights`)."""
-    weights = os.path.join(out_folder, WEIGHTS_FILE)
-    torch.save(unwrap(model).state_dict(), weights)
-    return [os.path.join(checkpoint_folder, CONFIG_FILE), os.path.join(checkpoint_folder, VOCAB_FILE), weights]
+MODEL_FILES_ARTIFACT = "model_files"  # the pyfunc artifact: config, vocabulary, weights
 
 
-def load_weights(folder: str, source: str) -> dict:
-    """The state dict of a logged model's extra files, with weights_only=True (no unpickling)."""
-    path = os.path.join(folder, WEIGHTS_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"model {source}: no extra_files/{WEIGHTS_FILE} to load safely; if you trust its source, "
-                         "load it with mlflow.pytorch.load_model (unpickling runs code)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+def model_files(checkpoint_folder: str, model: nn.Module, out_folder: str) -> str:
+    """`out_folder` filled with what a logged model carries: the checkpoint's config and vocabulary,
+    and the weights alone (a state dict that loads with weights_only=True)."""
+    import shutil
+
+    os.makedirs(out_folder, exist_ok=True)
+    for name in (CONFIG_FILE, VOCAB_FILE):
+        shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(out_folder, name))
+    torch.save(unwrap(model).state_dict(), os.path.join(out_folder, WEIGHTS_FILE))
+    return out_folder
+
+
+def logged_model_files(model_folder: str, source: str) -> str:
+    """The folder with config, vocabulary and weights inside a downloaded MLflow model: the pyfunc
+    model's `artifacts/model_files`, or `extra_files` of the pytorch-flavor models maskx logged before."""
+    for folder in (os.path.join(model_folder, "artifacts", MODEL_FILES_ARTIFACT), os.path.join(model_folder, "extra_files")):
+        if os.path.exists(os.path.join(folder, WEIGHTS_FILE)):
+            return folder
+    raise ValueError(f"model {source}: no {MODEL_FILES_ARTIFACT}/{WEIGHTS_FILE} to load safely; if you trust its "
+                     "source, load it with mlflow.pytorch.load_model (unpickling runs code)")
+
+
+def load_weights(folder: str) -> dict:
+    """The state dict of a logged model's files, with weights_only=True (no unpickling)."""
+    return torch.load(os.path.join(folder, WEIGHTS_FILE), map_location="cpu", weights_only=True)
 
 
 def resume_state(folder: str, offered: Optional[str] = None) -> Optional[tuple[str, dict]]:

@@ -1,6 +1,6 @@
 """Everything maskx says to MLflow: runs, params, metrics, eval tables, overlays, models, registry.
 
-No other module imports mlflow. The embedded default store is `sqlite:///mlflow.db` in the working
+No other module imports mlflow, but `serving.py` (the served model's class). The embedded default store is `sqlite:///mlflow.db` in the working
 folder (made absolute, so Ray workers started elsewhere write to the same file); set
 `mlflow.tracking_uri` or `MLFLOW_TRACKING_URI` to use a tracking server.
 """
@@ -249,23 +249,29 @@ class TrackedRun:
             table[f"{iou_type}_AP"] = [column.get(n, -1.0) for n in names]
         self.log_table(table, "eval/per_class_ap.json")
 
-    def log_model(self, model, example_image, extra_files: list[str], registered_model: Optional[str]) -> Optional[str]:
-        """Log the model (mlflow.pytorch) with a signature and input example; register it. Returns the version."""
-        import numpy as np
+    def log_model(self, model_files: str, example_image: bytes, registered_model: Optional[str]) -> Optional[str]:
+        """Log the serving model (`serving.py`: a pyfunc from code, artifacts `model_files`) with its
+        signature and a real image as input example; register it. Returns the version."""
+        import pandas as pd
         from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
+        from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+        from .run_folder import MODEL_FILES_ARTIFACT
+        from .serving import DEFAULT_PARAMS, INPUT_COLUMN
 
         mlflow = _mlflow(self.tracking.uri)
-        signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]))
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+            params=ParamSchema([ParamSpec("score_threshold", "double", DEFAULT_PARAMS["score_threshold"]),
+                                ParamSpec("max_detections", "long", DEFAULT_PARAMS["max_detections"])]))
         with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pytorch.log_model(model, name="model", signature=signature,
-                                            input_example=example_image[None].numpy().astype(np.float32),
-                                            extra_files=extra_files, pip_requirements=_pip_requirements(),
-                                            serialization_format="pickle")
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=os.path.join(os.path.dirname(__file__), "pyfunc_model.py"),
+                artifacts={MODEL_FILES_ARTIFACT: model_files}, signature=signature,
+                input_example=pd.DataFrame({INPUT_COLUMN: [example_image]}), pip_requirements=_pip_requirements())
         if not registered_model:
             return None
         return self.tracking.register(info.model_uri, registered_model, {"run_id": self.run_id})
-
 
 class MetricLogger:
     """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics

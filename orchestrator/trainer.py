@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torchvision.io import write_png
+from torchvision.io import encode_jpeg, write_png
 
 from maskx.datasets import storage
 from maskx.datasets.shard_format import load_manifest
@@ -243,12 +243,13 @@ def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun)
                 if i == 4:
                     break
                 image = batch.images[0]
-                example = image.float() / 255 if example is None else example
+                example = encode_jpeg(image).numpy().tobytes() if example is None else example
                 path = os.path.join(folder, f"{batch.keys[0].replace('/', '_')}.png")
                 write_png(draw_overlay(image, predict(loaded.model, image), vocab), path)
                 mlflow_run.log_artifact(path, "overlays")
     if example is None:
-        example = torch.zeros(3, loaded.config.model.min_size, loaded.config.model.min_size)
+        size = loaded.config.model.min_size
+        example = encode_jpeg(torch.zeros(3, size, size, dtype=torch.uint8)).numpy().tobytes()
     with tempfile.TemporaryDirectory() as folder:
-        extra_files = run_folder.model_files(checkpoint_folder, loaded.model, folder)
-        return metrics, mlflow_run.log_model(loaded.model, example, extra_files, cfg.mlflow.registered_model)
+        files = run_folder.model_files(checkpoint_folder, loaded.model, folder)
+        return metrics, mlflow_run.log_model(files, example, cfg.mlflow.registered_model)
