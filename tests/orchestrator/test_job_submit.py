@@ -87,18 +87,20 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
 
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
-    model = mlflow.pytorch.load_model("models:/maskx-job-test/1", map_location="cpu")
-    from maskx.orchestrator.inference import predict, read_image
+    import pandas as pd
 
+    from maskx.orchestrator.inference import load_model, predict, read_image
+
+    # The registered model is a pyfunc: JPEG/PNG bytes in, detections out (served in test_serving.py).
     image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])
-    detection = predict(model, read_image(image))
-    assert set(detection) >= {"boxes", "labels", "scores", "masks"}
-    assert detection["masks"].shape[-2:] == read_image(image).shape[-2:]
-    assert torch.all(detection["scores"][:-1] >= detection["scores"][1:])
+    served = mlflow.pyfunc.load_model("models:/maskx-job-test/1")
+    [answer] = served.predict(pd.DataFrame({"image": [Path(image).read_bytes()]}), params={"score_threshold": 0.0})
+    assert set(answer) == {"boxes", "class_ids", "class_names", "scores", "masks"}
+    assert all(mask["size"] == list(read_image(image).shape[-2:]) for mask in answer["masks"])
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
 
     # maskx's own loader takes the weights alone (weights_only=True), no unpickling.
-    from maskx.orchestrator.inference import load_model
-
     loaded = load_model("models:/maskx-job-test/1", mlflow_server)
-    safe = predict(loaded.model, read_image(image))
-    assert torch.allclose(safe["scores"], detection["scores"]) and loaded.vocab.num_classes == loaded.config.model.num_classes
+    detection = predict(loaded.model, read_image(image))
+    assert torch.allclose(detection["scores"], torch.tensor(answer["scores"]), atol=1e-4)
+    assert loaded.vocab.num_classes == loaded.config.model.num_classes
