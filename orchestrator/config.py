@@ -95,6 +95,8 @@ class MlflowConfig:
     tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "maskx"
     registered_model: Optional[str] = "maskx"
+    # Every node's CPU, memory, disk, network and GPU use, as system/NODE_ADDRESS/... metrics; 0: off.
+    system_metrics_every_s: float = 10.0
 
 
 PAPER_TABLE_METRICS = ["segm/setA/AP", "segm/setB/AP", "segm/setB/AP50", "segm/setB/AP75"]

@@ -29,7 +29,7 @@ class Promotion:
         return self.decision.startswith("promoted")
 
 
-def promote(cfg: TrainConfig, best: Trial, tracking: Tracking) -> Promotion:
+def promote(cfg: TrainConfig, best: Trial, tracking: Tracking, sweep_run_id: str) -> Promotion:
     """Register the best trial's model; move the champion alias only if it beats the current champion
     on this sweep's metric and eval set (the champion is re-evaluated here; a tie keeps it)."""
     name, alias, sw = cfg.mlflow.registered_model, cfg.sweep.champion_alias, cfg.sweep
@@ -52,6 +52,10 @@ def promote(cfg: TrainConfig, best: Trial, tracking: Tracking) -> Promotion:
     promotion = Promotion(decision, name, version, best.metric, current, champion_value, sw.metric)
     if promotion.promoted:
         tracking.set_alias(name, alias, version)
+    # The trial's card, and why this version is in the registry.
+    tracking.describe(name, version, f"{tracking.run(best.mlflow_run_id).description()}\n"
+                                     f"Registered by sweep `{cfg.name}` ({sweep_run_id}): its best trial on `{sw.metric}` "
+                                     f"({best.metric:.4f}, {sw.mode}); {decision}.\n")
     log.info("promotion: %s (new v%s %s=%.4f, champion v%s %s)", decision, version, sw.metric, best.metric, current,
              champion_value)
     return promotion

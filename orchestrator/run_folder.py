@@ -208,7 +208,16 @@ def model_files(checkpoint_folder: str, model: nn.Module, out_folder: str) -> st
 def logged_model_files(model_folder: str, source: str) -> str:
     """The folder with config, vocabulary and weights inside a downloaded MLflow model: the pyfunc
     model's `artifacts/model_files`, or `extra_files` of the pytorch-flavor models maskx logged before."""
-    for folder in (os.path.join(model_folder, "artifacts", MODEL_FILES_ARTIFACT), os.path.join(model_folder, "extra_files")):
+    import yaml
+
+    candidates = [os.path.join(model_folder, "extra_files")]
+    mlmodel = os.path.join(model_folder, "MLmodel")
+    if os.path.exists(mlmodel):
+        with open(mlmodel) as f:
+            artifacts = (yaml.safe_load(f).get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+        if MODEL_FILES_ARTIFACT in artifacts:
+            candidates.insert(0, os.path.join(model_folder, artifacts[MODEL_FILES_ARTIFACT]["path"]))
+    for folder in candidates:
         if os.path.exists(os.path.join(folder, WEIGHTS_FILE)):
             return folder
     raise ValueError(f"model {source}: no {MODEL_FILES_ARTIFACT}/{WEIGHTS_FILE} to load safely; if you trust its "

@@ -234,7 +234,7 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
     elif not sw.promote:
         promotion = Promotion("not registered: sweep.promote is false")
     else:
-        promotion = promote(cfg, best, tracking)
+        promotion = promote(cfg, best, tracking, parent.run_id)
     log_summary(parent, trials, sw, promotion)
     table = None
     if sw.variants:

@@ -12,7 +12,10 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .model_card import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,14 @@ class Tracking:
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
+    def describe(self, name: str, version: str, text: str) -> None:
+        """The model card on the version and, as the latest word on it, on the registered model."""
+        self.client.update_model_version(name, version, description=text)
+        self.client.update_registered_model(name, description=f"Latest: version {version}.\n\n{text}")
+
+    def version_description(self, name: str, version: str) -> str:
+        return self.client.get_model_version(name, version).description or ""
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
@@ -220,6 +231,41 @@ class TrackedRun:
         """metric -> the steps past `after` it already holds (what an interrupted pass logged)."""
         history = {key: self.client.get_metric_history(self.run_id, key) for key in self.latest_metrics()}
         return {key: {m.step for m in values if m.step > after} for key, values in history.items()}
+
+    def log_datasets(self, data: list["TrainingData"]) -> None:
+        """The run's inputs (the UI's Datasets): each manifest's URL, digest, sample count and source."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for d in data:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a local folder "can be interpreted in multiple ways"
+                source = resolve_dataset_source(d.url)
+            dataset = MetaDataset(source, name=f"{d.source}/{os.path.basename(d.url.rstrip('/'))}", digest=d.digest)
+            tags = [InputTag("mlflow.data.context", d.context), InputTag("samples", str(d.samples))]
+            tags += [InputTag("weight", str(d.weight))] if d.weight is not None else []
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def monitor_system(self, node: str, every_s: float):
+        """MLflow's system metrics (CPU, memory, disk, network, GPU) of this node, as
+        `system/NODE/...`, sampled every `every_s` seconds until `.finish()`; a restart continues the steps."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, resume_logging=True, node_id=node,
+                                       tracking_uri=self.tracking.uri)
+        monitor.start()
+        return monitor
+
+    def description(self) -> str:
+        return self.client.get_run(self.run_id).data.tags.get("mlflow.note.content", "")
+
+    def set_description(self, text: str) -> None:
+        self.client.set_tag(self.run_id, "mlflow.note.content", text)
 
     def log_unsent(self, unsent: list[dict]) -> None:
         """Metric values a training process could not send (MLflow was down at its end), sent now."""

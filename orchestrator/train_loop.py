@@ -60,6 +60,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     metrics_logger = MetricLogger(mlflow_run, in_training_process=True) if rank == 0 else None
     if metrics_logger and resumed is not None:
         metrics_logger.resume_after(state.iteration)
+    system_monitor = None
+    if mlflow_run and context.get_local_rank() == 0 and cfg.mlflow.system_metrics_every_s > 0:
+        node = f"{ray.util.get_node_ip_address()}-{ray.get_runtime_context().get_node_id()[:6]}"  # hosts may share an address
+        system_monitor = mlflow_run.monitor_system(node, cfg.mlflow.system_metrics_every_s)
     keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
@@ -106,6 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                    dict(last_metrics, mlflow_run_id=run_id or ""), unsent)
             if last:
                 break
+    if system_monitor:
+        system_monitor.finish()
 
 
 def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: TrainState,

@@ -19,6 +19,7 @@ from maskx.datasets.stream import EvalStream, load_sources
 
 from . import engine, run_folder
 from .config import TrainConfig, dump_config
+from .model_card import TrainingData, model_card
 from .tracking import TrackedRun, Tracking, connection_errors, redact
 from .train_loop import train_loop_per_worker
 
@@ -182,7 +183,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     try:
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as checkpoint_folder:
-                metrics, version = _log_final(cfg, checkpoint_folder, mlflow_run)
+                metrics, version = _log_final(cfg, checkpoint_folder, mlflow_run, run_name)
         mlflow_run.end()
     except connection_errors() as exc:
         raise RuntimeError(
@@ -202,10 +203,47 @@ def _mlflow_run(cfg: TrainConfig, run_name: str, folder: str, tracking: Tracking
         mlflow_run.reopen()
         return mlflow_run
     mlflow_run = tracking.start_run(cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
-                                    tags={"maskx.run_folder": folder, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
-                                    extra_params=training_data_params(cfg))
+                                    tags=run_tags(cfg, folder, parent_run_id), extra_params=training_data_params(cfg))
+    mlflow_run.log_datasets(training_data(cfg))
     run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
     return mlflow_run
+
+
+def run_tags(cfg: TrainConfig, folder: str, parent_run_id: Optional[str]) -> dict[str, str]:
+    tags = {"maskx.run_folder": folder, "maskx.config": cfg.name, "maskx.num_classes": str(cfg.model.num_classes),
+            "maskx.mask_sets": ",".join(cfg.data.mask_sets), "mlflow.source.name": "maskx train",
+            "mlflow.source.type": "JOB"}
+    commit = source_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
+
+
+def source_commit() -> Optional[str]:
+    """The git commit of the maskx code running, when it runs from a checkout."""
+    import subprocess
+
+    try:
+        found = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "HEAD"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def training_data(cfg: TrainConfig) -> list[TrainingData]:
+    """Each manifest the run reads, with a digest of its shards' checksums (what changes when the data does)."""
+    import hashlib
+
+    listed = [(s.manifest, "train", s.weight) for s in cfg.data.train] + ([(cfg.data.val, "val", None)] if cfg.data.val else [])
+    data = []
+    for url, context, weight in listed:
+        manifest = load_manifest(url)
+        digest = hashlib.sha256("".join(shard.sha256 for shard in manifest.shards).encode()).hexdigest()[:16]
+        data.append(TrainingData(url, manifest.source, context, manifest.num_samples, digest, weight))
+    return data
 
 
 def training_data_params(cfg: TrainConfig) -> dict[str, str]:
@@ -220,7 +258,7 @@ def training_data_params(cfg: TrainConfig) -> dict[str, str]:
     return params
 
 
-def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun) -> tuple[dict, Optional[str]]:
+def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun, run_name: str) -> tuple[dict, Optional[str]]:
     """Eval tables, overlays of a few val images and the model (registered) from the last checkpoint."""
     from .inference import draw_overlay, load_model, predict
 
@@ -251,5 +289,12 @@ def _log_final(cfg: TrainConfig, checkpoint_folder: str, mlflow_run: TrackedRun)
         size = loaded.config.model.min_size
         example = encode_jpeg(torch.zeros(3, size, size, dtype=torch.uint8)).numpy().tobytes()
     with tempfile.TemporaryDirectory() as folder:
-        files = run_folder.model_files(checkpoint_folder, loaded.model, folder)
-        return metrics, mlflow_run.log_model(files, example, cfg.mlflow.registered_model)
+        files = run_folder.model_files(checkpoint_folder, loaded.model, os.path.join(folder, run_folder.MODEL_FILES_ARTIFACT))
+        version = mlflow_run.log_model(files, example, cfg.mlflow.registered_model)
+    model_uri = f"models:/{cfg.mlflow.registered_model}/{version}" if version else f"runs:/{mlflow_run.run_id}/model"
+    card = model_card(cfg, loaded.vocab, metrics, training_data(cfg), run_name, mlflow_run.run_id, cfg.solver.max_iter,
+                      model_uri)
+    mlflow_run.set_description(card)
+    if version:
+        mlflow_run.tracking.describe(cfg.mlflow.registered_model, version, card)
+    return metrics, version

@@ -45,7 +45,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
                  f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
                  "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
                  f"checkpoint.storage_path={tmp_path}/ray_results", "mlflow.experiment=job-submit",
-                 "mlflow.registered_model=maskx-job-test"]
+                 "mlflow.registered_model=maskx-job-test", "mlflow.system_metrics_every_s=1"]
     submitted = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--",
@@ -87,6 +87,26 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
 
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
+
+    # Lineage: what trained it, in the UI's Datasets, and where it came from.
+    datasets = {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+                for d in run.inputs.dataset_inputs}
+    assert datasets == {("coco/coco-train", "train"), ("vg/vg", "train"), ("coco/coco-val", "val")}
+    assert all(len(d.dataset.digest) == 16 for d in run.inputs.dataset_inputs)
+    tags = run.data.tags
+    assert tags["maskx.config"] == "tiny-cpu" and tags["maskx.num_classes"] == "11" and tags["maskx.mask_sets"] == "voc"
+    assert tags["mlflow.source.name"] == "maskx train"
+    assert len(tags["mlflow.source.git.commit"]) == 40  # this checkout's
+    # Model cards: the run, the version and the registered model say what it is and how good.
+    card = tags["mlflow.note.content"]
+    assert "Mask^X R-CNN" in card and "| set B (masks by transfer) |" in card and "coco-val" in card
+    assert f"{run.data.metrics['segm/setB/AP']:.3f}" in card
+    assert version.description == card and "mlflow models serve -m models:/maskx-job-test/1" in card
+    assert card in client.get_registered_model("maskx-job-test").description
+    # System metrics, named by node.
+    system = [k for k in run.data.metrics if k.startswith("system/")]
+    assert any(k.endswith("/cpu_utilization_percentage") for k in system), sorted(run.data.metrics)
+    assert all(k.split("/")[1].count("-") == 1 for k in system)  # system/ADDRESS-NODE/...
     import pandas as pd
 
     from maskx.orchestrator.inference import load_model, predict, read_image

@@ -144,7 +144,7 @@ def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered):
     import yaml
 
     mlmodel = yaml.safe_load(Path(folder, "MLmodel").read_text())
-    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow.pyfunc.model"
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert "cloudpickle" not in json.dumps(mlmodel)  # a model from code: nothing pickled
     assert json.loads(mlmodel["signature"]["inputs"]) == [{"type": "binary", "name": "image", "required": True}]
     assert {p["name"] for p in json.loads(mlmodel["signature"]["params"])} == {"score_threshold", "max_detections"}
