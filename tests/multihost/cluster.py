@@ -48,11 +48,13 @@ class RehearsalCluster:
     def env(self, **extra: str) -> dict:
         return dict(clean_environment(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, **extra)
 
-    def wait_for_http(self, host: Host, url: str, process, timeout: float = 120) -> None:
-        probe = [sys.executable, "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"]
+    def wait_for_http(self, host: Host, url: str, process=None, timeout: float = 120) -> None:
+        """Until `url` answers on `host` (any HTTP status: the dashboard asks for its token)."""
+        probe = [sys.executable, "-c", "import sys, urllib.request, urllib.error\n"
+                 f"try: urllib.request.urlopen({url!r}, timeout=2)\n"
+                 "except urllib.error.HTTPError: pass"]
         wait_until(lambda: host.run(probe, clean_environment(), check=False).returncode == 0, f"{url} answering",
-                   lambda: process.poll() is None, lambda: (host.folder / "moto.log").read_text()[-2000:]
-                   if (host.folder / "moto.log").exists() else "", timeout, interval=1)
+                   lambda: process is None or process.poll() is None, lambda: "", timeout, interval=1)
 
     def start_head(self) -> None:
         """Ray head (no CPUs: training runs on worker hosts) and the MLflow server on its own disk."""
@@ -63,6 +65,7 @@ class RehearsalCluster:
                        f"--dashboard-port={DASHBOARD_PORT}", "--num-cpus=0", "--disable-usage-stats"],
                       self.env(**HEALTH_CHECK), timeout=240)
         self.wait_for_http(self.head, f"{self.tracking_uri}/health", server)
+        self.wait_for_http(self.laptop, f"{self.dashboard}/api/version")  # the job server takes a while longer
 
     def add_worker(self) -> Host:
         host = self.network.add_host(f"worker{sum(name.startswith('worker') for name in self.network.hosts) + 1}")
