@@ -123,5 +123,10 @@ class RehearsalCluster:
         done = self.laptop.run([sys.executable, "-c", prelude + code], dict(clean_environment(), **self.aws), timeout=120)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
+    def job_log(self, chars: int = 4000) -> str:
+        """The end of the newest job driver's log on the head, for failure messages."""
+        logs = sorted((self.head.tmp / "ray").glob("session_*/logs/job-driver-*.log"), key=lambda p: p.stat().st_mtime)
+        return f"\n--- {logs[-1].name} ---\n{logs[-1].read_text(errors='replace')[-chars:]}" if logs else "(no job log)"
+
     def remove(self) -> None:
         self.network.remove()

@@ -136,14 +136,19 @@ def host_of_rank(cluster, keys, rank):
 
 def finished(cluster, name):
     return wait_until(lambda: next((r for r in run_of(cluster, name) if r["status"] == "FINISHED"), None),
-                      f"run {name} finished", timeout=600, interval=3)
+                      f"run {name} finished", timeout=600, interval=3, details=cluster.job_log)
+
+
+def past_the_first_checkpoint(cluster, keys):
+    wait_until(lambda: last_iteration(cluster, keys) >= 5, "iteration 5 past the checkpoint at 4",
+               details=cluster.job_log)
 
 
 def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint(rehearsal, unbroken):
     cluster, shards = rehearsal
     job = cluster.submit(train_args(shards, "lost-host", "keys-lost"), wait=False)
     assert job.returncode == 0, job.stdout + job.stderr
-    wait_until(lambda: last_iteration(cluster, "keys-lost") >= 5, "iteration 5 past the checkpoint at 4")
+    past_the_first_checkpoint(cluster, "keys-lost")
     lost = host_of_rank(cluster, "keys-lost", "rank1")
     lost.kill()
     cluster.workers.remove(lost)
@@ -159,14 +164,15 @@ def test_a_worker_host_cut_off_past_the_health_check_is_replaced_and_logs_nothin
     cluster, shards = rehearsal
     job = cluster.submit(train_args(shards, "cut-off", "keys-cut"), wait=False)
     assert job.returncode == 0, job.stdout + job.stderr
-    wait_until(lambda: last_iteration(cluster, "keys-cut") >= 5, "iteration 5 past the checkpoint at 4")
+    past_the_first_checkpoint(cluster, "keys-cut")
     # Rank 0's host: the one that logs metrics, and that would log stale ones when it comes back.
     cut = host_of_rank(cluster, "keys-cut", "rank0")
     cut.cut()
     cluster.workers.remove(cut)
     replacement = cluster.add_worker()
     try:
-        wait_until(lambda: (replacement.tmp / "keys-cut").exists(), "the run restarted on the new host", timeout=300)
+        wait_until(lambda: (replacement.tmp / "keys-cut").exists(), "the run restarted on the new host", timeout=300,
+                   details=cluster.job_log)
     finally:
         cut.reconnect()  # long past the health check: Ray declared the host dead
     run = finished(cluster, "cut-off")
@@ -191,7 +197,7 @@ def test_the_head_lost_then_resume_continues_from_s3_in_the_same_mlflow_run(rehe
     args = train_args(shards, "head-lost", "keys-head")
     job = cluster.submit(args, wait=False)
     assert job.returncode == 0, job.stdout + job.stderr
-    wait_until(lambda: last_iteration(cluster, "keys-head") >= 5, "iteration 5 past the checkpoint at 4")
+    past_the_first_checkpoint(cluster, "keys-head")
     [interrupted] = run_of(cluster, "head-lost")
     cluster.restart()  # every process of the cluster killed, then started again
 

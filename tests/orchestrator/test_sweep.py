@@ -80,6 +80,9 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert champion.run_id == result.best.mlflow_run_id
     assert result.best.metric == min(t.metric for t in result.trials if t.status == "finished")
     assert result.promotion.decision == "promoted: no champion yet"
+    # Its card says what it is and which sweep put it there, on which metric.
+    assert "Mask^X R-CNN" in champion.description and f"({result.parent_run_id}): its best trial on `" in champion.description
+    assert "promoted: no champion yet" in champion.description
     parent_artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.json", "sweep/metric_by_param.png", "sweep/promotion.json"} <= parent_artifacts
     parent = client.get_run(result.parent_run_id)
