@@ -134,6 +134,10 @@ class SweepConfig:
 class TrainConfig:
     __pydantic_config__ = _STRICT
     name: str = "maskx"
+    # The folder relative paths (shards, checkpoints, weights, a sqlite tracking store) resolve
+    # against; default: the working folder. A job from `ray job submit` runs in a copy of the working
+    # dir, so pass `root=$PWD` to mean the submitting folder.
+    root: Optional[str] = None
     seed: int = 0
     log_every: int = 20
     eval_every: Optional[int] = None

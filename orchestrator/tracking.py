@@ -27,10 +27,11 @@ _SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|a
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
 
 
-def resolve_tracking_uri(configured: Optional[str] = None) -> str:
+def resolve_tracking_uri(configured: Optional[str] = None, root: Optional[str] = None) -> str:
+    """The store to use; a relative sqlite path resolves against `root` (default: the working folder)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        uri = "sqlite:///" + os.path.abspath(os.path.join(root or os.getcwd(), uri[len("sqlite:///"):]))
     return uri
 
 

@@ -20,7 +20,7 @@ from maskx.datasets.stream import EvalStream, load_sources
 from . import engine, run_folder
 from .config import TrainConfig, dump_config
 from .model_card import TrainingData, model_card
-from .tracking import TrackedRun, Tracking, connection_errors, redact
+from .tracking import TrackedRun, Tracking, connection_errors, redact, resolve_tracking_uri
 from .train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,25 @@ def run_folder_of(cfg: TrainConfig, run_name: str) -> str:
     return run_folder.run_folder(absolute_storage_path(cfg.checkpoint.storage_path), run_name)
 
 
-def absolute_storage_path(path: str) -> str:
-    return path if storage.is_s3(path) else os.path.abspath(path)
+def absolute_storage_path(path: str, root: Optional[str] = None) -> str:
+    return path if storage.is_s3(path) else os.path.abspath(os.path.join(root or os.getcwd(), path))
 
 
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Relative local paths resolved against the driver's working folder: Ray workers run elsewhere."""
+    """Relative local paths resolved against `root` (default: the driver's working folder), since Ray
+    workers run elsewhere; a sqlite tracking store too."""
     for source in cfg.data.train:
-        source.manifest = absolute_storage_path(source.manifest)
+        source.manifest = absolute_storage_path(source.manifest, cfg.root)
     if cfg.data.val:
-        cfg.data.val = absolute_storage_path(cfg.data.val)
-    cfg.checkpoint.storage_path = absolute_storage_path(cfg.checkpoint.storage_path)
+        cfg.data.val = absolute_storage_path(cfg.data.val, cfg.root)
+    cfg.checkpoint.storage_path = absolute_storage_path(cfg.checkpoint.storage_path, cfg.root)
+    if cfg.sweep.storage_path:
+        cfg.sweep.storage_path = absolute_storage_path(cfg.sweep.storage_path, cfg.root)
     if cfg.model.backbone.weights:
-        cfg.model.backbone.weights = os.path.abspath(cfg.model.backbone.weights)
+        cfg.model.backbone.weights = absolute_storage_path(cfg.model.backbone.weights, cfg.root)
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.root)
+    if uri.startswith("sqlite:"):
+        cfg.mlflow.tracking_uri = uri
     return cfg
 
 

@@ -51,3 +51,17 @@ def test_a_run_on_several_hosts_names_every_path_only_this_host_sees(tmp_path):
     cfg = load_config("configs/tiny-cpu.yaml", ["data.train=[{manifest: s3://b/coco}]", "data.val=s3://b/val",
                                                 "checkpoint.storage_path=s3://b/runs"])
     check_paths_reach_every_node(cfg, "http://mlflow.internal:5000")
+
+
+def test_root_is_what_relative_paths_and_the_sqlite_store_mean(tmp_path, monkeypatch):
+    """`ray job submit ... -- maskx train ... root=$PWD`: the job runs in a copy of the working dir."""
+    from maskx.orchestrator.trainer import with_absolute_paths
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = with_absolute_paths(load_config("configs/tiny-cpu.yaml", [f"root={tmp_path}", "data.val=s3://bucket/val"]))
+    assert cfg.data.train[0].manifest == f"{tmp_path}/demo-out/shards/coco-train"
+    assert cfg.data.val == "s3://bucket/val"
+    assert cfg.checkpoint.storage_path == f"{tmp_path}/demo-out/ray_results"
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    server = with_absolute_paths(load_config("configs/tiny-cpu.yaml", [f"root={tmp_path}", "mlflow.tracking_uri=http://mlflow:5000"]))
+    assert server.mlflow.tracking_uri == "http://mlflow:5000"
