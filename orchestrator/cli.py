@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--record-keys-to", metavar="FOLDER",
                        help="audit what the model saw: each rank appends every sample key it trains on, with its "
                             "iteration, to FOLDER/rank{R}.txt on the host it runs on")
+    train.add_argument("--verbose", action="store_true",
+                       help="also show Ray Train's record of every report and MLflow's upload progress bars")
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
     tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
@@ -138,7 +140,7 @@ def run_train(args) -> int:
     from maskx.orchestrator.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume, record_keys_to=args.record_keys_to)
+    result = train(cfg, resume=args.resume, record_keys_to=args.record_keys_to, verbose=args.verbose)
     print(f"run {result.run_name}: checkpoint {result.checkpoint}")
     _print_metrics(result.metrics)
     if result.model_version:

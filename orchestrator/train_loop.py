@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from typing import Optional
 
 import ray.train
@@ -22,6 +21,7 @@ from maskx.models import build_model
 
 from . import engine, run_folder
 from .config import TrainConfig, dump_config, validate
+from .progress import Window, console_line, peak_memory_mb
 from .run_folder import TrainState
 from .tracking import MetricLogger, Tracking
 
@@ -35,6 +35,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not loop_config.get("verbose"):
+        _quiet_ray_reports()
 
     sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
     val_sources = load_sources([(cfg.data.val, 1.0)])[0] if cfg.data.val else None
@@ -72,7 +74,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            cfg.data.flip_prob, cfg.data.shuffle_buffer, start)
 
     amp = cfg.solver.amp and device.type == "cuda"
-    window_start, window_images, window_losses = time.perf_counter(), 0, []
+    window = Window()
     last_metrics: dict = {}
     while state.iteration < cfg.solver.max_iter:
         epoch = state.iteration // batches_per_epoch
@@ -80,24 +82,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.position = StreamPosition(epoch=epoch)
         loader = make_loader(stream_for(epoch, state.position), cfg.data.loader_workers, pin_memory=device.type == "cuda")
         for batch in loader:
+            window.batch_arrived()
             losses = engine.train_step(model, optimizer, scheduler, batch, device, amp, cfg.solver.clip_grad_norm)
             state.iteration += 1
             state.position.advance(batch)
-            window_images += len(batch.images)
-            window_losses.append(losses)
             if keys_log:
                 keys_log.write("".join(f"{state.iteration} {key}\n" for key in batch.keys))
                 keys_log.flush()
+            window.step_done(losses, len(batch.images))
             if state.iteration % cfg.log_every == 0 or state.iteration == cfg.solver.max_iter:
-                elapsed = time.perf_counter() - window_start
-                metrics = _training_metrics(window_losses, window_images, elapsed, state, optimizer, world_size)
+                metrics = _training_metrics(window, state, optimizer, world_size, cfg.solver.max_iter, device)
                 _check_skipped(metrics, cfg.data.max_skipped_fraction)
                 last_metrics = metrics
                 if metrics_logger:
                     metrics_logger.log(metrics, state.iteration)
-                    log.info("iter %d/%d %s", state.iteration, cfg.solver.max_iter,
-                             " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if k.startswith(("loss/loss", "train/"))))
-                window_start, window_images, window_losses = time.perf_counter(), 0, []
+                    log.info(console_line(metrics, state.iteration, cfg.solver.max_iter))
+                window.reset()
             last = state.iteration == cfg.solver.max_iter
             evaluate_now = cfg.data.val and (last or (cfg.eval_every and state.iteration % cfg.eval_every == 0))
             eval_result = _evaluate(cfg, model, val_sources, vocab, device, rank, world_size) if evaluate_now else None
@@ -114,22 +114,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
         system_monitor.finish()
 
 
-def _training_metrics(window_losses: list[dict], images: int, elapsed: float, state: TrainState,
-                      optimizer, world_size: int) -> dict[str, float]:
-    """Losses averaged over the window and over ranks, throughput of the whole job, lr, skipped samples."""
-    names = sorted(window_losses[0])
-    totals = torch.tensor([[sum(w[n] for w in window_losses) / len(window_losses) for n in names]
-                           + [images / max(elapsed, 1e-9), float(state.position.skipped),
-                              float(sum(sum(w.raw.values()) for w in state.position.workers.values()))]],
-                          dtype=torch.float64)
+def _training_metrics(window: Window, state: TrainState, optimizer, world_size: int, max_iter: int,
+                      device: torch.device) -> dict[str, float]:
+    """Losses and data wait averaged over the window and over ranks, throughput of the whole job, time
+    per iteration and ETA, the largest peak memory of any rank, lr, skipped samples."""
+    names = sorted(window.losses[0])
+    steps = len(window.losses)
+    sums = torch.tensor([[sum(w[n] for w in window.losses) / steps for n in names]
+                         + [window.images / window.elapsed_s, window.data_wait_s / steps, float(state.position.skipped),
+                            float(sum(sum(w.raw.values()) for w in state.position.workers.values()))]],
+                        dtype=torch.float64)
+    peaks = torch.tensor([peak_memory_mb(device)], dtype=torch.float64)
     if dist.is_initialized():
-        totals = totals.to(_collective_device())
-        dist.all_reduce(totals)
-        totals = totals.cpu()
-    values = totals[0].tolist()
+        sums, peaks = sums.to(_collective_device()), peaks.to(_collective_device())
+        dist.all_reduce(sums)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        sums, peaks = sums.cpu(), peaks.cpu()
+    values = sums[0].tolist()
     metrics = {f"loss/{n}": v / world_size for n, v in zip(names, values)}
-    throughput, skipped, drawn = values[len(names):]
+    throughput, data_wait, skipped, drawn = values[len(names):]
+    seconds_per_iter = window.elapsed_s / steps
     metrics.update({"train/images_per_s": throughput, "train/lr": engine.lr_of(optimizer),
+                    "train/s_per_iter": seconds_per_iter, "train/data_time_s": data_wait / world_size,
+                    "train/eta_s": seconds_per_iter * (max_iter - state.iteration),
+                    "train/peak_memory_mb": float(peaks[0]),
                     "data/skipped_samples": skipped, "data/drawn_samples": drawn})
     return metrics
 
@@ -221,3 +229,12 @@ def _open_keys_log(folder: Optional[str], rank: int):
     keys_log = open(os.path.join(folder, f"rank{rank}.txt"), "a")
     keys_log.write(f"node {ray.get_runtime_context().get_node_id()}\n")
     return keys_log
+
+
+def _quiet_ray_reports() -> None:
+    """Ray Train logs every `ray.train.report` call as a dict of all metrics, at INFO, from a logger
+    named by its file path; maskx's own line says it better. `maskx train --verbose` keeps them."""
+    from ray.train.v2._internal.execution import context as ray_train_context
+
+    logging.getLogger(ray_train_context.__file__).setLevel(logging.WARNING)
+

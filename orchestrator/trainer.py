@@ -133,10 +133,12 @@ def check_vg_coco_exclusion(cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Optional[str] = None,
-          run_name: Optional[str] = None, parent_run_id: Optional[str] = None, callbacks: list = ()) -> TrainingResult:
+          run_name: Optional[str] = None, parent_run_id: Optional[str] = None, callbacks: list = (),
+          verbose: bool = False) -> TrainingResult:
     """Train (or continue run `resume`) on the connected Ray cluster, or a local one when none is running.
 
-    A sweep trial passes its own `run_name`, the sweep's MLflow `parent_run_id` and Tune's report callback."""
+    A sweep trial passes its own `run_name`, the sweep's MLflow `parent_run_id` and Tune's report callback.
+    `verbose` keeps Ray Train's per-report records and MLflow's upload progress bars."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -144,6 +146,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     from .process_group import NodeAddressTorchConfig
 
     cfg = with_absolute_paths(cfg)
+    if not verbose:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     check_inputs(cfg)
     tracking = Tracking(cfg.mlflow.tracking_uri)
     if not ray.is_initialized():
@@ -164,7 +168,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_folder": folder, "mlflow_run_id": mlflow_run.run_id,
                            "mlflow_tracking_uri": tracking.uri,
-                           "record_keys_to": record_keys_to and os.path.abspath(record_keys_to)},
+                           "record_keys_to": record_keys_to and os.path.abspath(record_keys_to), "verbose": verbose},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
         torch_config=NodeAddressTorchConfig(timeout_s=cfg.scaling.collective_timeout_s),

@@ -58,6 +58,9 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     assert PLANTED_SECRET not in submitted.stdout + submitted.stderr  # the job's whole log
     assert "succeeded" in submitted.stdout.lower()
     assert "uploaded datasets: None" in submitted.stdout
+    # The console: maskx's line per log_every, not Ray's record of every report.
+    assert "iter 4/4  eta 0:00:00" in submitted.stdout and " s/iter  data " in submitted.stdout
+    assert "Reporting training result" not in submitted.stdout
 
     import mlflow
 
@@ -70,6 +73,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     assert run.data.params["solver.max_iter"] == "4" and run.data.params["model.backbone.name"] == "resnet18"
     losses = client.get_metric_history(run.info.run_id, "loss/loss")
     assert [m.step for m in losses] == [2, 4]
+    assert {"train/data_time_s", "train/eta_s", "train/s_per_iter", "train/peak_memory_mb"} <= set(run.data.metrics)
     assert "segm/setB/AP" in run.data.metrics and "bbox/setA/AP" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "eval", "overlays"} <= artifacts

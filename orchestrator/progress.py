@@ -1,0 +1,52 @@
+"""What a training run says about itself every `log_every` iterations, as detectron2's console does:
+iteration, ETA, seconds per iteration, the time the step waited for the loader, peak memory and the
+losses. The same figures go to MLflow (`train/*`)."""
+from __future__ import annotations
+
+import datetime
+import resource
+import time
+
+import torch
+
+
+class Window:
+    """The iterations since the last log line: their losses, images, and time spent waiting for data
+    (from the end of one step to the arrival of the next batch: a stalled loader shows here, a slow
+    GPU in s/iter)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = self.step_end = time.perf_counter()
+        self.images, self.data_wait_s, self.losses = 0, 0.0, []
+
+    def batch_arrived(self) -> None:
+        self.data_wait_s += time.perf_counter() - self.step_end
+
+    def step_done(self, losses: dict[str, float], images: int) -> None:
+        self.losses.append(losses)
+        self.images += images
+        self.step_end = time.perf_counter()
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The GPU allocator's peak on a GPU, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def console_line(metrics: dict[str, float], iteration: int, max_iter: int) -> str:
+    eta = datetime.timedelta(seconds=int(metrics["train/eta_s"]))
+    losses = ", ".join(f"{k.split('/')[-1].removeprefix('loss_')} {v:.3f}" for k, v in sorted(metrics.items())
+                       if k.startswith("loss/") and k != "loss/loss")
+    return (f"iter {iteration}/{max_iter}  eta {eta}  {metrics['train/s_per_iter']:.3f} s/iter  "
+            f"data {metrics['train/data_time_s']:.3f} s  mem {metrics['train/peak_memory_mb']:.0f} MB  "
+            f"lr {metrics['train/lr']:.4g}  {metrics['train/images_per_s']:.1f} img/s  "
+            f"loss {metrics['loss/loss']:.3f} ({losses})")
