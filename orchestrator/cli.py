@@ -79,13 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", required=True, help="config whose data.val and data.mask_sets to use")
     evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. data.val=s3://b/coco-val2017")
     evaluate.add_argument("--model", required=True, help="checkpoint folder, runs:/ID/model, models:/NAME/VERSION or models:/NAME@ALIAS")
-    evaluate.add_argument("--json", help="also write the metrics and per-class AP here")
+    evaluate.add_argument("--json", help="also write the metrics and per-class AP here, and the detections as COCO "
+                                          "results (results.json, categories.json) in the same folder")
 
-    predict = sub.add_parser("predict", help="draw a model's masks, boxes and class names over one image")
+    predict = sub.add_parser("predict", help="a model over one image (an overlay PNG), or over a folder, glob or "
+                                             "shards (COCO results JSON)")
     predict.add_argument("--model", required=True, help="checkpoint folder or MLflow model URI")
-    predict.add_argument("--image", required=True, help="a JPEG or PNG file")
-    predict.add_argument("--out", required=True, help="PNG to write")
-    predict.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this (default 0.5)")
+    inputs = predict.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--image", help="a JPEG or PNG file; --out is the overlay PNG to write")
+    inputs.add_argument("--images", metavar="DIR_OR_GLOB", help="a folder of images or a quoted glob ('val/*.jpg'); "
+                                                               "--out is a folder for results.json")
+    inputs.add_argument("--shards", metavar="MANIFEST", help="prepared shards (folder, manifest.json or s3://); "
+                                                             "--out is a folder for results.json")
+    predict.add_argument("--out", required=True, help="PNG to write (--image) or folder for results.json")
+    predict.add_argument("--overlays", action="store_true", help="with --images: also an overlay PNG per image in --out")
+    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    predict.add_argument("--score-threshold", type=float, default=0.5,
+                         help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
 
     server = sub.add_parser("mlflow-server", help="run an MLflow tracking server (sqlite + artifacts under --store); localhost only unless --host")
     server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts (default mlflow-server)")
@@ -179,19 +189,41 @@ def run_eval(args) -> int:
     from maskx.orchestrator.config import load_config
     from maskx.orchestrator.inference import evaluate_model
 
-    metrics, per_class = evaluate_model(load_config(args.config, args.overrides), args.model)
+    cfg = load_config(args.config, args.overrides)
+    metrics, per_class, detections = evaluate_model(cfg, args.model)
     _print_metrics(metrics)
     if args.json:
+        import os
+
+        from maskx.datasets.stream import load_sources
+        from maskx.orchestrator.predictions import RESULTS_FILE, coco_results, write_results
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"metrics": metrics, "per_class_ap": per_class}, f, indent=1)
+        _, vocab = load_sources([(cfg.data.val, 1.0)])  # the model's, as evaluate_model checked
+        results = os.path.join(os.path.dirname(os.path.abspath(args.json)), RESULTS_FILE)
+        write_results(results, coco_results(detections, vocab), vocab)
+        print(f"{args.json}: metrics; {results}: {len(detections)} detections as COCO results")
     return 0
 
 
 def run_predict(args) -> int:
+    from maskx.orchestrator import predictions
     from maskx.orchestrator.inference import load_model, write_overlay
 
-    drawn = write_overlay(load_model(args.model), args.image, args.out, args.score_threshold)
-    print(f"{args.out}: {drawn} detections with score >= {args.score_threshold}")
+    loaded = load_model(args.model)
+    if args.image:
+        drawn = write_overlay(loaded, args.image, args.out, args.score_threshold)
+        print(f"{args.out}: {drawn} detections with score >= {args.score_threshold}")
+        return 0
+    if args.images:
+        summary = predictions.predict_images(loaded, args.images, args.out, args.batch_size, args.overlays,
+                                             args.score_threshold)
+    else:
+        summary = predictions.predict_shards(loaded, args.shards, args.out, args.batch_size)
+    unreadable = f"; {len(summary.unreadable)} unreadable files skipped: {summary.unreadable}" if summary.unreadable else ""
+    print(f"{summary.results}: {summary.detections} detections on {summary.images} images{unreadable}")
     return 0
 
 

@@ -89,8 +89,9 @@ def write_overlay(loaded: LoadedModel, image_path: str, out_path: str, score_thr
     return int((detection["scores"] >= score_threshold).sum())
 
 
-def evaluate_model(cfg: TrainConfig, uri: str) -> tuple[dict, dict]:
-    """COCO metrics of a model on `cfg.data.val`, set A from `cfg.data.mask_sets`, in this process."""
+def evaluate_model(cfg: TrainConfig, uri: str) -> tuple[dict, dict, list[dict]]:
+    """COCO metrics of a model on `cfg.data.val`, set A from `cfg.data.mask_sets`, in this process;
+    also the detections (COCO result entries, category ids = maskx labels)."""
     from maskx.datasets.stream import EvalStream, load_sources, make_loader
 
     if not cfg.data.val:
@@ -104,4 +105,4 @@ def evaluate_model(cfg: TrainConfig, uri: str) -> tuple[dict, dict]:
     records = engine.eval_records(loaded.model, make_loader(stream, 0), torch.device("cpu"))
     metrics, per_class = engine.evaluate_records([records], vocab, set_a)
     metrics["data/eval_skipped_samples"] = float(stream.skips.count)
-    return metrics, per_class
+    return metrics, per_class, records[2]

@@ -68,7 +68,7 @@ def _champion_value(cfg: TrainConfig, tracking: Tracking, name: str, alias: str,
 
     metric = cfg.sweep.metric
     if metric.startswith(("bbox/", "segm/")):
-        champion_metrics, _ = evaluate_model(cfg, f"models:/{name}@{alias}")
+        champion_metrics, _, _ = evaluate_model(cfg, f"models:/{name}@{alias}")
         return champion_metrics.get(metric)
     tags = tracking.version_tags(name, version)
     if tags.get("maskx.metric") == metric and tags.get("maskx.eval_set") == (cfg.data.val or ""):

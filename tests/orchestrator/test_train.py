@@ -115,6 +115,43 @@ def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, sy
     assert overlay.shape == original.shape  # what gets drawn is tested in test_inference.py
 
 
+def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(first_run, synth_shards, synth_paths,
+                                                                                tmp_path, capsys):
+    """`maskx predict --images DIR` and `--shards` write COCO results in COCO's category ids; COCOeval of
+    them against the original annotation file gives maskx eval's AP."""
+    import shutil
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _, result = first_run
+    images = tmp_path / "images"
+    shutil.copytree(synth_paths["coco_val_images"], images)
+    (images / "broken.jpg").write_bytes(b"not a jpeg")  # skipped and listed, not a crash
+    assert main(["predict", "--model", result.checkpoint, "--images", str(images), "--out", str(tmp_path / "pred"),
+                 "--overlays"]) == 0
+    assert "10 images; 1 unreadable files skipped" in capsys.readouterr().out
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 10
+    assert main(["predict", "--model", result.checkpoint, "--shards", synth_shards["coco_val"],
+                 "--out", str(tmp_path / "pred-shards")]) == 0
+    (tmp_path / "eval").mkdir()
+    assert main(["eval", "--config", TINY, f"data.val={synth_shards['coco_val']}", "--model", result.checkpoint,
+                 "--json", str(tmp_path / "eval" / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+
+    truth = COCO(synth_paths["coco_val_annotations"])
+    for results in (tmp_path / "pred" / "results.json", tmp_path / "pred-shards" / "results.json",
+                    tmp_path / "eval" / "results.json"):
+        detections = json.loads(results.read_text())
+        assert {d["category_id"] for d in detections} <= set(truth.getCatIds())  # COCO's ids, not maskx labels
+        for iou_type in ("bbox", "segm"):
+            evaluation = COCOeval(truth, truth.loadRes(str(results)), iou_type)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            assert evaluation.stats[0] == pytest.approx(metrics[f"{iou_type}/all/AP"], abs=1e-6), (results, iou_type)
+
+
 def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_path, capsys):
     _, result = first_run
     bad = tmp_path / "not-an-image.jpg"
