@@ -139,16 +139,19 @@ def finished(cluster, name):
                       f"run {name} finished", timeout=600, interval=3, details=cluster.job_log)
 
 
-def past_the_first_checkpoint(cluster, keys):
+def submit_past_the_first_checkpoint(cluster, shards, name, keys) -> list[str]:
+    """A job submitted without waiting, once it trains past its checkpoint at iteration 4; its args."""
+    args = train_args(shards, name, keys)
+    job = cluster.submit(args, wait=False)
+    assert job.returncode == 0, job.stdout + job.stderr
     wait_until(lambda: last_iteration(cluster, keys) >= 5, "iteration 5 past the checkpoint at 4",
                details=cluster.job_log)
+    return args
 
 
 def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint(rehearsal, unbroken):
     cluster, shards = rehearsal
-    job = cluster.submit(train_args(shards, "lost-host", "keys-lost"), wait=False)
-    assert job.returncode == 0, job.stdout + job.stderr
-    past_the_first_checkpoint(cluster, "keys-lost")
+    submit_past_the_first_checkpoint(cluster, shards, "lost-host", "keys-lost")
     lost = host_of_rank(cluster, "keys-lost", "rank1")
     lost.kill()
     cluster.workers.remove(lost)
@@ -162,9 +165,7 @@ def test_a_lost_worker_host_is_replaced_and_the_run_finishes_from_its_checkpoint
 
 def test_a_worker_host_cut_off_past_the_health_check_is_replaced_and_logs_nothing_twice(rehearsal, unbroken):
     cluster, shards = rehearsal
-    job = cluster.submit(train_args(shards, "cut-off", "keys-cut"), wait=False)
-    assert job.returncode == 0, job.stdout + job.stderr
-    past_the_first_checkpoint(cluster, "keys-cut")
+    submit_past_the_first_checkpoint(cluster, shards, "cut-off", "keys-cut")
     # Rank 0's host: the one that logs metrics, and that would log stale ones when it comes back.
     cut = host_of_rank(cluster, "keys-cut", "rank0")
     cut.cut()
@@ -194,10 +195,7 @@ def process_names(host):
 
 def test_the_head_lost_then_resume_continues_from_s3_in_the_same_mlflow_run(rehearsal, unbroken):
     cluster, shards = rehearsal
-    args = train_args(shards, "head-lost", "keys-head")
-    job = cluster.submit(args, wait=False)
-    assert job.returncode == 0, job.stdout + job.stderr
-    past_the_first_checkpoint(cluster, "keys-head")
+    args = submit_past_the_first_checkpoint(cluster, shards, "head-lost", "keys-head")
     [interrupted] = run_of(cluster, "head-lost")
     cluster.restart()  # every process of the cluster killed, then started again
 
