@@ -103,6 +103,9 @@ class ModelConfig:
     box_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     rpn_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    # A local torchvision Mask R-CNN state dict (maskrcnn_resnet50_fpn[_v2]) to start from: backbone,
+    # FPN, RPN, box head, mask convs and the COCO classes' box predictor rows. Never downloaded.
+    init_from: Optional[str] = None
     min_size: int = 800
     max_size: int = 1333
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])

@@ -35,6 +35,21 @@ def bind_to_vocabulary(cfg: TrainConfig, vocab: Vocabulary) -> TrainConfig:
     return cfg
 
 
+def initialize_from_torchvision(model: nn.Module, path: str, vocab: Vocabulary) -> str:
+    """`model.init_from`: a torchvision Mask R-CNN's weights, its COCO class rows at our COCO classes'
+    rows; returns what was taken and what was not, for the log."""
+    from maskx.models.torchvision_init import load_torchvision_detector
+
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(source, dict) and isinstance(source.get("model"), dict):
+        source = source["model"]
+    report = load_torchvision_detector(unwrap(model), source, [None] + [c.coco_id for c in vocab.classes])
+    if not report.taken:
+        raise ValueError(f"model.init_from: {path} has no tensor that fits this model ({len(report.skipped)} skipped, "
+                         f"e.g. {next(iter(report.skipped.items()), None)}); is it a torchvision Mask R-CNN state dict?")
+    return f"model.init_from {path}: {report.summary()}"
+
+
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
     # detectron2's default: no weight decay on normalization parameters and biases.
     decay, no_decay = [], []

@@ -50,6 +50,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state = run_folder.restore(resumed, model, optimizer, scheduler, rank)
         log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
                  state.position.epoch, state.position.batches)
+    elif cfg.model.init_from:
+        taken = engine.initialize_from_torchvision(model, cfg.model.init_from, vocab)
+        if rank == 0:
+            log.info(taken)
     # Every trainable parameter takes part in every step, also on VG batches without a mask (the mask
     # loss keeps the mask branch in the graph at zero weight; tests/models/test_partial_supervision.py),
     # so DDP needs no search for unused parameters after each backward.

@@ -57,6 +57,8 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
         cfg.sweep.storage_path = absolute_storage_path(cfg.sweep.storage_path, cfg.root)
     if cfg.model.backbone.weights:
         cfg.model.backbone.weights = absolute_storage_path(cfg.model.backbone.weights, cfg.root)
+    if cfg.model.init_from:
+        cfg.model.init_from = absolute_storage_path(cfg.model.init_from, cfg.root)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.root)
     if uri.startswith("sqlite:"):
         cfg.mlflow.tracking_uri = uri
@@ -93,8 +95,9 @@ def check_paths_reach_every_node(cfg: TrainConfig, tracking_uri: str) -> None:
                  for i, s in enumerate(cfg.data.train) if local_only(s.manifest)]
     if local_only(cfg.data.val):
         problems.append(f"data.val {cfg.data.val}: prepare the val shards to s3://")
-    if local_only(cfg.model.backbone.weights):
-        problems.append(f"model.backbone.weights {cfg.model.backbone.weights}: put the file on every node or on a shared path")
+    for key, path in (("model.backbone.weights", cfg.model.backbone.weights), ("model.init_from", cfg.model.init_from)):
+        if local_only(path):
+            problems.append(f"{key} {path}: put the file on every node or on a shared path")
     if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         store = tracking_uri.split(":///", 1)[-1]
         if local_only(store):
