@@ -95,14 +95,15 @@ class RehearsalCluster:
     def upload(self, folders: dict[str, str], bucket: str = "maskx") -> dict[str, str]:
         """The laptop puts local shard folders in S3; returns name -> s3:// URL."""
         urls = {name: f"s3://{bucket}/shards/{name}" for name in folders}
+        # A copy (boto3's upload_file), not maskx's put_file, which moves: the folders are the session's.
         code = ("import os, sys, json, boto3\n"
-                "from maskx.datasets import storage\n"
-                f"boto3.client('s3').create_bucket(Bucket={bucket!r})\n"
+                "s3 = boto3.client('s3')\n"
+                f"s3.create_bucket(Bucket={bucket!r})\n"
                 f"for name, folder in json.loads(sys.argv[1]).items():\n"
                 f"    for parent, _, files in os.walk(folder):\n"
                 f"        for file in files:\n"
                 f"            path = os.path.relpath(os.path.join(parent, file), folder)\n"
-                f"            storage.put_file(os.path.join(folder, path), f's3://{bucket}/shards/{{name}}/{{path}}')\n")
+                f"            s3.upload_file(os.path.join(folder, path), {bucket!r}, f'shards/{{name}}/{{path}}')\n")
         self.laptop.run([sys.executable, "-c", code, json.dumps(folders)], dict(clean_environment(), **self.aws))
         return urls
 

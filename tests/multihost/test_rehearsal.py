@@ -28,6 +28,7 @@ def rehearsal(synth_shards, tmp_path_factory):
         yield cluster, shards
     finally:
         cluster.remove()
+    assert all(os.listdir(synth_shards[key]) for key in ("coco_train", "coco_val", "vg"))  # uploaded, not moved
 
 
 def train_args(shards, name, keys, overrides=()):

@@ -164,6 +164,23 @@ def test_init_from_a_torchvision_mask_rcnn_takes_its_weights_and_its_coco_rows(s
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
+def test_init_from_torchvisions_v2_takes_what_matches_and_says_what_it_skipped(setup, tmp_path):
+    """maskrcnn_resnet50_fpn_v2 shares the ResNet-50 body and FPN; its box head (4 convs + fc), RPN head
+    (2 convs) and norms differ from maskx's, so those are skipped and named, not forced."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    _, _, vocab = setup
+    torch.save(maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91).state_dict(),
+               tmp_path / "v2.pth")
+    cfg = load_config(TINY, ["model.backbone.name=resnet50", "model.backbone.fpn_channels=256", "model.box_head_dim=1024",
+                             "model.mask_head.conv_channels=256", "model.mask_head.num_convs=4",
+                             "model.anchor_sizes=[32, 64, 128, 256, 512]"])
+    engine.bind_to_vocabulary(cfg, vocab)
+    model, _, _ = fresh(cfg)
+    message = engine.initialize_from_torchvision(model, str(tmp_path / "v2.pth"), vocab)
+    assert "backbone.body" in message and "skipped" in message and "keep their initialization" in message
+
+
 def test_init_from_a_file_that_is_no_detector_is_a_clear_error(setup, tmp_path):
     _, _, vocab = setup
     torch.save({"something": torch.zeros(3)}, tmp_path / "other.pth")
