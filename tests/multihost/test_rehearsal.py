@@ -28,7 +28,7 @@ def rehearsal(synth_shards, tmp_path_factory):
         yield cluster, shards
     finally:
         cluster.remove()
-    assert all(os.listdir(synth_shards[key]) for key in ("coco_train", "coco_val", "vg"))  # uploaded, not moved
+    assert all(os.path.exists(os.path.join(synth_shards[key], "manifest.json")) for key in ("coco_train", "coco_val", "vg"))
 
 
 def train_args(shards, name, keys, overrides=()):
