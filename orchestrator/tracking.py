@@ -175,9 +175,6 @@ class Tracking:
         self.client.update_model_version(name, version, description=text)
         self.client.update_registered_model(name, description=f"Latest: version {version}.\n\n{text}")
 
-    def version_description(self, name: str, version: str) -> str:
-        return self.client.get_model_version(name, version).description or ""
-
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
