@@ -39,7 +39,7 @@ def load_torchvision_detector(model: nn.Module, source: dict[str, torch.Tensor],
     """Copy `source` (a torchvision Mask R-CNN state dict) into `model` where names and shapes match;
     the box predictor by class: `coco_id_of_label[label]` is the source row of our `label` (None: none;
     label 0, background, takes row 0)."""
-    ours = model.state_dict()
+    ours = model.state_dict()  # views of the parameters and buffers: copying into them fills the model
     report = InitReport()
     filled = set()
     for key, tensor in source.items():
@@ -61,5 +61,4 @@ def load_torchvision_detector(model: nn.Module, source: dict[str, torch.Tensor],
             filled.add(key)
     report.class_rows = sum(1 for label, c in enumerate(coco_id_of_label) if label and c is not None)
     report.untouched = sorted(k for k in ours if k not in filled)
-    model.load_state_dict(ours)
     return report
