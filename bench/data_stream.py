@@ -19,7 +19,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from maskx.datasets.prepare import prepare_coco
-from maskx.datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples
+from maskx.datasets.partitions import DataPlan, EpochLayout
+from maskx.datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples, train_steps
 from maskx.datasets.synth import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +55,11 @@ def decode_only(urls: list[str], counts: list[int], samples: int) -> float:
 
 def full_stream(manifest: str, samples: int, batch_size: int, min_size: int, max_size: int) -> float:
     sources, vocab = load_sources([(manifest, 1.0)])
-    stream = TrainStream(sources, vocab, vocab.class_set("voc"), batch_size=batch_size,
-                         batches_per_epoch=samples // batch_size, min_sizes=(min_size,), max_size=max_size, shuffle_buffer=64)
+    layout = EpochLayout(DataPlan(global_batch=batch_size, partitions=1), world_size=1, batch_size=batch_size)
+    stream = TrainStream(sources, vocab, vocab.class_set("voc"), layout, steps_per_epoch=samples // batch_size,
+                         min_sizes=(min_size,), max_size=max_size, shuffle_buffer=64)
     start = time.perf_counter()
-    seen = sum(len(batch.images) for batch in stream)
+    seen = sum(step.images for step in train_steps(stream, stream, 0))
     return seen / (time.perf_counter() - start)
 
 

@@ -105,7 +105,8 @@ def training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
 
 def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     from maskx.datasets.prepare import prepare_coco
-    from maskx.datasets.stream import TrainStream, load_sources, make_loader
+    from maskx.datasets.partitions import DataPlan, EpochLayout
+    from maskx.datasets.stream import TrainStream, load_sources, make_loader, train_steps
     from maskx.models import BackboneConfig, ModelConfig, build_model
     from maskx.orchestrator import engine
     from maskx.orchestrator.config import SolverConfig
@@ -120,26 +121,28 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     solver = SolverConfig(lr=0.01, warmup_iters=10, steps=[10**9])
     optimizer = engine.build_optimizer(model, solver)
     scheduler = engine.build_lr_scheduler(optimizer, solver)
-    stream = TrainStream(sources, vocab, None, args.batch, batches_per_epoch=10**9, min_sizes=(args.size,),
+    partitions = max(1, args.loader_workers)
+    layout = EpochLayout(DataPlan(global_batch=args.batch, partitions=partitions), world_size=1, batch_size=args.batch)
+    stream = TrainStream(sources, vocab, None, layout, steps_per_epoch=10**9, min_sizes=(args.size,),
                          max_size=args.max_size)
     loader = make_loader(stream, args.loader_workers, pin_memory=args.device == "cuda")
     waited, done, images = 0.0, 0, 0
     utilization = "n/a"
-    batches = iter(loader)
+    batches = train_steps(loader, stream, args.loader_workers)
     start = time.perf_counter()
     while done < args.iterations:
         before = time.perf_counter()
         batch = next(batches)
         if done >= args.warmup:  # the first steps (cuDNN autotuning, loader start-up) are not counted
             waited += time.perf_counter() - before
-        engine.train_step(model, optimizer, scheduler, batch, device, args.amp)
+        engine.train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp)
         done += 1
         if done == args.warmup:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
         elif done > args.warmup:
-            images += len(batch.images)
+            images += batch.images
         if done == args.iterations // 2 and args.device == "cuda":
             utilization = gpu_utilization()
     if args.device == "cuda":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import pydantic
 import yaml
@@ -32,14 +32,22 @@ class DataConfig:
     val: Optional[str] = None
     # Set A: named class sets (coco, voc, nonvoc, vg, all) whose masks train the mask head.
     mask_sets: list[str] = field(default_factory=lambda: ["coco"])
-    batch_size: int = 2  # images per worker per step
+    batch_size: int = 2  # images per worker per micro-batch (what fits one GPU)
     loader_workers: int = 2
     min_sizes: list[int] = field(default_factory=lambda: [800])
     max_size: int = 1333
     flip_prob: float = 0.5
     shuffle_buffer: int = 256
-    # Default: one pass over the training samples, divided over the ranks.
-    batches_per_epoch: Optional[int] = None
+    # Samples per optimizer step, kept when the world size changes (more micro-batches per step on
+    # fewer workers). Default: batch_size x the most workers (scaling.num_workers). Fixed at the run's
+    # start; a resumed run keeps its own.
+    global_batch_size: Optional[int] = None
+    # Canonical partitions of each epoch: the sample order depends on this, never on the world size.
+    # At most this many workers can train the run. Default: the most workers x max(1, loader_workers).
+    # Fixed at the run's start like global_batch_size.
+    partitions: Optional[int] = None
+    # Default: one pass over the training samples (their count // the global batch).
+    steps_per_epoch: Optional[int] = None
     # Fail the run when more than this fraction of drawn samples was unusable.
     max_skipped_fraction: float = 0.01
     # Refuse VG training manifests prepared without `--exclude-coco` (VG images that are COCO images
@@ -65,7 +73,11 @@ class SolverConfig:
 @dataclass
 class ScalingConfig:
     __pydantic_config__ = _STRICT
-    num_workers: int = 1
+    # An int, or [min, max] for elastic training: the run goes on with the workers the cluster can
+    # place (at least min) when a node is lost, and grows back to max when capacity returns.
+    num_workers: Union[int, list[int]] = 1
+    # While training, how often Ray looks for capacity to grow an elastic run (seconds).
+    elastic_resize_monitor_interval_s: float = 60.0
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
@@ -78,6 +90,27 @@ class ScalingConfig:
     # Ray Train restarts from the checkpoint: a hung rank costs minutes, not torch's default 30. Keep it
     # above the longest evaluation (ranks wait at the gather while rank 0 runs COCOeval).
     collective_timeout_s: int = 900
+
+    def __post_init__(self):
+        bounds = self.num_workers if isinstance(self.num_workers, list) else [self.num_workers] * 2
+        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
+            raise ValueError(f"scaling.num_workers: an int >= 1 or [min, max] with 1 <= min <= max, got {self.num_workers}")
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, list)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if self.elastic else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if self.elastic else self.num_workers
+
+    def ray_num_workers(self):
+        """What Ray's ScalingConfig takes: an int, or a (min, max) tuple for an elastic run."""
+        return tuple(self.num_workers) if self.elastic else self.num_workers
 
 
 @dataclass

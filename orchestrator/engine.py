@@ -6,11 +6,13 @@ unit tests call them directly on a CPU.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Optional
+from contextlib import nullcontext
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from maskx.datasets.partitions import DataPlan
 from maskx.datasets.stream import Batch
 from maskx.datasets.transforms import augment
 from maskx.datasets.vocab import Vocabulary
@@ -50,6 +52,20 @@ def initialize_from_torchvision(model: nn.Module, path: str, vocab: Vocabulary) 
     return f"model.init_from {path}: {report.summary()}"
 
 
+def data_plan(cfg: TrainConfig, saved: Optional[DataPlan] = None) -> DataPlan:
+    """The run's global batch and partitions: a resumed run's own (a config asking for others is an
+    error, since they fix the run's sample order), else the config's or their defaults."""
+    if saved is not None:
+        for key, asked, kept in (("data.global_batch_size", cfg.data.global_batch_size, saved.global_batch),
+                                 ("data.partitions", cfg.data.partitions, saved.partitions)):
+            if asked is not None and asked != kept:
+                raise ValueError(f"{key}={asked}, but this run started with {kept}, which fixes its sample order; "
+                                 f"leave {key} unset to continue it")
+        return saved
+    return DataPlan(global_batch=cfg.data.global_batch_size or cfg.data.batch_size * cfg.scaling.max_workers,
+                    partitions=cfg.data.partitions or cfg.scaling.max_workers * max(1, cfg.data.loader_workers))
+
+
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
     # detectron2's default: no weight decay on normalization parameters and biases.
     decay, no_decay = [], []
@@ -81,27 +97,41 @@ def to_device(batch: Batch, device: torch.device) -> tuple[list[torch.Tensor], l
     return images, targets
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batch: Batch, device: torch.device,
-               amp: bool = False, clip_grad_norm: Optional[float] = None) -> dict[str, float]:
-    """One SGD step on one batch; returns the losses (and `loss`, their sum) as floats. `amp`: bf16
-    autocast (the train loop asks for it on GPUs; CPU autocast runs the same path in tests)."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches: Sequence[Batch],
+               device: torch.device, amp: bool = False, clip_grad_norm: Optional[float] = None,
+               loss_weights: Optional[Sequence[float]] = None) -> dict[str, float]:
+    """One SGD step over one or more micro-batches: their gradients accumulate, each loss times its
+    weight (default: its share of the images; the train loop passes `EpochLayout.loss_weight`, which
+    makes the step one step on the global batch at any world size), and DDP all-reduces once, after
+    the last. Returns the losses (and `loss`, their sum) averaged over the images, as floats; a rank
+    whose passes were all blank returns the blank pass's. `amp`: bf16 autocast (the train loop asks
+    for it on GPUs; CPU autocast runs the same path in tests)."""
     model.train()
-    images, targets = to_device(batch, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        losses = model(images, targets)
-    loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); "
-                                 "lower solver.lr or set solver.clip_grad_norm")
+    images = [len(batch.keys) for batch in micro_batches]
+    if loss_weights is None:
+        loss_weights = [n / max(sum(images), 1) for n in images]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    totals: dict[str, float] = {}
+    for i, (batch, weight) in enumerate(zip(micro_batches, loss_weights)):
+        last = i == len(micro_batches) - 1
+        accumulate = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else nullcontext()
+        with accumulate:
+            inputs, targets = to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                losses = model(inputs, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); "
+                                         "lower solver.lr or set solver.clip_grad_norm")
+            (loss * weight).backward()
+        share = images[i] / sum(images) if sum(images) else 1.0 / len(micro_batches)
+        for name, value in list(losses.items()) + [("loss", loss)]:
+            totals[name] = totals.get(name, 0.0) + value.item() * share
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
     scheduler.step()
-    out = {k: v.item() for k, v in losses.items()}
-    out["loss"] = loss.item()
-    return out
+    return totals
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -39,7 +39,7 @@ def model_card(cfg: TrainConfig, vocab: Vocabulary, metrics: dict, data: list[Tr
         f"weight transfer function, predicted for set B too ({set_b} classes with boxes only).",
         "",
         f"Trained by run `{run_name}` (MLflow run {run_id}): {iterations} iterations of "
-        f"{cfg.data.batch_size} images x {cfg.scaling.num_workers} workers, lr {cfg.solver.lr}, config `{cfg.name}`.",
+        f"{cfg.data.batch_size} images x {cfg.scaling.num_workers} workers (global batch {cfg.data.global_batch_size or cfg.data.batch_size * cfg.scaling.max_workers}), lr {cfg.solver.lr}, config `{cfg.name}`.",
         "",
         "| data | source | images | digest | weight |",
         "|---|---|---:|---|---:|",

@@ -20,14 +20,17 @@ class Window:
 
     def reset(self) -> None:
         self.start = self.step_end = time.perf_counter()
-        self.images, self.data_wait_s, self.losses = 0, 0.0, []
+        self.images, self.steps, self.data_wait_s = 0, 0, 0.0
+        self.loss_sums: dict[str, float] = {}  # each loss times the images it was measured on
 
     def batch_arrived(self) -> None:
         self.data_wait_s += time.perf_counter() - self.step_end
 
     def step_done(self, losses: dict[str, float], images: int) -> None:
-        self.losses.append(losses)
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value * images
         self.images += images
+        self.steps += 1
         self.step_end = time.perf_counter()
 
     @property

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from maskx.datasets import storage
+from maskx.datasets.partitions import DataPlan
 from maskx.datasets.stream import StreamPosition
 from maskx.datasets.vocab import Vocabulary
 
@@ -82,13 +83,17 @@ def write_mlflow_run(folder: str, run_id: str, redacted_tracking_uri: str) -> No
 
 @dataclass
 class TrainState:
-    """What a checkpoint holds besides the weights: where training and the data stream stand."""
+    """What a checkpoint holds besides the weights: where training and the data stream stand, the
+    run's data plan (global batch, partitions) and the world size that wrote it."""
     iteration: int = 0
     position: StreamPosition = field(default_factory=StreamPosition)
+    plan: Optional[DataPlan] = None
+    world_size: int = 1
 
 
-def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState, positions: list[dict]) -> dict:
-    """Everything needed to continue exactly: weights, solver, iteration, every rank's data position, RNG.
+def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState) -> dict:
+    """Everything needed to continue exactly: weights, solver, iteration, the data position of every
+    partition (`state.position` merged over the ranks), RNG.
 
     Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
     return {
@@ -96,7 +101,9 @@ def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainStat
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "iteration": state.iteration,
-        "positions": positions,
+        "data_position": state.position.to_json(),
+        "data_plan": vars(state.plan) if state.plan else None,
+        "world_size": state.world_size,
         "rng": {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
     }
 
@@ -141,7 +148,7 @@ def load_state(folder: str) -> dict:
         raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, rank: int = 0) -> TrainState:
+def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None) -> TrainState:
     unwrap(model).load_state_dict(contents["model"])
     if optimizer is not None:
         optimizer.load_state_dict(contents["optimizer"])
@@ -149,9 +156,12 @@ def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, ra
         scheduler.load_state_dict(contents["scheduler"])
     torch.set_rng_state(contents["rng"]["torch"])
     random.setstate(_python_rng_from_lists(contents["rng"]["python"]))
-    positions = contents.get("positions") or []
-    position = StreamPosition.from_json(positions[rank]) if rank < len(positions) else StreamPosition()
-    return TrainState(iteration=contents["iteration"], position=position)
+    if "positions" in contents:
+        raise ValueError("checkpoint: written by a maskx older than elastic data positions (per-rank positions); "
+                         "it cannot continue exactly. Start a new run, with model.init_from to keep its weights")
+    plan = contents.get("data_plan")
+    return TrainState(iteration=contents["iteration"], position=StreamPosition.from_json(contents["data_position"]),
+                      plan=DataPlan(**plan) if plan else None, world_size=contents.get("world_size", 1))
 
 
 def _python_rng_to_lists(state: tuple) -> list:

@@ -100,7 +100,7 @@ def connection_errors() -> tuple[type[Exception], ...]:
     return (requests.exceptions.ConnectionError, MlflowException)
 
 
-def _log_metric_batches(client, run_id: str, metrics: list) -> None:
+def log_metric_batches(client, run_id: str, metrics: list) -> None:
     for i in range(0, len(metrics), 500):  # MLflow's limit per log_batch call
         client.log_batch(run_id, metrics=metrics[i:i + 500])
 
@@ -223,7 +223,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        _log_metric_batches(self.client, self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+        log_metric_batches(self.client, self.run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def logged_steps(self, after: int) -> dict[str, set[int]]:
         """metric -> the steps past `after` it already holds (what an interrupted pass logged)."""
@@ -270,7 +270,10 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in unsent]
-        _log_metric_batches(self.client, self.run_id, metrics)
+        log_metric_batches(self.client, self.run_id, metrics)
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.tags
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -316,62 +319,3 @@ class TrackedRun:
         if not registered_model:
             return None
         return self.tracking.register(info.model_uri, registered_model, {"run_id": self.run_id})
-
-class MetricLogger:
-    """Metrics with steps from rank 0. A tracking server that is down does not stop training: metrics
-    wait in a buffer and go out with the next call that reaches the server.
-
-    A restarted run redoes the iterations since its checkpoint on the same samples; the steps the
-    interrupted pass already logged are not logged again, so no step of a metric appears twice."""
-
-    def __init__(self, run: Optional[TrackedRun], in_training_process: bool = False):
-        self.run = run
-        self.pending: list = []
-        self.already_logged: dict[str, set[int]] = {}
-        self._warned = False
-        if in_training_process:
-            # MLflow's client retries a refused request for minutes (process-wide settings); a
-            # training step must not wait on it: fail at once and keep the metrics for later.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-    def resume_after(self, iteration: int) -> None:
-        """The run continues after `iteration`: note what its interrupted pass logged beyond that."""
-        if self.run is None:
-            return
-        try:
-            self.already_logged = self.run.logged_steps(after=iteration)
-        except Exception as exc:  # the server is down: redone steps may then be logged twice
-            log.warning("MLflow at %s unreachable (%s): metrics of iterations redone after %d may appear twice",
-                        self.run.tracking.redacted_uri, type(exc).__name__, iteration)
-        redone = sorted(set().union(*self.already_logged.values())) if self.already_logged else []
-        if redone:
-            log.info("steps %s were logged before the restart; their metrics are not logged again", redone)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.run is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()
-                         if step not in self.already_logged.get(k, ())]
-        self.flush()
-
-    def flush(self) -> bool:
-        if self.run is None or not self.pending:
-            return True
-        try:
-            _log_metric_batches(self.run.client, self.run.run_id, self.pending)
-            self.pending = []
-            self._warned = False
-            return True
-        except Exception as exc:  # the server is down or restarting: keep the metrics, keep training
-            if not self._warned:
-                log.warning("MLflow at %s unreachable (%s); %d metric values buffered until it is back",
-                            self.run.tracking.redacted_uri, type(exc).__name__, len(self.pending))
-                self._warned = True
-            return False
-
-    def unsent(self) -> list[dict]:
-        return [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self.pending]

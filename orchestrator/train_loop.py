@@ -2,10 +2,11 @@
 
 The heavy parts are the plain functions of `engine.py`; this module only wires them to Ray Train
 (world rank and size, DDP, checkpoints through `ray.train.report`) and to MLflow through
-`tracking.MetricLogger` on rank 0.
+`metric_logger.MetricLogger` on rank 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -16,14 +17,16 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from maskx.datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader
+from maskx.datasets.partitions import EpochLayout
+from maskx.datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader, train_steps
 from maskx.models import build_model
 
 from . import engine, run_folder
 from .config import TrainConfig, dump_config, validate
 from .progress import Window, console_line, peak_memory_mb
 from .run_folder import TrainState
-from .tracking import MetricLogger, Tracking
+from .metric_logger import MetricLogger
+from .tracking import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = TrainState()
     resumed = _agreed_resume_state(loop_config["run_folder"], ray.train.get_checkpoint(), rank)
     if resumed is not None:
-        state = run_folder.restore(resumed, model, optimizer, scheduler, rank)
-        log.info("rank %d: resumed at iteration %d (epoch %d, batch %d)", rank, state.iteration,
-                 state.position.epoch, state.position.batches)
+        state = run_folder.restore(resumed, model, optimizer, scheduler)
+        log.info("rank %d: resumed at iteration %d (epoch %d, step %d), written by %d workers, now %d", rank,
+                 state.iteration, state.position.epoch, state.position.steps, state.world_size, world_size)
     elif cfg.model.init_from:
         taken = engine.initialize_from_torchvision(model, cfg.model.init_from, vocab)
         if rank == 0:
@@ -59,13 +62,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # so DDP needs no search for unused parameters after each backward.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False})
 
+    previous_world_size = state.world_size if resumed is not None else None
+    state.plan, state.world_size = engine.data_plan(cfg, state.plan), world_size
+    layout = EpochLayout(state.plan, world_size, cfg.data.batch_size)
     samples = sum(s.num_samples for s in sources if s.weight > 0)
-    batches_per_epoch = cfg.data.batches_per_epoch or max(1, samples // (cfg.data.batch_size * world_size))
+    steps_per_epoch = cfg.data.steps_per_epoch or max(1, samples // state.plan.global_batch)
     run_id = loop_config.get("mlflow_run_id")
     mlflow_run = Tracking(loop_config["mlflow_tracking_uri"]).run(run_id) if run_id else None
     metrics_logger = MetricLogger(mlflow_run, in_training_process=True) if rank == 0 else None
     if metrics_logger and resumed is not None:
         metrics_logger.resume_after(state.iteration)
+    if metrics_logger:
+        metrics_logger.log_world_size(state.iteration, previous_world_size, layout)
     system_monitor = None
     if mlflow_run and context.get_local_rank() == 0 and cfg.mlflow.system_metrics_every_s > 0:
         node = f"{ray.util.get_node_ip_address()}-{ray.get_runtime_context().get_node_id()[:6]}"  # hosts may share an address
@@ -73,29 +81,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
     keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
-        return TrainStream(sources, vocab, cfg.model.mask_classes, cfg.data.batch_size, batches_per_epoch, rank,
-                           world_size, epoch, cfg.seed, tuple(cfg.data.min_sizes), cfg.data.max_size,
-                           cfg.data.flip_prob, cfg.data.shuffle_buffer, start)
+        return TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes, layout=layout,
+                           steps_per_epoch=steps_per_epoch, rank=rank, epoch=epoch, seed=cfg.seed,
+                           min_sizes=tuple(cfg.data.min_sizes), max_size=cfg.data.max_size,
+                           flip_prob=cfg.data.flip_prob, shuffle_buffer=cfg.data.shuffle_buffer, start=start)
 
     amp = cfg.solver.amp and device.type == "cuda"
     window = Window()
     last_metrics: dict = {}
     while state.iteration < cfg.solver.max_iter:
-        epoch = state.iteration // batches_per_epoch
+        epoch = state.iteration // steps_per_epoch
         if state.position.epoch != epoch:
             state.position = StreamPosition(epoch=epoch)
-        loader = make_loader(stream_for(epoch, state.position), cfg.data.loader_workers, pin_memory=device.type == "cuda")
-        for batch in loader:
+        stream = stream_for(epoch, state.position)
+        loader = make_loader(stream, cfg.data.loader_workers, pin_memory=device.type == "cuda")
+        for step in train_steps(loader, stream, cfg.data.loader_workers):
             window.batch_arrived()
-            losses = engine.train_step(model, optimizer, scheduler, batch, device, amp, cfg.solver.clip_grad_norm)
+            weights = [layout.loss_weight(len(batch.keys)) for batch in step.micro_batches]
+            losses = engine.train_step(model, optimizer, scheduler, step.micro_batches, device, amp,
+                                       cfg.solver.clip_grad_norm, weights)
             state.iteration += 1
-            state.position.advance(batch)
+            state.position.advance(step)
             if keys_log:
-                keys_log.write("".join(f"{state.iteration} {key}\n" for key in batch.keys))
+                keys_log.write("".join(f"{state.iteration} {key}\n" for key in step.keys))
                 keys_log.flush()
-            window.step_done(losses, len(batch.images))
+            window.step_done(losses, step.images)
             if state.iteration % cfg.log_every == 0 or state.iteration == cfg.solver.max_iter:
-                metrics = _training_metrics(window, state, optimizer, world_size, cfg.solver.max_iter, device)
+                own = state.position.only(layout.rank_partitions(rank))
+                metrics = _training_metrics(window, state.iteration, own, optimizer, world_size, cfg.solver.max_iter, device)
+                metrics["train/world_size"] = float(world_size)
                 _check_skipped(metrics, cfg.data.max_skipped_fraction)
                 last_metrics = metrics
                 if metrics_logger:
@@ -110,7 +124,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if last or state.iteration % cfg.checkpoint.every == 0:
                 # Metrics MLflow could not take yet travel with the last checkpoint; the driver sends them.
                 unsent = metrics_logger.unsent() if last and metrics_logger and not metrics_logger.flush() else []
-                _report_checkpoint(cfg, model, optimizer, scheduler, state, vocab, rank, eval_result,
+                _report_checkpoint(cfg, model, optimizer, scheduler, state, layout, vocab, rank, eval_result,
                                    dict(last_metrics, mlflow_run_id=run_id or ""), unsent)
             if last:
                 break
@@ -118,16 +132,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         system_monitor.finish()
 
 
-def _training_metrics(window: Window, state: TrainState, optimizer, world_size: int, max_iter: int,
-                      device: torch.device) -> dict[str, float]:
-    """Losses and data wait averaged over the window and over ranks, throughput of the whole job, time
-    per iteration and ETA, the largest peak memory of any rank, lr, skipped samples."""
-    names = sorted(window.losses[0])
-    steps = len(window.losses)
-    sums = torch.tensor([[sum(w[n] for w in window.losses) / steps for n in names]
-                         + [window.images / window.elapsed_s, window.data_wait_s / steps, float(state.position.skipped),
-                            float(sum(sum(w.raw.values()) for w in state.position.workers.values()))]],
-                        dtype=torch.float64)
+def _training_metrics(window: Window, iteration: int, position: StreamPosition, optimizer, world_size: int,
+                      max_iter: int, device: torch.device) -> dict[str, float]:
+    """Losses averaged over the window's images on every rank, data wait averaged over ranks,
+    throughput of the whole job, time per iteration and ETA, the largest peak memory of any rank, lr,
+    skipped samples (`position`: this rank's partitions)."""
+    names = sorted(window.loss_sums)
+    steps = max(window.steps, 1)
+    sums = torch.tensor([[window.loss_sums[n] for n in names]
+                         + [float(window.images), window.images / window.elapsed_s, window.data_wait_s / steps,
+                            float(position.skipped), float(position.drawn)]], dtype=torch.float64)
     peaks = torch.tensor([peak_memory_mb(device)], dtype=torch.float64)
     if dist.is_initialized():
         sums, peaks = sums.to(_collective_device()), peaks.to(_collective_device())
@@ -135,12 +149,12 @@ def _training_metrics(window: Window, state: TrainState, optimizer, world_size: 
         dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
         sums, peaks = sums.cpu(), peaks.cpu()
     values = sums[0].tolist()
-    metrics = {f"loss/{n}": v / world_size for n, v in zip(names, values)}
-    throughput, data_wait, skipped, drawn = values[len(names):]
+    images, throughput, data_wait, skipped, drawn = values[len(names):]
+    metrics = {f"loss/{n}": v / max(images, 1.0) for n, v in zip(names, values)}
     seconds_per_iter = window.elapsed_s / steps
     metrics.update({"train/images_per_s": throughput, "train/lr": engine.lr_of(optimizer),
                     "train/s_per_iter": seconds_per_iter, "train/data_time_s": data_wait / world_size,
-                    "train/eta_s": seconds_per_iter * (max_iter - state.iteration),
+                    "train/eta_s": seconds_per_iter * (max_iter - iteration),
                     "train/peak_memory_mb": float(peaks[0]),
                     "data/skipped_samples": skipped, "data/drawn_samples": drawn})
     return metrics
@@ -181,22 +195,25 @@ def _evaluate(cfg: TrainConfig, model, sources, vocab, device, rank: int, world_
     return metrics, tables
 
 
-def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: TrainState, vocab, rank: int,
-                       eval_result, train_metrics: dict, unsent_metrics: list = ()) -> None:
-    """Rank 0 writes the checkpoint; every rank reports (the call is a barrier). The reported metrics
-    (latest losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
-    positions = _gather_to_rank0(state.position.to_json(), rank, dist.get_world_size() if dist.is_initialized() else 1)
+def _report_checkpoint(cfg: TrainConfig, model, optimizer, scheduler, state: TrainState, layout: EpochLayout, vocab,
+                       rank: int, eval_result, train_metrics: dict, unsent_metrics: list = ()) -> None:
+    """Rank 0 writes the checkpoint, with the data positions of every rank's partitions; every rank
+    reports (the call is a barrier). The reported metrics (latest losses, eval metrics when just
+    evaluated) are what Ray Tune's schedulers see."""
+    own = state.position.only(layout.rank_partitions(rank))
+    positions = _gather_to_rank0(own.to_json(), rank, layout.world_size)
     metrics = dict(train_metrics, iteration=state.iteration)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
+    merged = StreamPosition.merged([StreamPosition.from_json(p) for p in positions])
     evaluation = None
     if eval_result:
         metrics.update(eval_result[0])
         evaluation = {"metrics": eval_result[0], "per_class_ap": eval_result[1]}
     with tempfile.TemporaryDirectory() as folder:
-        run_folder.write_checkpoint(folder, run_folder.checkpoint_contents(model, optimizer, scheduler, state, positions),
-                                    dump_config(cfg), vocab, evaluation, unsent_metrics)
+        contents = run_folder.checkpoint_contents(model, optimizer, scheduler, dataclasses.replace(state, position=merged))
+        run_folder.write_checkpoint(folder, contents, dump_config(cfg), vocab, evaluation, unsent_metrics)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=run_folder.checkpoint_name(state.iteration))
 

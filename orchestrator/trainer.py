@@ -146,6 +146,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from .metric_logger import FailureRecorder
     from .process_group import NodeAddressTorchConfig
 
     cfg = with_absolute_paths(cfg)
@@ -172,15 +173,16 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         train_loop_config={"config": cfg.to_dict(), "run_folder": folder, "mlflow_run_id": mlflow_run.run_id,
                            "mlflow_tracking_uri": tracking.uri,
                            "record_keys_to": record_keys_to and os.path.abspath(record_keys_to), "verbose": verbose},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.ray_num_workers(), use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy,
+                                     elastic_resize_monitor_interval_s=cfg.scaling.elastic_resize_monitor_interval_s),
         torch_config=NodeAddressTorchConfig(timeout_s=cfg.scaling.collective_timeout_s),
         run_config=RunConfig(
             name=run_name,
             storage_path=absolute_storage_path(cfg.checkpoint.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            callbacks=list(callbacks),
+            callbacks=[FailureRecorder(tracking.uri, mlflow_run.run_id), *callbacks],
         ),
     )
     try:

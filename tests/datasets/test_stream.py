@@ -1,4 +1,5 @@
 import io
+import itertools
 import json
 import tarfile
 from collections import Counter
@@ -7,16 +8,47 @@ import pytest
 import torch
 
 from maskx.datasets.shard_format import load_manifest
-from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader
+from maskx.datasets.partitions import DataPlan, EpochLayout
+from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader, train_steps
 from maskx.datasets.transforms import augment
 
 
-def train_stream(synth_shards, **kwargs):
+PLAN = DataPlan(global_batch=6, partitions=6)
+
+
+def train_stream(synth_shards, layout=None, **kwargs):
     sources, vocab = load_sources([(synth_shards["coco_train"], 1.0), (synth_shards["vg"], 0.5)])
-    args = dict(sources=sources, vocab=vocab, mask_labels=vocab.class_set("voc"), batch_size=2, batches_per_epoch=7,
+    args = dict(sources=sources, vocab=vocab, mask_labels=vocab.class_set("voc"),
+                layout=layout or EpochLayout(PLAN, world_size=1, batch_size=2), steps_per_epoch=7,
                 min_sizes=(96, 128), max_size=192, shuffle_buffer=8, seed=5)
     args.update(kwargs)
     return TrainStream(**args)
+
+
+def run_layout(synth_shards, world_size, loader_workers, start=None, stop=None, **kwargs):
+    """Every rank's steps of one epoch at this world size (ranks run one after another here)."""
+    layout = EpochLayout(PLAN, world_size, batch_size=2)
+    per_rank = []
+    for rank in range(world_size):
+        stream = train_stream(synth_shards, layout, rank=rank, start=start, **kwargs)
+        steps = train_steps(make_loader(stream, loader_workers), stream, loader_workers)
+        per_rank.append(list(itertools.islice(steps, stop)))
+    return per_rank
+
+
+def keys_by_step(per_rank) -> list[list[str]]:
+    return [sorted(key for steps in per_rank for key in steps[i].keys) for i in range(len(per_rank[0]))]
+
+
+def merged_position(per_rank, epoch=0) -> StreamPosition:
+    parts = []
+    for steps in per_rank:
+        position = StreamPosition(epoch=epoch)
+        for step in steps:
+            position.advance(step)
+        parts.append(position)
+    restored = StreamPosition.merged(parts)
+    return StreamPosition.from_json(json.loads(json.dumps(restored.to_json())))
 
 
 @pytest.mark.parametrize("world_size, shard_size_note", [(2, "more shards than slots"), (5, "fewer shards than slots")])
@@ -31,14 +63,17 @@ def test_eval_epoch_covers_every_sample_exactly_once(synth_shards, world_size, s
     assert len(keys) == manifest.num_samples and set(keys.values()) == {1}
 
 
-def test_train_epoch_gives_every_rank_the_same_batch_count(synth_shards):
-    counts = []
-    for rank in range(2):
-        stream = train_stream(synth_shards, rank=rank, world_size=2)
-        batches = list(make_loader(stream, num_workers=2))
-        counts.append(len(batches))
-        for batch in batches:
-            assert len(batch.images) == 2 and all(im.dtype == torch.uint8 for im in batch.images)
+def test_every_rank_runs_the_same_micro_batches_per_step(synth_shards):
+    for world_size in (2, 4):  # 4 does not divide the global batch of 6: ranks get 2, 2, 1, 1 samples
+        per_rank = run_layout(synth_shards, world_size, loader_workers=2)
+        assert [len(steps) for steps in per_rank] == [7] * world_size
+        for i in range(7):
+            counts = {len(steps[i].micro_batches) for steps in per_rank}
+            assert len(counts) == 1
+            assert sum(steps[i].images for steps in per_rank) == PLAN.global_batch
+    for step in per_rank[0]:
+        for batch in step.micro_batches:
+            assert len(batch.images) <= 2 and all(im.dtype == torch.uint8 for im in batch.images)
             for image, target, augmentation in zip(batch.images, batch.targets, batch.augmentations):
                 if "masks" in target:  # shipped at the source size; the train step resizes on the device
                     assert target["masks"].shape[1:] == image.shape[-2:]
@@ -51,27 +86,47 @@ def test_train_epoch_gives_every_rank_the_same_batch_count(synth_shards):
                     assert abs(mask_w / mask_h - image.shape[-1] / image.shape[-2]) < 0.02
                     # set A (VOC) instances carry masks; others are all-zero placeholders
                     assert target["masks"][~target["has_mask"]].sum() == 0
-    assert counts == [7, 7]
+
+
+def test_a_rank_without_samples_in_a_step_runs_a_blank_pass():
+    layout = EpochLayout(DataPlan(global_batch=2, partitions=4), world_size=3, batch_size=1)
+    # step 0 takes partitions 0 and 1 (ranks 0 and 1); rank 2 has nothing but must still take part
+    assert [layout.micro_batch_sizes(rank, 0) for rank in range(3)] == [[1], [1], [0]]
+    assert layout.loss_weight(1) == 1.5 and layout.loss_weight(0) == 0.0
+
+
+def test_sample_order_does_not_depend_on_world_size_or_loader_workers(synth_shards):
+    reference = keys_by_step(run_layout(synth_shards, world_size=1, loader_workers=0))
+    for world_size, loader_workers in ((2, 2), (3, 1), (6, 3)):
+        per_rank = run_layout(synth_shards, world_size, loader_workers)
+        assert keys_by_step(per_rank) == reference, (world_size, loader_workers)
+    # the augmentations too: each sample is drawn the same resize and flip
+    def drawn(per_rank):
+        return [sorted((k, a.min_size, a.flip) for steps in per_rank for b in steps[i].micro_batches
+                       for k, a in zip(b.keys, b.augmentations)) for i in range(len(per_rank[0]))]
+
+    assert drawn(run_layout(synth_shards, 1, 0)) == drawn(run_layout(synth_shards, 3, 1))
 
 
 def test_sources_are_mixed_by_weight(synth_shards):
-    keys = [k for b in make_loader(train_stream(synth_shards, batches_per_epoch=30), 0) for k in b.keys]
+    keys = [k for step in run_layout(synth_shards, 1, 0, steps_per_epoch=30)[0] for k in step.keys]
     vg = sum(k.startswith("vg-") for k in keys) / len(keys)
     assert 0.15 < vg < 0.5  # weight 0.5 vs 1.0 -> one third expected
 
 
-def test_resume_from_a_position_loses_and_repeats_nothing(synth_shards):
-    unbroken = [b.keys for b in make_loader(train_stream(synth_shards), num_workers=2)]
-    position = StreamPosition(epoch=0)
-    consumed = []
-    for batch in make_loader(train_stream(synth_shards), num_workers=2):
-        consumed.append(batch.keys)
-        position.advance(batch)
-        if len(consumed) == 3:
-            break  # the worker dies here
-    restored = StreamPosition.from_json(json.loads(json.dumps(position.to_json())))
-    rest = [b.keys for b in make_loader(train_stream(synth_shards, start=restored), num_workers=2)]
-    assert consumed + rest == unbroken
+@pytest.mark.parametrize("before, after", [(2, 2), (2, 3), (2, 1), (3, 2)])
+def test_resume_at_any_world_size_loses_and_repeats_nothing(synth_shards, before, after):
+    unbroken = keys_by_step(run_layout(synth_shards, world_size=1, loader_workers=0))
+    consumed = run_layout(synth_shards, before, loader_workers=2, stop=3)  # the workers die here
+    rest = run_layout(synth_shards, after, loader_workers=2, start=merged_position(consumed))
+    assert keys_by_step(consumed) + keys_by_step(rest) == unbroken
+
+
+def test_a_position_from_another_plan_is_refused(synth_shards):
+    consumed = run_layout(synth_shards, 2, loader_workers=0, stop=3)
+    layout = EpochLayout(DataPlan(global_batch=4, partitions=6), world_size=2, batch_size=2)
+    with pytest.raises(ValueError, match="partition 0 gave"):
+        train_stream(synth_shards, layout, start=merged_position(consumed))
 
 
 def _write_tar(path, members):
@@ -114,7 +169,8 @@ def test_training_survives_corrupt_data_and_reports_it(synth_shards, tmp_path):
     urls = manifest.shard_urls()
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 10)
     source = Source("coco", urls + [str(tmp_path / "junk.tar")], [s.samples for s in manifest.shards] + [3])
-    stream = TrainStream([source], manifest.vocab(), None, batch_size=2, batches_per_epoch=20, min_sizes=(96,), max_size=160)
-    batches = list(make_loader(stream, num_workers=0))
-    assert len(batches) == 20
-    assert batches[-1].position.skipped >= 3
+    layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
+    stream = TrainStream([source], manifest.vocab(), None, layout, steps_per_epoch=20, min_sizes=(96,), max_size=160)
+    steps = list(train_steps(make_loader(stream, num_workers=0), stream, 0))
+    assert len(steps) == 20 and all(step.images == 2 for step in steps)
+    assert steps[-1].partitions[0].skipped >= 3

@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-from maskx.datasets.stream import TrainStream, load_sources
+from maskx.datasets.partitions import DataPlan, EpochLayout
+from maskx.datasets.stream import Batch, TrainStream, load_sources, train_steps
 from maskx.datasets.transforms import augment
 from maskx.models import build_model
 from maskx.orchestrator import engine, run_folder
@@ -18,9 +19,11 @@ def setup(synth_shards):
     cfg = load_config(TINY, ["model.mask_head.conv_channels=16", "model.backbone.fpn_channels=32"])
     sources, vocab = load_sources([(synth_shards["coco_train"], 1.0), (synth_shards["vg"], 0.5)])
     engine.bind_to_vocabulary(cfg, vocab)
-    stream = TrainStream(sources, vocab, cfg.model.mask_classes, batch_size=2, batches_per_epoch=6,
-                         min_sizes=(128,), max_size=160, seed=1)
-    return cfg, list(stream), vocab
+    layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
+    stream = TrainStream(sources, vocab, cfg.model.mask_classes, layout, steps_per_epoch=6, min_sizes=(128,),
+                         max_size=160, seed=1)
+    batches = [step.micro_batches[0] for step in train_steps(stream, stream, 0)]
+    return cfg, batches, vocab
 
 
 def fresh(cfg, seed=0):
@@ -68,7 +71,7 @@ def test_repeated_steps_on_one_batch_drive_the_loss_down(setup):
     cfg, batches, _ = setup
     cfg = load_config(TINY, ["solver.warmup_iters=1", "solver.lr=0.02", f"model.mask_classes={cfg.model.mask_classes}"])
     model, optimizer, scheduler = fresh(cfg)
-    losses = [engine.train_step(model, optimizer, scheduler, batches[0], torch.device("cpu"))["loss"] for _ in range(15)]
+    losses = [engine.train_step(model, optimizer, scheduler, [batches[0]], torch.device("cpu"))["loss"] for _ in range(15)]
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
 
@@ -88,9 +91,36 @@ def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_auto
         if "masks" in target:
             assert torch.equal(target["masks"], expected_target["masks"])
     model, optimizer, scheduler = fresh(cfg)
-    losses = engine.train_step(model, optimizer, scheduler, batch, torch.device("cpu"), amp=True)
+    losses = engine.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"), amp=True)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()) and losses["loss_mask"] > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
+
+
+def test_accumulated_micro_batches_and_blank_passes(setup):
+    """A step over several micro-batches is one optimizer step; a blank pass (a rank with no sample in
+    a micro-batch) at weight 0 changes nothing; micro-batches weighted 1/2 each come close to one batch
+    of both (not equal: RPN and RoI sampling, padding and the mask loss's mean are per batch)."""
+    cfg, batches, _ = setup
+    device = torch.device("cpu")
+    one, two = batches[0], batches[1]
+    blank = Batch.blank(one.augmentations[0])
+    params = {}
+    for name, micro, weights in (("alone", [one], [1.0]), ("with blank", [one, blank], [1.0, 0.0])):
+        model, optimizer, scheduler = fresh(cfg)
+        engine.train_step(model, optimizer, scheduler, micro, device, loss_weights=weights)
+        params[name] = [p.detach().clone() for p in model.parameters()]
+        assert scheduler._schedulers[0].last_epoch == 1  # one step of the schedule, whatever the micro-batches
+    assert all(torch.equal(a, b) for a, b in zip(params["alone"], params["with blank"]))
+    joined = Batch(one.images + two.images, one.targets + two.targets, one.keys + two.keys,
+                   one.augmentations + two.augmentations)
+    grads = {}
+    for name, micro in (("joined", [joined]), ("accumulated", [one, two])):
+        model, optimizer, scheduler = fresh(cfg)
+        torch.manual_seed(3)
+        engine.train_step(model, optimizer, scheduler, micro, device)
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    cosine = torch.nn.functional.cosine_similarity(grads["joined"], grads["accumulated"], dim=0)
+    assert cosine > 0.9, cosine
 
 
 def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
@@ -98,16 +128,16 @@ def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
     device = torch.device("cpu")
     model, optimizer, scheduler = fresh(cfg)
     for batch in batches[:2]:
-        engine.train_step(model, optimizer, scheduler, batch, device)
+        engine.train_step(model, optimizer, scheduler, [batch], device)
     state = run_folder.TrainState(iteration=2)
-    run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, state, [state.position.to_json()]),
+    run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, state),
                            str(tmp_path))
-    unbroken = [engine.train_step(model, optimizer, scheduler, b, device)["loss"] for b in batches[2:4]]
+    unbroken = [engine.train_step(model, optimizer, scheduler, [b], device)["loss"] for b in batches[2:4]]
 
     resumed_model, resumed_optimizer, resumed_scheduler = fresh(cfg, seed=123)
     restored = run_folder.restore(run_folder.load_state(str(tmp_path)), resumed_model, resumed_optimizer, resumed_scheduler)
     assert restored.iteration == 2
-    resumed = [engine.train_step(resumed_model, resumed_optimizer, resumed_scheduler, b, device)["loss"] for b in batches[2:4]]
+    resumed = [engine.train_step(resumed_model, resumed_optimizer, resumed_scheduler, [b], device)["loss"] for b in batches[2:4]]
     assert resumed == pytest.approx(unbroken, rel=1e-5)
     assert engine.lr_of(resumed_optimizer) == pytest.approx(engine.lr_of(optimizer))
 
@@ -115,7 +145,7 @@ def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
 def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_path):
     cfg, _, _ = setup
     model, optimizer, scheduler = fresh(cfg)
-    path = run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(), []), str(tmp_path))
+    path = run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState()), str(tmp_path))
     assert not os.path.exists(path + ".partial")
     torch.load(path, weights_only=True)
     with open(path, "r+b") as f:
@@ -160,7 +190,7 @@ def test_init_from_a_torchvision_mask_rcnn_takes_its_weights_and_its_coco_rows(s
         assert torch.equal(ours["roi_heads.box_predictor.cls_score.weight"][label], before["roi_heads.box_predictor.cls_score.weight"][label])
     assert all(torch.equal(ours[k], before[k]) for k in ours if "mask_predictor" in k)  # the transfer function is new
     assert f"box predictor rows of {len(coco_labels)} COCO classes" in message
-    losses = [engine.train_step(model, optimizer, scheduler, batch, torch.device("cpu"))["loss"] for batch in batches[:2]]
+    losses = [engine.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"))["loss"] for batch in batches[:2]]
     assert all(torch.isfinite(torch.tensor(losses)))
 
 

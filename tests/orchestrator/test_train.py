@@ -69,7 +69,9 @@ def test_two_workers_train_checkpoint_and_evaluate(first_run):
     assert result.checkpoint.endswith("checkpoint_00000004")
     contents = run_folder.load_state(result.checkpoint)
     assert contents["iteration"] == 4
-    assert [p["batches"] for p in contents["positions"]] == [4, 4]  # one data position per rank
+    # the data position of every partition (2 workers x 1 loader worker), merged from both ranks
+    assert contents["data_position"]["steps"] == 4 and sorted(contents["data_position"]["partitions"]) == ["0", "1"]
+    assert contents["data_plan"] == {"global_batch": 4, "partitions": 2} and contents["world_size"] == 2
     assert sorted(os.listdir(result.checkpoint)) == ["complete.json", "config.yaml", "eval.json", "state.pt", "vocab.json"]
     assert {"bbox/setA/AP", "bbox/setB/AP", "segm/setA/AP", "segm/setB/AP"} <= set(result.metrics)
     assert result.metrics["eval/images"] == 10
