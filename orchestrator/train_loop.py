@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from typing import Optional
 
 import ray.train
@@ -78,7 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if mlflow_run and context.get_local_rank() == 0 and cfg.mlflow.system_metrics_every_s > 0:
         node = f"{ray.util.get_node_ip_address()}-{ray.get_runtime_context().get_node_id()[:6]}"  # hosts may share an address
         system_monitor = mlflow_run.monitor_system(node, cfg.mlflow.system_metrics_every_s)
-    keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank)
+    keys_log = _open_keys_log(loop_config.get("record_keys_to"), rank, world_size)
 
     def stream_for(epoch: int, start: Optional[StreamPosition]) -> TrainStream:
         return TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes, layout=layout,
@@ -240,15 +241,15 @@ def _agreed_resume_state(folder: str, offered: Optional[ray.train.Checkpoint], r
     return found[1] if rank == 0 else run_folder.load_complete_state(value)
 
 
-def _open_keys_log(folder: Optional[str], rank: int):
-    """Append `ITERATION KEY` for every consumed sample to `folder/rank{R}.txt`, after a `node ID` line
-    per (re)start. Tests of exact resume read it: iterations redone after a restart appear again, and
+def _open_keys_log(folder: Optional[str], rank: int, world_size: int):
+    """Append `ITERATION KEY` for every consumed sample to `folder/rank{R}.txt`, after a
+    `node ID WORLD_SIZE UNIX_TIME` line per (re)start. Tests of exact resume read it: iterations redone after a restart appear again, and
     the last occurrence of each iteration is the one the finished model saw."""
     if not folder:
         return None
     os.makedirs(folder, exist_ok=True)
     keys_log = open(os.path.join(folder, f"rank{rank}.txt"), "a")
-    keys_log.write(f"node {ray.get_runtime_context().get_node_id()}\n")
+    keys_log.write(f"node {ray.get_runtime_context().get_node_id()} {world_size} {time.time():.3f}\n")
     return keys_log
 
 

@@ -73,12 +73,15 @@ def test_kuberay_rayjob_runs_maskx_train_on_an_authenticated_gpu_cluster():
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"]
 
 
-def test_runtime_env_is_one_ray_accepts_and_carries_no_secret():
+@pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env_elastic.yaml"])
+def test_runtime_env_is_one_ray_accepts_and_carries_no_secret(name):
     from ray.runtime_env import RuntimeEnv
 
-    env = read("runtime_env.yaml")
+    env = read(name)
     RuntimeEnv(**env)  # Ray's own validation of the fields
     assert not [k for k in env["env_vars"] if any(s in k.upper() for s in ("SECRET", "TOKEN", "PASSWORD", "KEY"))]
+    # a fixed-size run waits for the autoscaler's replacement node; an elastic one goes on without it
+    assert float(env["env_vars"]["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]) == (30 if "elastic" in name else 900)
 
 
 def test_dockerfile_copies_everything_the_wheel_build_reads():

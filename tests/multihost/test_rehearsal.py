@@ -50,7 +50,7 @@ def passes(cluster, keys):
             rank = name.removesuffix(".txt")
             current = {}
             for line in open(folder / name):
-                first, second = line.split()
+                first, second = line.split()[:2]
                 if first == "node":
                     for iteration, batch in current.items():
                         seen[rank][iteration].append(batch)

@@ -1,10 +1,11 @@
 """Multi-node training on one machine (`ray.cluster_utils.Cluster`: a head with no CPUs and two
 1-CPU worker nodes) and the faults a long run on spot nodes meets: a worker node killed mid-run,
-a corrupted latest checkpoint."""
+a corrupted latest checkpoint; elastic runs that shrink and grow, and resumes at another world size."""
 import os
-import tarfile
+import shutil
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -25,6 +26,9 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # As cluster/runtime_env_elastic.yaml: an attempt to start a group the cluster can no longer place
+    # (Ray's resource view refreshes every ~20 s) gives up after 20 s, not 60, and the run shrinks.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -32,6 +36,7 @@ def cluster():
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()
+    del os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
 
 
 def spread_config(synth_shards, tmp, name, overrides=()):
@@ -43,7 +48,9 @@ def spread_overrides(synth_shards, tmp, name, overrides=()):
         if synth_shards else []
     return sources + [
         "data.val=null", "data.batch_size=2", "data.loader_workers=0", f"solver.max_iter={MAX_ITER}",
-        "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
+        "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=3",
+        # Global batch 4 (2 images x 2 workers) in 6 partitions: up to 6 workers can continue a run.
+        "data.partitions=6",
         "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", f"checkpoint.storage_path={tmp}/ray_results",
         # The cluster's "hosts" are processes of this machine: its temp folder is one they all see.
         f"scaling.shared_paths=[{tempfile.gettempdir()}]",
@@ -57,7 +64,7 @@ def consumed(folder):
     for name in sorted(os.listdir(folder)):
         per_iteration, starts = {}, []
         for line in open(os.path.join(folder, name)):
-            first, second = line.split()
+            first, second = line.split()[:2]
             if first == "node":
                 starts.append(second)
                 redone = set()
@@ -93,27 +100,16 @@ def unbroken_run(cluster, synth_shards, tmp_path_factory):
     return result, consumed(str(tmp / "keys"))
 
 
-def shard_of_key(synth_shards):
-    from maskx.datasets.shard_format import load_manifest
-
-    shard_of = {}
-    for source in ("coco_train", "vg"):
-        for url in load_manifest(synth_shards[source]).shard_urls():
-            with tarfile.open(url) as tar:
-                shard_of.update({name.split(".")[0]: url for name in tar.getnames()})
-    return shard_of
-
-
-def test_one_worker_per_node_each_streaming_its_own_shards(cluster, unbroken_run, synth_shards):
+def test_one_worker_per_node_each_streaming_its_own_partitions(cluster, unbroken_run):
     _, workers = cluster
     result, (samples, nodes) = unbroken_run
     assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
     assert sorted(n for starts in nodes.values() for n in starts) == sorted(w.node_id for w in workers)
-    shard_of = shard_of_key(synth_shards)
-    # Shards are split by world rank within a pass over a source (later passes reshuffle, and a rank
-    # that used up its share cycles on): the first iterations come from disjoint shards.
-    rank0, rank1 = ({shard_of[k] for i in (1, 2) for k in samples[r][i]} for r in ("rank0.txt", "rank1.txt"))
-    assert rank0 and rank1 and not rank0 & rank1
+    # Each rank reads its own partitions (rank 0: 0, 2, 4; rank 1: 1, 3, 5), which split the shards,
+    # or a shard's samples where there are fewer shards than partitions: no sample is read twice in
+    # the first pass.
+    rank0, rank1 = ({k for i in (1, 2) for k in samples[r][i]} for r in ("rank0.txt", "rank1.txt"))
+    assert len(rank0) == len(rank1) == 4 and not rank0 & rank1
 
 
 def test_a_killed_worker_node_resumes_from_the_checkpoint_losing_and_repeating_no_sample(cluster, unbroken_run,
@@ -231,3 +227,152 @@ def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(
         train(strict)
     assert "--resume strict-" in str(failure.value)
 
+
+
+def final_passes(folder):
+    """iteration -> the keys of every rank of the pass the finished model kept (the latest (re)start
+    that trained the iteration), and the (start time, world size) of each (re)start. Ranks of an
+    earlier, larger group may have logged iterations a smaller group redid: those are not counted."""
+    segments = []  # (start time, world size, rank, {iteration: keys})
+    for name in sorted(os.listdir(folder)):
+        rank = int(name.removeprefix("rank").removesuffix(".txt"))
+        for line in open(os.path.join(folder, name)):
+            parts = line.split()
+            if parts[0] == "node":
+                segments.append((float(parts[3]), int(parts[2]), rank, {}))
+            else:
+                segments[-1][3].setdefault(int(parts[0]), []).append(parts[1])
+    final = {}
+    for iteration in sorted({i for *_, passes in segments for i in passes}):
+        having = [s for s in segments if iteration in s[3]]
+        world_size = max(having)[1]
+        final[iteration] = sorted(k for rank in range(world_size)
+                                  for k in max(s for s in having if s[2] == rank)[3][iteration])
+    starts = {}  # one (re)start of the group: (time, world size) -> iterations its rank 0 trained
+    for t, w, rank, passes in segments:
+        if rank == 0:
+            starts[(t, w)] = sorted(passes)
+    return final, sorted(starts.items())
+
+
+def all_ranks(samples):
+    """rank -> {iteration: keys} as `consumed` gives it, to iteration -> sorted keys of every rank."""
+    merged = {}
+    for per_iteration in samples.values():
+        for iteration, keys in per_iteration.items():
+            merged.setdefault(iteration, []).extend(keys)
+    return {i: sorted(k) for i, k in sorted(merged.items())}
+
+
+def metric_history(result, key):
+    import mlflow
+
+    return sorted(mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, key),
+                  key=lambda m: (m.step, m.timestamp))
+
+
+def canonical_keys(cfg, iterations):
+    """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
+    no model): what every layout of the run must train on."""
+    from maskx.datasets.partitions import EpochLayout
+    from maskx.datasets.stream import TrainStream, load_sources, train_steps
+    from maskx.orchestrator import engine
+
+    sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
+    engine.bind_to_vocabulary(cfg, vocab)
+    plan = engine.data_plan(cfg)
+    steps_per_epoch = sum(s.num_samples for s in sources) // plan.global_batch
+    keys, epoch = {}, 0
+    while len(keys) < iterations:
+        stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes,
+                             layout=EpochLayout(plan, 1, plan.global_batch), steps_per_epoch=steps_per_epoch,
+                             epoch=epoch, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer)
+        for step in train_steps(stream, stream, 0):
+            keys[len(keys) + 1] = sorted(step.keys)
+        epoch += 1
+    return {i: k for i, k in keys.items() if i <= iterations}
+
+
+ELASTIC_ITER = 30
+
+
+def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken_run, synth_shards, tmp_path):
+    """scaling.num_workers=[1, 2]: a worker node is lost after the checkpoint at 4; the run goes on at
+    once on the one node left (no replacement yet); a node joins and the run grows back to two. The
+    finished model trained each iteration on exactly the samples of the run's canonical order (each
+    sample of each epoch once), with the same global batch, and its losses track the unbroken run's."""
+    import mlflow
+
+    ray_cluster, workers = cluster
+    cfg = spread_config(synth_shards, tmp_path, "elastic", ["scaling.num_workers=[1, 2]", f"solver.max_iter={ELASTIC_ITER}",
+                                                            "scaling.elastic_resize_monitor_interval_s=3"])
+    expected = canonical_keys(spread_config(synth_shards, tmp_path, "elastic"), ELASTIC_ITER)
+    runner, outcome = train_in_background(cfg, tmp_path / "keys")
+    keys = tmp_path / "keys"
+    wait_until(lambda: list((tmp_path / "ray_results").glob("elastic-*/checkpoint_00000004")),
+               "the checkpoint at iteration 4", runner.is_alive, lambda: outcome)
+    lost_at = time.time()
+    ray_cluster.remove_node(workers[1], allow_graceful=False)
+    # Add a node as soon as the run has restarted on the one left; Ray grows the group back once it
+    # sees the node (its resource view refreshes every ~20 s) and its monitor looks again.
+    wait_until(lambda: final_passes(keys)[1][-1][0][1] == 1, "the restart on one worker", runner.is_alive,
+               lambda: outcome, timeout=300)
+    joined_at = time.time()
+    workers[1] = ray_cluster.add_node(num_cpus=1)
+    runner.join(timeout=600)
+    assert "result" in outcome, outcome
+    result = outcome["result"]
+
+    final, starts = final_passes(keys)
+    assert [w for (_, w), _ in starts] == [2, 1, 2], starts  # shrank to one, grew back to two
+    assert starts[1][1], starts  # one worker trained before the group grew: it did not wait for a node
+    assert final == expected  # every iteration: the canonical samples, once each
+    _, (unbroken, _) = unbroken_run
+    assert all_ranks(unbroken) == {i: k for i, k in expected.items() if i <= MAX_ITER}
+    world_sizes = sorted(metric_history(result, "train/world_size"), key=lambda m: m.timestamp)
+    changes = [m for i, m in enumerate(world_sizes) if i == 0 or m.value != world_sizes[i - 1].value]
+    assert [m.value for m in changes] == [2.0, 1.0, 2.0], [(m.step, m.value) for m in world_sizes]
+    tags = mlflow.MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id).data.tags
+    resizes = [tags[k] for k in sorted(tags) if k.startswith("maskx.resize.")]
+    assert len(resizes) == 2 and ": 2 -> 1 workers" in resizes[0] and ": 1 -> 2 workers" in resizes[1], resizes
+    assert "after a failure" in resizes[0] and "global batch 4 kept" in resizes[0]
+    ours = {m.step: m.value for m in metric_history(result, "loss/loss")}
+    theirs = {m.step: m.value for m in metric_history(unbroken_run[0], "loss/loss")}
+    gaps = [abs(ours[s] - theirs[s]) / theirs[s] for s in sorted(theirs)]
+    timeline = (f"elastic timeline: node lost after the checkpoint at 4; 1 worker training from iteration "
+                f"{changes[1].step}, {changes[1].timestamp / 1000 - lost_at:.1f} s after the loss, trained "
+                f"{starts[1][1][0]}..{starts[1][1][-1]}; node added {joined_at - lost_at:.1f} s after the loss; "
+                f"2 workers again from iteration {changes[2].step}, {changes[2].timestamp / 1000 - joined_at:.1f} s "
+                f"after it joined; loss gaps to the unbroken run {[round(g, 3) for g in gaps]}")
+    print(timeline)
+    assert max(gaps) < 0.2, timeline
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_a_two_worker_checkpoint_resumes_exactly_at_another_world_size(cluster, unbroken_run, synth_shards, tmp_path,
+                                                                        world_size):
+    """`maskx train --resume` with scaling.num_workers changed (8 GPUs yesterday, 4 today): the same
+    samples per iteration as the unbroken two-worker run, the same global batch."""
+    ray_cluster, _ = cluster
+    result, (expected, _) = unbroken_run
+    # The unbroken run as it stood at its checkpoint at 4: its folder and its MLflow store, copied.
+    source_tmp = os.path.dirname(os.path.dirname(result.run_folder))
+    folder = tmp_path / "ray_results" / result.run_name
+    shutil.copytree(result.run_folder, folder)
+    for later in ("checkpoint_00000006", "checkpoint_00000008"):
+        shutil.rmtree(folder / later)
+    (folder / "checkpoint_manager_snapshot.json").unlink()  # Ray's record of them; maskx reads the folder
+    shutil.copy(os.path.join(source_tmp, "mlflow.db"), tmp_path / "mlflow.db")
+    extra = ray_cluster.add_node(num_cpus=1) if world_size == 3 else None
+    try:
+        cfg = spread_config(synth_shards, tmp_path, "unbroken", [f"scaling.num_workers={world_size}"])
+        resumed = train(cfg, resume=result.run_name, record_keys_to=str(tmp_path / "keys"))
+    finally:
+        if extra is not None:
+            ray_cluster.remove_node(extra)
+    final, starts = final_passes(tmp_path / "keys")
+    assert [w for (_, w), _ in starts] == [world_size]
+    assert final == {i: k for i, k in all_ranks(expected).items() if i > 4}
+    contents = run_folder.load_state(resumed.checkpoint)
+    assert contents["iteration"] == MAX_ITER and contents["world_size"] == world_size
+    assert contents["data_plan"] == {"global_batch": 4, "partitions": 6}
