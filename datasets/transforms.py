@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -15,6 +16,8 @@ from torchvision.transforms.v2 import functional as F
 from .shard_format import FORMAT_VERSION, rle_from_json
 from .vocab import Vocabulary
 
+log = logging.getLogger(__name__)
+
 
 class BadSample(ValueError):
     """A sample that cannot be used; the stream skips and counts it."""
@@ -23,9 +26,10 @@ class BadSample(ValueError):
 def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int]], train: bool) -> tuple[torch.Tensor, dict]:
     """A shard sample -> image (3, H, W) uint8 and a target dict.
 
-    target: boxes (N, 4) xyxy float32, labels (N,) int64, has_mask (N,) bool, and masks (N, H, W)
-    uint8 only when some instance has one: RLE is decoded for set-A instances alone. Training drops
-    crowd regions (as detectron2); evaluation keeps them with iscrowd and the source RLEs.
+    target: boxes (N, 4) xyxy float32, labels (N,) int64, has_mask (N,) bool (a set-A instance with
+    an RLE), and for training, when some instance has a mask, `mask_rles`: their RLEs, in order,
+    which `decode_masks` turns into masks in the step. Training drops crowd regions (as detectron2);
+    evaluation keeps them with iscrowd and the source RLEs.
     """
     key = sample.get("__key__", "?")
     if "json" not in sample or "jpg" not in sample:
@@ -65,25 +69,37 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
         "has_mask": has_mask,
     }
     if train and has_mask.any():
-        index = torch.where(has_mask)[0]
-        try:
-            decoded = mask_utils.decode([rle_from_json(rles[i]) for i in index.tolist()])
-        except Exception as exc:
-            raise BadSample(f"sample {key}: bad RLE ({exc})") from None
-        # RLE runs down columns: pycocotools hands back (H, W, N) in column-major order, which is
-        # (N, W, H) row-major. Kept in that layout and seen through a transposed view, the masks
-        # cost one plain copy (none when every instance has one) instead of a transposing one.
-        by_column = torch.from_numpy(decoded.transpose(2, 1, 0))
-        if len(index) == len(labels):
-            masks = by_column
-        else:
-            masks = torch.zeros((len(labels), width, height), dtype=torch.uint8)
-            masks[index] = by_column
-        target["masks"] = masks.transpose(1, 2)
+        # Decoded by the train step (`decode_masks`), not here: RLE decoding cost as much as the JPEG,
+        # and the step's process has cores to spare while the GPU works.
+        mask_rles = [rles[i] for i in torch.where(has_mask)[0].tolist()]
+        if any(not isinstance(r, dict) or r.get("size") != [height, width] or not isinstance(r.get("counts"), str)
+               for r in mask_rles):
+            raise BadSample(f"sample {key}: bad RLE (not a {height}x{width} compressed RLE)")
+        target["mask_rles"] = mask_rles
     if not train:
         target.update(image_id=int(record["image_id"]), source=record["source"], iscrowd=torch.tensor(iscrowd, dtype=torch.int64),
                       segmentations=rles, key=key)
     return image, target
+
+
+def decode_masks(target: dict, key: str = "?") -> dict:
+    """`mask_rles` -> `masks` (M, H, W) uint8, one row per instance with `has_mask` (compact: the
+    model maps rows to instances through has_mask). An RLE that does not decode drops that
+    instance's mask (logged), never the step."""
+    if "mask_rles" not in target:
+        return target
+    target = dict(target)
+    rles = target.pop("mask_rles")
+    try:
+        decoded = mask_utils.decode([rle_from_json(r) for r in rles])
+    except Exception as exc:
+        log.warning("sample %s: its masks do not decode (%s); trained without them", key, exc)
+        target["has_mask"] = torch.zeros_like(target["has_mask"])
+        return target
+    # RLE runs down columns: pycocotools hands back (H, W, M) in column-major order, which is
+    # (M, W, H) row-major; seen through a transposed view, the masks cost no transposing copy.
+    target["masks"] = torch.from_numpy(decoded.transpose(2, 1, 0)).transpose(1, 2)
+    return target
 
 
 @dataclass(frozen=True)
@@ -123,10 +139,10 @@ def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: 
     boxes = boxes.as_subclass(torch.Tensor)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
     out = {"boxes": boxes, "labels": target["labels"], "has_mask": target["has_mask"]}
-    if masks is not None:
-        out["masks"] = masks
     if not keep.all():  # rare: indexing copies every (H, W) mask
+        if masks is not None:  # one row per instance, or compact: one per instance with a mask
+            masks = masks[keep] if len(masks) == len(keep) else masks[keep[target["has_mask"]]]
         out = {k: v[keep] for k, v in out.items()}
-        if "masks" in out and not out["has_mask"].any():
-            del out["masks"]
+    if masks is not None and out["has_mask"].any():
+        out["masks"] = masks
     return image, out

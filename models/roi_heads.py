@@ -42,7 +42,9 @@ class MaskXRoIHeads(RoIHeads):
         self.register_buffer("is_set_a", is_set_a, persistent=False)
 
     def check_targets(self, targets):
-        # Unlike torchvision, "masks" is optional: images with boxes only carry none.
+        # Unlike torchvision, "masks" is optional: images with boxes only carry none. They may have a
+        # row per instance (torchvision's layout) or only for the instances with `has_mask` (what
+        # maskx's loader ships: no zero placeholders).
         if targets is None:
             raise ValueError("targets should not be None in training")
         for t in targets:
@@ -98,6 +100,8 @@ class MaskXRoIHeads(RoIHeads):
                 # GT masks may be at any resolution covering the image (the loader keeps the source's,
                 # so it never resizes full-image masks): map the proposals onto the mask grid.
                 masks = target["masks"]
+                if len(masks) != len(target["labels"]):  # compact: one row per instance with has_mask
+                    img_matched = (torch.cumsum(target["has_mask"].long(), 0) - 1)[img_matched]
                 scale = img_proposals.new_tensor([masks.shape[-1] / width, masks.shape[-2] / height] * 2)
                 mask_targets.append(project_masks_on_boxes(masks, img_proposals * scale, img_matched, logits.shape[-1]))
         return F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype))

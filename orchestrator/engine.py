@@ -14,7 +14,7 @@ from torch import nn
 
 from maskx.datasets.partitions import DataPlan
 from maskx.datasets.stream import Batch
-from maskx.datasets.transforms import augment
+from maskx.datasets.transforms import augment, decode_masks
 from maskx.datasets.vocab import Vocabulary
 
 from .config import SolverConfig, TrainConfig
@@ -85,12 +85,15 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -
 
 
 def to_device(batch: Batch, device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
-    """uint8 images to float [0, 1] on the device, then each training image's resize and flip there.
+    """uint8 images to float [0, 1] on the device, then each training image's resize and flip there;
+    the masks' RLEs decoded (compact: instances with a mask only) and sent along.
 
     The loader ships uint8 at the source size (4x fewer bytes than float, and none of its cores spent
-    resizing); the model's transform normalizes on the device too."""
+    resizing or decoding masks); the model's transform normalizes on the device too."""
     images = [image.to(device, non_blocking=True).float().div_(255) for image in batch.images]
-    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch.targets]
+    keys = batch.keys or ["?"] * len(batch.targets)
+    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in decode_masks(t, key).items()}
+               for t, key in zip(batch.targets, keys)]
     if batch.augmentations:
         augmented = [augment(image, target, a) for image, target, a in zip(images, targets, batch.augmentations)]
         images, targets = [image for image, _ in augmented], [target for _, target in augmented]

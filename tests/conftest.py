@@ -121,3 +121,52 @@ def mlflow_server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_mlflow_server(process)
+
+
+def final_passes(paths):
+    """From keys logs (`maskx train --record-keys-to`; every rank's file, from every host):
+    iteration -> the keys of every rank of the pass the finished model kept (the latest (re)start
+    that trained the iteration), and the (start time, world size) of each (re)start. Ranks of an
+    earlier, larger group may have logged iterations a smaller group redid: those are not counted."""
+    segments = []  # (start time, world size, rank, {iteration: keys})
+    for path in sorted(map(str, paths)):
+        rank = int(os.path.basename(path).removeprefix("rank").removesuffix(".txt"))
+        for line in open(path):
+            parts = line.split()
+            if parts[0] == "node":
+                segments.append((float(parts[3]), int(parts[2]), rank, {}))
+            else:
+                segments[-1][3].setdefault(int(parts[0]), []).append(parts[1])
+    final = {}
+    for iteration in sorted({i for *_, passes in segments for i in passes}):
+        having = [s for s in segments if iteration in s[3]]
+        world_size = max(having, key=lambda s: s[0])[1]
+        final[iteration] = sorted(k for rank in range(world_size)
+                                  for k in max((s for s in having if s[2] == rank), key=lambda s: s[0])[3][iteration])
+    starts = {}  # one (re)start of the group: (time, world size) -> iterations its rank 0 trained
+    for t, w, rank, passes in segments:
+        if rank == 0:
+            starts[(t, w)] = sorted(passes)
+    return final, sorted(starts.items())
+
+
+def canonical_keys(cfg, iterations):
+    """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
+    no model): what every layout of the run must train on."""
+    from maskx.datasets.partitions import EpochLayout
+    from maskx.datasets.stream import TrainStream, load_sources, train_steps
+    from maskx.orchestrator import engine
+
+    sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
+    engine.bind_to_vocabulary(cfg, vocab)
+    plan = engine.data_plan(cfg)
+    steps_per_epoch = sum(s.num_samples for s in sources) // plan.global_batch
+    keys, epoch = {}, 0
+    while len(keys) < iterations:
+        stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes,
+                             layout=EpochLayout(plan, 1, plan.global_batch), steps_per_epoch=steps_per_epoch,
+                             epoch=epoch, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer)
+        for step in train_steps(stream, stream, 0):
+            keys[len(keys) + 1] = sorted(step.keys)
+        epoch += 1
+    return {i: k for i, k in keys.items() if i <= iterations}

@@ -10,7 +10,7 @@ import torch
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.partitions import DataPlan, EpochLayout
 from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader, train_steps
-from maskx.datasets.transforms import augment
+from maskx.datasets.transforms import augment, decode_masks
 
 
 PLAN = DataPlan(global_batch=6, partitions=6)
@@ -75,8 +75,13 @@ def test_every_rank_runs_the_same_micro_batches_per_step(synth_shards):
         for batch in step.micro_batches:
             assert len(batch.images) <= 2 and all(im.dtype == torch.uint8 for im in batch.images)
             for image, target, augmentation in zip(batch.images, batch.targets, batch.augmentations):
-                if "masks" in target:  # shipped at the source size; the train step resizes on the device
-                    assert target["masks"].shape[1:] == image.shape[-2:]
+                # the loader ships set A (VOC) instances' RLEs; the train step decodes them, compact:
+                # one mask per instance with has_mask, no placeholders, at the source size
+                assert "masks" not in target
+                target = decode_masks(target)
+                if target["has_mask"].any():
+                    assert target["masks"].shape == (int(target["has_mask"].sum()), *image.shape[-2:])
+                    assert all(target["masks"][i].any() for i in range(len(target["masks"])))
                 assert augmentation.min_size in (96, 128) and augmentation.max_size == 192
                 image, target = augment(image, target, augmentation)
                 assert min(image.shape[-2:]) in (96, 128) and max(image.shape[-2:]) <= 192
@@ -84,8 +89,6 @@ def test_every_rank_runs_the_same_micro_batches_per_step(synth_shards):
                     # masks stay at the source resolution, with the image's aspect
                     mask_h, mask_w = target["masks"].shape[1:]
                     assert abs(mask_w / mask_h - image.shape[-1] / image.shape[-2]) < 0.02
-                    # set A (VOC) instances carry masks; others are all-zero placeholders
-                    assert target["masks"][~target["has_mask"]].sum() == 0
 
 
 def test_a_rank_without_samples_in_a_step_runs_a_blank_pass():
@@ -174,3 +177,16 @@ def test_training_survives_corrupt_data_and_reports_it(synth_shards, tmp_path):
     steps = list(train_steps(make_loader(stream, num_workers=0), stream, 0))
     assert len(steps) == 20 and all(step.images == 2 for step in steps)
     assert steps[-1].partitions[0].skipped >= 3
+
+
+def test_masks_that_do_not_decode_are_dropped_in_the_step_not_the_run(caplog):
+    """The loader checks each RLE's form (a mismatched size or a non-RLE is a bad sample, skipped and
+    counted there); one whose runs do not add up shows only when the step decodes it: that instance
+    trains without its mask, and the log says which sample."""
+    target = {"boxes": torch.zeros(1, 4), "labels": torch.tensor([1]), "has_mask": torch.tensor([True]),
+              "mask_rles": [{"size": [4, 5], "counts": "zzzz"}]}
+    with caplog.at_level("WARNING"):
+        decoded = decode_masks(target, "coco-000000000042")
+    assert "masks" not in decoded and not decoded["has_mask"].any()
+    assert "sample coco-000000000042: its masks do not decode" in caplog.text
+    assert "mask_rles" in target  # the batch itself is left as it was

@@ -78,3 +78,31 @@ def test_every_trainable_parameter_takes_part_in_every_step(mode, with_masks):
     assert not missing
     if not with_masks:
         assert all(p.grad.abs().sum() == 0 for p in model.roi_heads.mask_predictor.parameters())
+
+
+def test_compact_masks_one_per_instance_with_a_mask_give_the_same_loss():
+    """maskx's loader ships masks only for instances with has_mask (no zero placeholders); the loss
+    is the one of torchvision's layout, a mask row per instance."""
+    from maskx.datasets.transforms import resize_and_flip
+
+    model = tiny_model("transfer+mlp").train()
+    images, targets = tiny_batch()
+    full = copy.deepcopy(targets)
+    # a set-A instance without a mask ahead of the one with a mask: rows and instances no longer align
+    full[0]["boxes"] = torch.cat([torch.tensor([[90.0, 5.0, 140.0, 40.0]]), full[0]["boxes"]])
+    full[0]["labels"] = torch.cat([torch.tensor([1]), full[0]["labels"]])
+    full[0]["has_mask"] = torch.tensor([False, True, False])
+    full[0]["masks"] = torch.cat([torch.zeros(1, 128, 160, dtype=torch.uint8), full[0]["masks"]])
+    compact = copy.deepcopy(full)
+    compact[0]["masks"] = full[0]["masks"][1:2]
+    torch.manual_seed(7)
+    reference = model(images, full)["loss_mask"]
+    torch.manual_seed(7)
+    assert torch.equal(model(images, compact)["loss_mask"], reference) and reference > 0
+    # the resize/flip keeps each mask with its instance when a box too small to keep is dropped
+    for target in (full[0], compact[0]):
+        target["boxes"][0] = torch.tensor([90.0, 5.0, 90.2, 40.0])
+    _, kept_full = resize_and_flip(images[0], full[0], 64, 80, flip=True)
+    _, kept_compact = resize_and_flip(images[0], compact[0], 64, 80, flip=True)
+    assert kept_full["has_mask"].tolist() == [True, False] and len(kept_compact["masks"]) == 1
+    assert torch.equal(kept_compact["masks"][0], kept_full["masks"][0])

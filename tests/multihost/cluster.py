@@ -107,10 +107,10 @@ class RehearsalCluster:
         self.laptop.run([sys.executable, "-c", code, json.dumps(folders)], dict(clean_environment(), **self.aws))
         return urls
 
-    def submit(self, maskx_args: list[str], wait: bool = True, timeout: float = 900):
+    def submit(self, maskx_args: list[str], wait: bool = True, timeout: float = 900, env_vars: dict = {}):
         """`ray job submit` from the laptop to the head's dashboard: `maskx ...` with S3 and the tracking
-        server reached through the job's environment."""
-        runtime_env = {"env_vars": {**self.aws, "MLFLOW_TRACKING_URI": self.tracking_uri}}
+        server reached through the job's environment (and `env_vars`)."""
+        runtime_env = {"env_vars": {**self.aws, "MLFLOW_TRACKING_URI": self.tracking_uri, **env_vars}}
         args = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
                 "--runtime-env-json", json.dumps(runtime_env), *([] if wait else ["--no-wait"]), "--",
                 "maskx", *maskx_args]

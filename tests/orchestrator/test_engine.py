@@ -6,7 +6,7 @@ import torch
 
 from maskx.datasets.partitions import DataPlan, EpochLayout
 from maskx.datasets.stream import Batch, TrainStream, load_sources, train_steps
-from maskx.datasets.transforms import augment
+from maskx.datasets.transforms import augment, decode_masks
 from maskx.models import build_model
 from maskx.orchestrator import engine, run_folder
 from maskx.orchestrator.config import SolverConfig, load_config
@@ -79,12 +79,12 @@ def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_auto
     """What runs on a GPU, where torch allows it on a CPU: uint8 source-size images resized and
     flipped in the step (on the device), bf16 autocast (`solver.amp`), non-blocking copies."""
     cfg, batches, _ = setup
-    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("masks" in t for t in b.targets))
+    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("mask_rles" in t for t in b.targets))
     images, targets = engine.to_device(batch, torch.device("cpu"))
     for image, target, source, source_target, augmentation in zip(images, targets, batch.images, batch.targets,
                                                                   batch.augmentations):
         # what the loader used to do on its cores, to the uint8 image
-        expected_image, expected_target = augment(source, source_target, augmentation)
+        expected_image, expected_target = augment(source, decode_masks(source_target), augmentation)
         assert image.dtype == torch.float32 and image.shape == expected_image.shape
         assert (image - expected_image.float() / 255).abs().max() <= 2 / 255
         assert torch.allclose(target["boxes"], expected_target["boxes"])

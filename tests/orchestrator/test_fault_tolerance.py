@@ -13,7 +13,7 @@ from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import load_config
 from maskx.orchestrator.trainer import train
 
-from ..conftest import wait_until
+from ..conftest import canonical_keys, final_passes, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -229,32 +229,6 @@ def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(
 
 
 
-def final_passes(folder):
-    """iteration -> the keys of every rank of the pass the finished model kept (the latest (re)start
-    that trained the iteration), and the (start time, world size) of each (re)start. Ranks of an
-    earlier, larger group may have logged iterations a smaller group redid: those are not counted."""
-    segments = []  # (start time, world size, rank, {iteration: keys})
-    for name in sorted(os.listdir(folder)):
-        rank = int(name.removeprefix("rank").removesuffix(".txt"))
-        for line in open(os.path.join(folder, name)):
-            parts = line.split()
-            if parts[0] == "node":
-                segments.append((float(parts[3]), int(parts[2]), rank, {}))
-            else:
-                segments[-1][3].setdefault(int(parts[0]), []).append(parts[1])
-    final = {}
-    for iteration in sorted({i for *_, passes in segments for i in passes}):
-        having = [s for s in segments if iteration in s[3]]
-        world_size = max(having)[1]
-        final[iteration] = sorted(k for rank in range(world_size)
-                                  for k in max(s for s in having if s[2] == rank)[3][iteration])
-    starts = {}  # one (re)start of the group: (time, world size) -> iterations its rank 0 trained
-    for t, w, rank, passes in segments:
-        if rank == 0:
-            starts[(t, w)] = sorted(passes)
-    return final, sorted(starts.items())
-
-
 def all_ranks(samples):
     """rank -> {iteration: keys} as `consumed` gives it, to iteration -> sorted keys of every rank."""
     merged = {}
@@ -269,28 +243,6 @@ def metric_history(result, key):
 
     return sorted(mlflow.MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, key),
                   key=lambda m: (m.step, m.timestamp))
-
-
-def canonical_keys(cfg, iterations):
-    """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
-    no model): what every layout of the run must train on."""
-    from maskx.datasets.partitions import EpochLayout
-    from maskx.datasets.stream import TrainStream, load_sources, train_steps
-    from maskx.orchestrator import engine
-
-    sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
-    engine.bind_to_vocabulary(cfg, vocab)
-    plan = engine.data_plan(cfg)
-    steps_per_epoch = sum(s.num_samples for s in sources) // plan.global_batch
-    keys, epoch = {}, 0
-    while len(keys) < iterations:
-        stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes,
-                             layout=EpochLayout(plan, 1, plan.global_batch), steps_per_epoch=steps_per_epoch,
-                             epoch=epoch, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer)
-        for step in train_steps(stream, stream, 0):
-            keys[len(keys) + 1] = sorted(step.keys)
-        epoch += 1
-    return {i: k for i, k in keys.items() if i <= iterations}
 
 
 ELASTIC_ITER = 30
@@ -315,7 +267,7 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
     ray_cluster.remove_node(workers[1], allow_graceful=False)
     # Add a node as soon as the run has restarted on the one left; Ray grows the group back once it
     # sees the node (its resource view refreshes every ~20 s) and its monitor looks again.
-    wait_until(lambda: final_passes(keys)[1][-1][0][1] == 1, "the restart on one worker", runner.is_alive,
+    wait_until(lambda: final_passes(keys.glob('*.txt'))[1][-1][0][1] == 1, "the restart on one worker", runner.is_alive,
                lambda: outcome, timeout=300)
     joined_at = time.time()
     workers[1] = ray_cluster.add_node(num_cpus=1)
@@ -323,7 +275,7 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
     assert "result" in outcome, outcome
     result = outcome["result"]
 
-    final, starts = final_passes(keys)
+    final, starts = final_passes(keys.glob('*.txt'))
     assert [w for (_, w), _ in starts] == [2, 1, 2], starts  # shrank to one, grew back to two
     assert starts[1][1], starts  # one worker trained before the group grew: it did not wait for a node
     assert final == expected  # every iteration: the canonical samples, once each
@@ -370,7 +322,7 @@ def test_a_two_worker_checkpoint_resumes_exactly_at_three_workers(cluster, unbro
     finally:
         if extra is not None:
             ray_cluster.remove_node(extra)
-    final, starts = final_passes(tmp_path / "keys")
+    final, starts = final_passes((tmp_path / "keys").glob("*.txt"))
     assert [w for (_, w), _ in starts] == [world_size]
     assert final == {i: k for i, k in all_ranks(expected).items() if i > 4}
     contents = run_folder.load_state(resumed.checkpoint)
