@@ -73,6 +73,9 @@ def check_inputs(cfg: TrainConfig) -> None:
         check_vg_coco_exclusion(cfg)
     _, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
     engine.bind_to_vocabulary(cfg, vocab)
+    if cfg.data.partitions is not None and cfg.data.partitions < cfg.scaling.max_workers:
+        raise ValueError(f"data.partitions={cfg.data.partitions}: fewer than the {cfg.scaling.max_workers} workers "
+                         "scaling.num_workers allows; each worker reads one partition at least")
     if cfg.data.val:
         _, val_vocab = load_sources([(cfg.data.val, 1.0)])
         if val_vocab.to_json() != vocab.to_json():
