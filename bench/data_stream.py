@@ -60,8 +60,9 @@ def full_stream(manifest: str, samples: int, batch_size: int, min_size: int, max
     """Samples/s of the stream, and the seconds per sample the step then spends decoding masks."""
     sources, vocab = load_sources([(manifest, 1.0)])
     layout = EpochLayout(DataPlan(global_batch=batch_size, partitions=1), world_size=1, batch_size=batch_size)
-    stream = TrainStream(sources, vocab, vocab.class_set("voc"), layout, steps_per_epoch=samples // batch_size,
-                         min_sizes=(min_size,), max_size=max_size, shuffle_buffer=64)
+    stream = TrainStream(sources=sources, vocab=vocab, mask_labels=vocab.class_set("voc"), layout=layout,
+                         steps_per_epoch=samples // batch_size, min_sizes=(min_size,), max_size=max_size,
+                         shuffle_buffer=64)
     start = time.perf_counter()
     steps = list(train_steps(stream, stream, 0))
     rate = sum(step.images for step in steps) / (time.perf_counter() - start)

@@ -123,8 +123,8 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     scheduler = engine.build_lr_scheduler(optimizer, solver)
     partitions = max(1, args.loader_workers)
     layout = EpochLayout(DataPlan(global_batch=args.batch, partitions=partitions), world_size=1, batch_size=args.batch)
-    stream = TrainStream(sources, vocab, None, layout, steps_per_epoch=10**9, min_sizes=(args.size,),
-                         max_size=args.max_size)
+    stream = TrainStream(sources=sources, vocab=vocab, mask_labels=None, layout=layout, steps_per_epoch=10**9,
+                         min_sizes=(args.size,), max_size=args.max_size)
     loader = make_loader(stream, args.loader_workers, pin_memory=args.device == "cuda")
     waited, done, images = 0.0, 0, 0
     utilization = "n/a"

@@ -173,7 +173,8 @@ def test_training_survives_corrupt_data_and_reports_it(synth_shards, tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 10)
     source = Source("coco", urls + [str(tmp_path / "junk.tar")], [s.samples for s in manifest.shards] + [3])
     layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
-    stream = TrainStream([source], manifest.vocab(), None, layout, steps_per_epoch=20, min_sizes=(96,), max_size=160)
+    stream = TrainStream(sources=[source], vocab=manifest.vocab(), mask_labels=None, layout=layout, steps_per_epoch=20,
+                         min_sizes=(96,), max_size=160)
     steps = list(train_steps(make_loader(stream, num_workers=0), stream, 0))
     assert len(steps) == 20 and all(step.images == 2 for step in steps)
     assert steps[-1].partitions[0].skipped >= 3

@@ -20,8 +20,8 @@ def setup(synth_shards):
     sources, vocab = load_sources([(synth_shards["coco_train"], 1.0), (synth_shards["vg"], 0.5)])
     engine.bind_to_vocabulary(cfg, vocab)
     layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
-    stream = TrainStream(sources, vocab, cfg.model.mask_classes, layout, steps_per_epoch=6, min_sizes=(128,),
-                         max_size=160, seed=1)
+    stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes, layout=layout,
+                         steps_per_epoch=6, min_sizes=(128,), max_size=160, seed=1)
     batches = [step.micro_batches[0] for step in train_steps(stream, stream, 0)]
     return cfg, batches, vocab
 
