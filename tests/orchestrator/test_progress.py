@@ -12,11 +12,12 @@ def test_time_waiting_for_the_loader_is_data_time():
     window.batch_arrived()
     window.step_done({"loss_mask": 0.5}, images=2)
     window.batch_arrived()  # the next batch was ready
-    window.step_done({"loss_mask": 0.4}, images=2)
+    window.step_done({"loss_mask": 0.4}, images=1)  # a rank's share of a step can be smaller
     assert 0.2 <= window.data_wait_s < window.elapsed_s
-    assert window.images == 4 and len(window.losses) == 2
+    assert window.images == 3 and window.steps == 2
+    assert window.loss_sums["loss_mask"] == 0.5 * 2 + 0.4 * 1  # weighted by images; divided by every rank's images when logged
     window.reset()
-    assert window.data_wait_s == 0 and window.losses == []
+    assert window.data_wait_s == 0 and window.loss_sums == {} and window.steps == 0
 
 
 def test_one_line_like_detectron2s():

@@ -19,7 +19,7 @@ def write_run(folder, iterations=(2, 4, 6)):
     scheduler = engine.build_lr_scheduler(optimizer, SolverConfig())
     vocab = build_vocabulary(COCO_CATEGORIES)
     for iteration in iterations:
-        contents = run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(iteration), [])
+        contents = run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(iteration))
         run_folder.write_checkpoint(str(folder / run_folder.checkpoint_name(iteration)), contents,
                                     dump_config(TrainConfig()), vocab)
     return folder
