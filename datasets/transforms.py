@@ -61,17 +61,16 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
             iscrowd.append(int(ann.get("iscrowd", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise BadSample(f"sample {key}: bad annotation ({type(exc).__name__}: {exc})") from None
-    labels_t = torch.tensor(labels, dtype=torch.int64)
-    has_mask = torch.tensor([r is not None and (mask_labels is None or l in mask_labels) for r, l in zip(rles, labels)], dtype=torch.bool)
+    has_mask = [r is not None and (mask_labels is None or l in mask_labels) for r, l in zip(rles, labels)]
     target = {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": labels_t,
-        "has_mask": has_mask,
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "has_mask": torch.tensor(has_mask, dtype=torch.bool),
     }
-    if train and has_mask.any():
+    if train and any(has_mask):
         # Decoded by the train step (`decode_masks`), not here: RLE decoding cost as much as the JPEG,
         # and the step's process has cores to spare while the GPU works.
-        mask_rles = [rles[i] for i in torch.where(has_mask)[0].tolist()]
+        mask_rles = [r for r, m in zip(rles, has_mask) if m]
         if any(not isinstance(r, dict) or r.get("size") != [height, width] or not isinstance(r.get("counts"), str)
                for r in mask_rles):
             raise BadSample(f"sample {key}: bad RLE (not a {height}x{width} compressed RLE)")
