@@ -153,7 +153,7 @@ def submit_past_the_first_checkpoint(cluster, shards, name, keys) -> list[str]:
     return args
 
 
-ELASTIC_ITER = 30
+ELASTIC_ITER = 50  # Ray sees a new node within ~20 s (its resource view refreshes on a tick): room to grow
 
 
 def test_an_elastic_run_loses_a_host_goes_on_alone_and_grows_back_on_a_new_one(rehearsal, synth_shards):

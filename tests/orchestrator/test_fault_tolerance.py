@@ -218,7 +218,7 @@ def metric_history(result, key):
                   key=lambda m: (m.step, m.timestamp))
 
 
-ELASTIC_ITER = 30
+ELASTIC_ITER = 50  # Ray sees a new node within ~20 s (its resource view refreshes on a tick): room to grow
 
 
 def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken_run, synth_shards, tmp_path):
