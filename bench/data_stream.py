@@ -22,7 +22,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from maskx.datasets.prepare import prepare_coco
 from maskx.datasets.partitions import DataPlan, EpochLayout
-from maskx.datasets.stream import SkipCounter, TrainStream, load_sources, shard_samples, train_steps
+from maskx.datasets.stream import SkipCounter, load_sources, shard_samples
+from maskx.datasets.train_stream import TrainStream, train_steps
 from maskx.datasets.synth import write_synthetic
 from maskx.datasets.transforms import decode_masks
 

@@ -106,7 +106,8 @@ def training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
 def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     from maskx.datasets.prepare import prepare_coco
     from maskx.datasets.partitions import DataPlan, EpochLayout
-    from maskx.datasets.stream import TrainStream, load_sources, make_loader, train_steps
+    from maskx.datasets.stream import load_sources, make_loader
+    from maskx.datasets.train_stream import TrainStream, train_steps
     from maskx.models import BackboneConfig, ModelConfig, build_model
     from maskx.orchestrator import engine
     from maskx.orchestrator.config import SolverConfig

@@ -35,7 +35,7 @@ from torch import nn
 
 from maskx.datasets import storage
 from maskx.datasets.partitions import DataPlan
-from maskx.datasets.stream import StreamPosition
+from maskx.datasets.train_stream import StreamPosition
 from maskx.datasets.vocab import Vocabulary
 
 from .config import TrainConfig, load_config

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from maskx.datasets.partitions import EpochLayout
-from maskx.datasets.stream import EvalStream, StreamPosition, TrainStream, load_sources, make_loader, train_steps
+from maskx.datasets.stream import EvalStream, load_sources, make_loader
+from maskx.datasets.train_stream import StreamPosition, TrainStream, train_steps
 from maskx.models import build_model
 
 from . import engine, run_folder

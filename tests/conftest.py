@@ -154,7 +154,8 @@ def canonical_keys(cfg, iterations):
     """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
     no model): what every layout of the run must train on."""
     from maskx.datasets.partitions import EpochLayout
-    from maskx.datasets.stream import TrainStream, load_sources, train_steps
+    from maskx.datasets.stream import load_sources
+    from maskx.datasets.train_stream import TrainStream, train_steps
     from maskx.orchestrator import engine
 
     sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])

@@ -9,7 +9,8 @@ import torch
 
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.partitions import DataPlan, EpochLayout
-from maskx.datasets.stream import EvalStream, Source, StreamPosition, TrainStream, load_sources, make_loader, train_steps
+from maskx.datasets.stream import EvalStream, Source, load_sources, make_loader
+from maskx.datasets.train_stream import StreamPosition, TrainStream, train_steps
 from maskx.datasets.transforms import augment, decode_masks
 
 

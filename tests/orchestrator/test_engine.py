@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from maskx.datasets.partitions import DataPlan, EpochLayout
-from maskx.datasets.stream import Batch, TrainStream, load_sources, train_steps
+from maskx.datasets.stream import Batch, load_sources
+from maskx.datasets.train_stream import TrainStream, train_steps
 from maskx.datasets.transforms import augment, decode_masks
 from maskx.models import build_model
 from maskx.orchestrator import engine, run_folder

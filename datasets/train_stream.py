@@ -1,0 +1,236 @@
+"""The training stream: one rank's share of each step, read through the run's canonical partitions
+(`partitions.py`), with each partition's position after every step for the checkpoint.
+
+Each partition: its shards (shuffled by seed, epoch, pass) -> tar samples -> shuffle buffer ->
+sources mixed by weight -> decode -> each image's resize/flip drawn, all seeded by (seed, epoch,
+partition), never by rank or loader worker. A rank's loader workers read its partitions and yield a
+chunk per step; `train_steps` joins a step's chunks in epoch order and cuts the micro-batches, the
+same number on every rank, so DDP never waits on a rank that ran out. A checkpoint that stores the
+partitions' positions resumes the epoch with no sample lost or repeated, at any world size.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import torch
+from torch.utils.data import IterableDataset
+from webdataset.filters import _shuffle
+
+from .partitions import EpochLayout
+from .stream import Batch, SkipCounter, Source, loader_slot, seeded_rng, shard_samples, slot_assignment
+from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
+from .vocab import Vocabulary
+
+
+@dataclass
+class PartitionPosition:
+    """Where one canonical partition stands within an epoch."""
+
+    raw: dict[str, int] = field(default_factory=dict)  # samples drawn per source (decoded or skipped)
+    samples: int = 0  # samples it gave to steps
+    skipped: int = 0
+
+
+@dataclass
+class StreamPosition:
+    """Where an epoch stands: steps done and each partition's position; what a checkpoint stores.
+    Ranks hold their own partitions' entries; the checkpoint merges them (`merged`)."""
+
+    epoch: int = 0
+    steps: int = 0
+    partitions: dict[int, PartitionPosition] = field(default_factory=dict)
+
+    def advance(self, step: "Step") -> None:
+        self.steps = step.index + 1
+        self.partitions.update(step.partitions)
+
+    @property
+    def skipped(self) -> int:
+        return sum(p.skipped for p in self.partitions.values())
+
+    @property
+    def drawn(self) -> int:
+        return sum(sum(p.raw.values()) for p in self.partitions.values())
+
+    def only(self, partitions: list[int]) -> "StreamPosition":
+        return StreamPosition(self.epoch, self.steps, {p: self.partitions[p] for p in partitions if p in self.partitions})
+
+    @classmethod
+    def merged(cls, parts: list["StreamPosition"]) -> "StreamPosition":
+        if len({(p.epoch, p.steps) for p in parts}) > 1:
+            raise ValueError(f"ranks disagree on the data position: {[(p.epoch, p.steps) for p in parts]}")
+        partitions = {}
+        for part in parts:
+            partitions.update(part.partitions)
+        return cls(parts[0].epoch, parts[0].steps, partitions)
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "steps": self.steps,
+                "partitions": {str(k): vars(v) for k, v in sorted(self.partitions.items())}}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "StreamPosition":
+        return cls(obj["epoch"], obj["steps"], {int(k): PartitionPosition(**v) for k, v in obj["partitions"].items()})
+
+
+@dataclass
+class Step:
+    """One rank's share of one optimizer step: its micro-batches (blank ones have no keys) and the
+    positions of its partitions after the step."""
+
+    index: int
+    micro_batches: list[Batch]
+    partitions: dict[int, PartitionPosition]
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for batch in self.micro_batches for key in batch.keys]
+
+    @property
+    def images(self) -> int:
+        return sum(len(batch.keys) for batch in self.micro_batches)
+
+
+class PartitionReader:
+    """One canonical partition's samples: its shards (re-shuffled on each pass), a shuffle buffer, the
+    sources mixed by weight, each sample decoded and its augmentation drawn. Seeded by (seed, epoch,
+    partition) only, and started at `position` by drawing (not decoding) what was drawn before."""
+
+    def __init__(self, stream: "TrainStream", partition: int, position: PartitionPosition):
+        self.stream, self.partition = stream, partition
+        self.position = copy.deepcopy(position)
+        self.skips = SkipCounter(position.skipped)
+        self.raw = {s.name: stream.raw_samples(s, partition, stream.plan.partitions, self.skips) for s in stream.sources}
+        self.names = [s.name for s in stream.sources]
+        self.weights = [s.weight for s in stream.sources]
+        self.mix = seeded_rng(stream.seed, stream.epoch, partition, "mix")
+        self.skips.muted = True
+        for name in self.names:
+            for _ in range(position.raw.get(name, 0)):
+                next(self.raw[name])
+        for _ in range(sum(position.raw.values())):
+            self.mix.choices(self.names, self.weights)
+        self.skips.muted = False
+
+    def next_sample(self) -> tuple[torch.Tensor, dict, str, Augmentation]:
+        stream = self.stream
+        while True:
+            name = self.mix.choices(self.names, self.weights)[0]
+            sample = next(self.raw[name])
+            self.position.raw[name] = self.position.raw.get(name, 0) + 1
+            try:
+                image, target = decode_sample(sample, stream.vocab, stream.mask_labels, train=True)
+            except BadSample as exc:
+                self.skips.skip(f"{exc} in shard {sample.get('__url__')}")
+                continue
+            self.position.skipped = self.skips.count  # bad samples and the lost ones of damaged shards
+            rng = seeded_rng(stream.seed, stream.epoch, self.partition, "transform", self.position.samples)
+            self.position.samples += 1
+            augmentation = draw_augmentation(rng, stream.min_sizes, stream.max_size, stream.flip_prob)
+            return image, target, sample["__key__"], augmentation
+
+
+class TrainStream(IterableDataset):
+    """One rank's share of one epoch, step by step. Each loader worker reads some of the rank's
+    partitions and yields, per step, a chunk: its partitions' samples of that step. `train_steps`
+    joins a step's chunks from all loader workers and cuts the micro-batches."""
+
+    def __init__(
+        self,
+        sources: list[Source],
+        vocab: Vocabulary,
+        mask_labels: Optional[list[int]],
+        layout: EpochLayout,
+        steps_per_epoch: int,
+        rank: int = 0,
+        epoch: int = 0,
+        seed: int = 0,
+        min_sizes: tuple[int, ...] = (800,),
+        max_size: int = 1333,
+        flip_prob: float = 0.5,
+        shuffle_buffer: int = 256,
+        start: Optional[StreamPosition] = None,
+    ):
+        if not sources:
+            raise ValueError("data.train: no sources")
+        self.sources = sources
+        self.vocab = vocab
+        self.mask_labels = set(mask_labels) if mask_labels is not None else None
+        self.layout, self.plan = layout, layout.plan
+        self.steps_per_epoch = steps_per_epoch
+        self.rank = rank
+        self.epoch, self.seed = epoch, seed
+        self.min_sizes, self.max_size, self.flip_prob = list(min_sizes), max_size, flip_prob
+        self.shuffle_buffer = shuffle_buffer
+        self.start = start if start is not None and start.epoch == epoch else StreamPosition(epoch=epoch)
+        for partition in layout.rank_partitions(rank):
+            expected = self.plan.taken_before(partition, self.start.steps)
+            found = self.start.partitions.get(partition, PartitionPosition()).samples
+            if found != expected:
+                raise ValueError(f"data position: partition {partition} gave {found} samples by step "
+                                 f"{self.start.steps} of epoch {epoch}, the run's data plan says {expected}")
+
+    def raw_samples(self, source: Source, partition: int, num_partitions: int, skips: SkipCounter) -> Iterator[dict]:
+        """Endless shuffled samples of one source for one partition; each pass reshuffles the shards."""
+        for pass_index in range(10**9):
+            order = list(range(len(source.shard_urls)))
+            seeded_rng(self.seed, self.epoch, source.name, pass_index).shuffle(order)
+            produced = 0
+
+            def samples():
+                nonlocal produced
+                for shard, every, offset in slot_assignment(len(order), partition, num_partitions, order):
+                    for sample in shard_samples(source.shard_urls[shard], source.shard_samples[shard], skips, every, offset):
+                        produced += 1
+                        yield sample
+
+            rng = seeded_rng(self.seed, self.epoch, source.name, pass_index, partition, "shuffle")
+            yield from _shuffle(samples(), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            if produced == 0:
+                raise RuntimeError(f"source {source.name}: no readable sample for partition {partition} in any of its shards")
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker, num_workers = loader_slot()
+        readers = {p: PartitionReader(self, p, self.start.partitions.get(p, PartitionPosition()))
+                   for p in self.layout.worker_partitions(self.rank, worker, num_workers)}
+        for step in range(self.start.steps, self.steps_per_epoch):
+            chunk = Batch([], [], [], augmentations=[])
+            for index in self.plan.step_samples(step):
+                reader = readers.get(self.plan.partition_of(index))
+                if reader is None:
+                    continue
+                image, target, key, augmentation = reader.next_sample()
+                chunk.images.append(image)
+                chunk.targets.append(target)
+                chunk.keys.append(key)
+                chunk.augmentations.append(augmentation)
+                chunk.indices.append(index)
+            chunk.partitions = {p: copy.deepcopy(r.position) for p, r in readers.items()}
+            yield chunk
+
+
+def train_steps(loader: Iterable[Batch], stream: TrainStream, num_workers: int) -> Iterator[Step]:
+    """Steps from a rank's loader: each step's chunks (one per loader worker, in the loader's
+    round-robin order), joined in epoch order and cut into the layout's micro-batches."""
+    chunks = iter(loader)
+    for index in range(stream.start.steps, stream.steps_per_epoch):
+        parts = list(itertools.islice(chunks, max(1, num_workers)))
+        if not parts:
+            return
+        order = sorted(((i, part, j) for part in parts for j, i in enumerate(part.indices)), key=lambda t: t[0])
+        micro_batches, offset = [], 0
+        for size in stream.layout.micro_batch_sizes(stream.rank, index):
+            if size == 0:
+                micro_batches.append(Batch.blank(Augmentation(stream.min_sizes[0], stream.max_size, False)))
+                continue
+            picked = order[offset:offset + size]
+            offset += size
+            micro_batches.append(Batch([p.images[j] for _, p, j in picked], [p.targets[j] for _, p, j in picked],
+                                       [p.keys[j] for _, p, j in picked], [p.augmentations[j] for _, p, j in picked],
+                                       [i for i, _, _ in picked]))
+        if offset != len(order):
+            raise RuntimeError(f"step {index}: the loader gave {len(order)} samples, the layout expects {offset}")
+        yield Step(index, micro_batches, {p: pos for part in parts for p, pos in part.partitions.items()})
