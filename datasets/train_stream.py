@@ -103,7 +103,7 @@ class PartitionReader:
         self.stream, self.partition = stream, partition
         self.position = copy.deepcopy(position)
         self.skips = SkipCounter(position.skipped)
-        self.raw = {s.name: stream.raw_samples(s, partition, stream.plan.partitions, self.skips) for s in stream.sources}
+        self.raw = {s.name: stream.raw_samples(s, partition, self.skips) for s in stream.sources}
         self.names = [s.name for s in stream.sources]
         self.weights = [s.weight for s in stream.sources]
         self.mix = seeded_rng(stream.seed, stream.epoch, partition, "mix")
@@ -173,7 +173,7 @@ class TrainStream(IterableDataset):
                 raise ValueError(f"data position: partition {partition} gave {found} samples by step "
                                  f"{self.start.steps} of epoch {epoch}, the run's data plan says {expected}")
 
-    def raw_samples(self, source: Source, partition: int, num_partitions: int, skips: SkipCounter) -> Iterator[dict]:
+    def raw_samples(self, source: Source, partition: int, skips: SkipCounter) -> Iterator[dict]:
         """Endless shuffled samples of one source for one partition; each pass reshuffles the shards."""
         for pass_index in range(10**9):
             order = list(range(len(source.shard_urls)))
@@ -182,7 +182,7 @@ class TrainStream(IterableDataset):
 
             def samples():
                 nonlocal produced
-                for shard, every, offset in slot_assignment(len(order), partition, num_partitions, order):
+                for shard, every, offset in slot_assignment(len(order), partition, self.plan.partitions, order):
                     for sample in shard_samples(source.shard_urls[shard], source.shard_samples[shard], skips, every, offset):
                         produced += 1
                         yield sample

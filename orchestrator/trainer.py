@@ -14,6 +14,7 @@ import torch
 from torchvision.io import encode_jpeg, write_png
 
 from maskx.datasets import storage
+from maskx.datasets.partitions import EpochLayout
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
 
@@ -73,9 +74,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         check_vg_coco_exclusion(cfg)
     _, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
     engine.bind_to_vocabulary(cfg, vocab)
-    if cfg.data.partitions is not None and cfg.data.partitions < cfg.scaling.max_workers:
-        raise ValueError(f"data.partitions={cfg.data.partitions}: fewer than the {cfg.scaling.max_workers} workers "
-                         "scaling.num_workers allows; each worker reads one partition at least")
+    EpochLayout(engine.data_plan(cfg), cfg.scaling.max_workers, cfg.data.batch_size)  # the most workers fit the data plan
     if cfg.data.val:
         _, val_vocab = load_sources([(cfg.data.val, 1.0)])
         if val_vocab.to_json() != vocab.to_json():
