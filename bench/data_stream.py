@@ -23,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from maskx.datasets.prepare import prepare_coco
 from maskx.datasets.partitions import DataPlan, EpochLayout
 from maskx.datasets.stream import SkipCounter, load_sources, shard_samples
-from maskx.datasets.train_stream import TrainStream, train_steps
+from maskx.datasets.train_stream import TrainStream
 from maskx.datasets.synth import write_synthetic
 from maskx.datasets.transforms import decode_masks
 
@@ -65,7 +65,7 @@ def full_stream(manifest: str, samples: int, batch_size: int, min_size: int, max
                          steps_per_epoch=samples // batch_size, min_sizes=(min_size,), max_size=max_size,
                          shuffle_buffer=64)
     start = time.perf_counter()
-    targets = [t for step in train_steps(stream, stream, 0) for batch in step.micro_batches for t in batch.targets]
+    targets = [t for step in stream.steps() for batch in step.micro_batches for t in batch.targets]
     rate = len(targets) / (time.perf_counter() - start)  # the images are let go as they come, as in training
     start = time.perf_counter()
     for target in targets:

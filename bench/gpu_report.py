@@ -57,11 +57,9 @@ def device_name(device: str) -> str:
 
 
 def model_step_rows(args) -> list[tuple[str, str]]:
-    from model_step import synthetic_batch, time_train_steps  # bench/ is the script's folder
-    from torchvision.models.detection import MaskRCNN
+    from model_step import synthetic_batch, time_train_steps, torchvision_mask_rcnn  # bench/ is the script's folder
 
     from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
-    from maskx.models.backbone import resnet_fpn_backbone
 
     rows = []
     for num_classes in args.num_classes:
@@ -71,9 +69,7 @@ def model_step_rows(args) -> list[tuple[str, str]]:
                           mask_head=MaskHeadConfig(mode="transfer+mlp"))
         cfg.box_loss.kind = "focal"
         maskx = build_model(cfg)
-        torchvision_model = MaskRCNN(resnet_fpn_backbone(args.backbone, 256, "frozen_bn", 3), num_classes=num_classes,
-                                     min_size=args.size, max_size=args.max_size)
-        torchvision_model.transform._skip_resize = True  # both get the batch at training size
+        torchvision_model = torchvision_mask_rcnn(args.backbone, num_classes, args.size, args.max_size)
         ours, ours_mib = time_train_steps(maskx, images, targets, args.steps, args.warmup, args.device, args.amp)
         theirs, theirs_mib = time_train_steps(torchvision_model, images, targets, args.steps, args.warmup, args.device,
                                               args.amp)
@@ -107,10 +103,10 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     from maskx.datasets.prepare import prepare_coco
     from maskx.datasets.partitions import DataPlan, EpochLayout
     from maskx.datasets.stream import load_sources, make_loader
-    from maskx.datasets.train_stream import TrainStream, train_steps
+    from maskx.datasets.train_stream import TrainStream
     from maskx.models import BackboneConfig, ModelConfig, build_model
-    from maskx.orchestrator import engine
     from maskx.orchestrator.config import SolverConfig
+    from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer, train_step
 
     annotations = Path(args.data) / "annotations" / "instances_train2017.json"
     prepare_coco(str(annotations), str(Path(args.data) / "train2017"), os.path.join(workdir, "shards"), shard_size=10,
@@ -120,8 +116,8 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     model = build_model(ModelConfig(num_classes=vocab.num_classes, min_size=args.size, max_size=args.max_size,
                                     backbone=BackboneConfig(name=args.backbone, trainable_layers=3))).to(device)
     solver = SolverConfig(lr=0.01, warmup_iters=10, steps=[10**9])
-    optimizer = engine.build_optimizer(model, solver)
-    scheduler = engine.build_lr_scheduler(optimizer, solver)
+    optimizer = build_optimizer(model, solver)
+    scheduler = build_lr_scheduler(optimizer, solver)
     partitions = max(1, args.loader_workers)
     layout = EpochLayout(DataPlan(global_batch=args.batch, partitions=partitions), world_size=1, batch_size=args.batch)
     stream = TrainStream(sources=sources, vocab=vocab, mask_labels=None, layout=layout, steps_per_epoch=10**9,
@@ -129,14 +125,14 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     loader = make_loader(stream, args.loader_workers, pin_memory=args.device == "cuda")
     waited, done, images = 0.0, 0, 0
     utilization = "n/a"
-    batches = train_steps(loader, stream, args.loader_workers)
+    batches = stream.steps(loader)
     start = time.perf_counter()
     while done < args.iterations:
         before = time.perf_counter()
         batch = next(batches)
         if done >= args.warmup:  # the first steps (cuDNN autotuning, loader start-up) are not counted
             waited += time.perf_counter() - before
-        engine.train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp)
+        train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp)
         done += 1
         if done == args.warmup:
             if args.device == "cuda":

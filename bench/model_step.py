@@ -18,6 +18,7 @@ from torchvision.models.detection import MaskRCNN
 
 from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
 from maskx.models.backbone import resnet_fpn_backbone
+from maskx.models.mask_x_rcnn import IMAGENET_MEAN, IMAGENET_STD, PreResizedTransform
 
 
 def synthetic_batch(batch: int, height: int, width: int, num_classes: int, instances: int, device: str):
@@ -78,6 +79,15 @@ class PeakMemory:
         self.mib = (self.peak - self.base) / 2**20
 
 
+def torchvision_mask_rcnn(backbone: str, num_classes: int, size: int, max_size: int):
+    """torchvision's Mask R-CNN on the same backbone; like maskx's, its transform leaves training
+    images at the size the step hands them (the stream resizes them already)."""
+    model = MaskRCNN(resnet_fpn_backbone(backbone, 256, "frozen_bn", 3), num_classes=num_classes,
+                     min_size=size, max_size=max_size)
+    model.transform = PreResizedTransform(size, max_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return model
+
+
 def time_train_steps(model, images, targets, steps: int, warmup: int, device: str, amp: bool) -> tuple[float, float]:
     model.train().to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
@@ -130,12 +140,7 @@ def main() -> None:
         )
         cfg.box_loss.kind = "focal"
         maskx = build_model(cfg)
-        torchvision_model = MaskRCNN(
-            resnet_fpn_backbone(args.backbone, 256, "frozen_bn", 3), num_classes=num_classes,
-            min_size=args.size, max_size=args.max_size,
-        )
-        # The stream hands both models images at training size; keep torchvision from resizing again.
-        torchvision_model.transform._skip_resize = True
+        torchvision_model = torchvision_mask_rcnn(args.backbone, num_classes, args.size, args.max_size)
         ours, ours_mem = time_train_steps(maskx, images, targets, args.steps, args.warmup, args.device, args.amp)
         theirs, theirs_mem = time_train_steps(torchvision_model, images, targets, args.steps, args.warmup, args.device, args.amp)
         print(f"{num_classes:>8} {ours:>13.3f} {theirs:>10.3f} {ours / theirs:>6.2f} {ours_mem:>10.0f} {theirs_mem:>8.0f}")

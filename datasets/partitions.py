@@ -15,13 +15,14 @@ weighted by its share of G, so a step is one step on G samples at any W. A check
 partition's position; any layout continues any other.
 
 MosaicML streaming's "canonical nodes" are the model for this; there, as here, a run's sample order
-is fixed by its canonical partitioning, not by its hardware.
+is fixed by its canonical partitioning, not by its hardware. Where each partition stands (its
+`PartitionPosition`) is what a checkpoint stores (`StreamPosition`).
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,55 @@ class EpochLayout:
         """A micro-batch's loss weight: its share of the global batch, times W since DDP averages over
         ranks. Summed over every rank's micro-batches and averaged, the gradient is the step's mean."""
         return images * self.world_size / self.plan.global_batch
+
+
+@dataclass
+class PartitionPosition:
+    """Where one canonical partition stands within an epoch."""
+
+    raw: dict[str, int] = field(default_factory=dict)  # samples drawn per source (decoded or skipped)
+    samples: int = 0  # samples it gave to steps
+    skipped: int = 0
+
+
+@dataclass
+class StreamPosition:
+    """Where an epoch stands: steps done and each partition's position; what a checkpoint stores.
+    Ranks hold their own partitions' entries; the checkpoint merges them (`merged`)."""
+
+    epoch: int = 0
+    steps: int = 0
+    partitions: dict[int, PartitionPosition] = field(default_factory=dict)
+
+    def advance(self, step_index: int, partitions: dict[int, PartitionPosition]) -> None:
+        """After step `step_index` of the epoch, with the positions of the partitions it read."""
+        self.steps = step_index + 1
+        self.partitions.update(partitions)
+
+    @property
+    def skipped(self) -> int:
+        return sum(p.skipped for p in self.partitions.values())
+
+    @property
+    def drawn(self) -> int:
+        return sum(sum(p.raw.values()) for p in self.partitions.values())
+
+    def only(self, partitions: list[int]) -> "StreamPosition":
+        return StreamPosition(self.epoch, self.steps, {p: self.partitions[p] for p in partitions if p in self.partitions})
+
+    @classmethod
+    def merged(cls, parts: list["StreamPosition"]) -> "StreamPosition":
+        if len({(p.epoch, p.steps) for p in parts}) > 1:
+            raise ValueError(f"ranks disagree on the data position: {[(p.epoch, p.steps) for p in parts]}")
+        partitions = {}
+        for part in parts:
+            partitions.update(part.partitions)
+        return cls(parts[0].epoch, parts[0].steps, partitions)
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "steps": self.steps,
+                "partitions": {str(k): vars(v) for k, v in sorted(self.partitions.items())}}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "StreamPosition":
+        return cls(obj["epoch"], obj["steps"], {int(k): PartitionPosition(**v) for k, v in obj["partitions"].items()})

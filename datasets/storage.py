@@ -246,12 +246,3 @@ def open_read(url: str, bufsize: int = 1 << 20):
     if is_s3(url):
         return io.BufferedReader(S3RangeReader(url), buffer_size=bufsize)
     return open(url, "rb", buffering=bufsize)
-
-
-def register_webdataset_s3() -> None:
-    """Let webdataset open s3:// urls with boto3 (its default is a pipe to the aws CLI)."""
-    import importlib
-
-    # `webdataset.gopen` the attribute is the function; the module holds the scheme table.
-    gopen_module = importlib.import_module("webdataset.gopen")
-    gopen_module.gopen_schemes["s3"] = lambda url, mode="rb", bufsize=8192, **kw: open_read(url)

@@ -1,6 +1,6 @@
-"""Streams over shards: what training and evaluation share (sources, batches, reading one shard
-with its damage counted, the loader) and the evaluation stream. The training stream, which reads
-through the run's canonical partitions, is `train_stream.py`.
+"""Streams over shards: what training and evaluation share (sources, reading one shard with its
+damage counted, the loader) and the evaluation stream. The training stream, which reads through
+the run's canonical partitions, is `train_stream.py`; the batches both ship are `batch.py`.
 
 Eval:   shard list -> split by node -> split by worker -> tar samples -> decode -> batch; every
         sample exactly once across all ranks and workers.
@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Optional
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from . import storage
+from .batch import Batch
 from .shard_format import Manifest, load_manifest
-from .transforms import Augmentation, BadSample, decode_sample
+from .transforms import BadSample, decode_sample
 from .vocab import Vocabulary
-
-if TYPE_CHECKING:
-    from .train_stream import PartitionPosition
 
 log = logging.getLogger(__name__)
 
@@ -43,33 +40,6 @@ class Source:
     @property
     def num_samples(self) -> int:
         return sum(self.shard_samples)
-
-
-@dataclass
-class Batch:
-    images: list[torch.Tensor]  # (3, H, W) uint8 each, at the source size
-    targets: list[dict]  # boxes in the source image's pixels
-    keys: list[str]
-    augmentations: Optional[list[Augmentation]] = None  # training: what the step does to each image
-    indices: list[int] = field(default_factory=list)  # training: each sample's place in the epoch
-    partitions: dict[int, PartitionPosition] = field(default_factory=dict)  # training: after this batch
-    skipped: int = 0  # evaluation: samples skipped so far by this loader worker
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def pin_memory(self) -> "Batch":
-        self.images = [im.pin_memory() for im in self.images]
-        return self
-
-    @classmethod
-    def blank(cls, augmentation: Augmentation) -> "Batch":
-        """One black image with no objects: the pass a rank with no sample in a micro-batch runs (at
-        loss weight 0) so that its gradient all-reduce still meets the other ranks'."""
-        side = augmentation.min_size
-        target = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64),
-                  "has_mask": torch.zeros(0, dtype=torch.bool)}
-        return cls([torch.zeros((3, side, side), dtype=torch.uint8)], [target], [], [augmentation])
 
 
 class SkipCounter:
@@ -113,20 +83,18 @@ def shard_samples(url: str, expected: int, skips: SkipCounter, every: int = 1, o
         errors.append(exc)
         return False
 
-    def reraise_permanent(exc: Exception) -> bool:
-        raise exc
-
-    stream = group_by_keys(tar_file_expander(url_opener([{"url": url}], handler=reraise_permanent), handler=keep_going),
-                           handler=keep_going)
-    try:
-        for index, sample in enumerate(stream):
-            seen += 1
-            if index % every == offset:
-                yield sample
-    except (FileNotFoundError, PermissionError, storage.StorageError):
-        raise
-    except Exception as exc:  # anything else from tar parsing: the shard is damaged
-        errors.append(exc)
+    with storage.open_read(url) as shard:  # local or s3://; one that cannot be opened raises here
+        samples = group_by_keys(tar_file_expander([{"url": url, "stream": shard}], handler=keep_going),
+                                handler=keep_going)
+        try:
+            for index, sample in enumerate(samples):
+                seen += 1
+                if index % every == offset:
+                    yield sample
+        except (FileNotFoundError, PermissionError, storage.StorageError):
+            raise
+        except Exception as exc:  # anything else from tar parsing: the shard is damaged
+            errors.append(exc)
     if errors or seen < expected:
         missing = len(range(offset, expected, every)) - len(range(offset, seen, every))
         reason = f"{type(errors[0]).__name__}: {errors[0]}" if errors else "fewer samples than the manifest lists"
@@ -171,24 +139,25 @@ class EvalStream(IterableDataset):
 
 def load_sources(manifests: list[tuple[str, float]]) -> tuple[list[Source], Vocabulary]:
     """Sources from (manifest url, weight) pairs; all manifests must share one vocabulary."""
-    storage.register_webdataset_s3()
-    loaded = [(load_manifest(url), weight) for url, weight in manifests]
-    vocab_json = loaded[0][0].vocabulary
-    for manifest, _ in loaded[1:]:
-        if manifest.vocabulary != vocab_json:
-            raise ValueError(f"manifest {manifest.location}: its vocabulary differs from {loaded[0][0].location}'s; "
-                             "prepare every source with the same --vocab")
-    names = [m.source for m, _ in loaded]
+    return sources_of([(load_manifest(url), weight) for url, weight in manifests])
+
+
+def sources_of(manifests: list[tuple[Manifest, float]]) -> tuple[list[Source], Vocabulary]:
+    """Sources from loaded (manifest, weight) pairs, and their one vocabulary."""
+    first = manifests[0][0]
+    vocab = Vocabulary.from_json(first.vocabulary)
+    for manifest, _ in manifests[1:]:
+        vocab.require_same(Vocabulary.from_json(manifest.vocabulary), f"manifest {manifest.location}",
+                           f"{first.location}; prepare every source with the same --vocab")
+    names = [m.source for m, _ in manifests]
     sources = [Source.from_manifest(m, w, name=f"{m.source}{i}" if names.count(m.source) > 1 else None)
-               for i, (m, w) in enumerate(loaded)]
-    return sources, Vocabulary.from_json(vocab_json)
+               for i, (m, w) in enumerate(manifests)]
+    return sources, vocab
+
+
+PREFETCH_BATCHES = 2  # per loader worker
 
 
 def make_loader(stream: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=2 if num_workers else None,
-                      worker_init_fn=_init_loader_worker)
-
-
-def _init_loader_worker(_: int) -> None:
-    storage.register_webdataset_s3()
+                      persistent_workers=False, prefetch_factor=PREFETCH_BATCHES if num_workers else None)

@@ -4,76 +4,31 @@
 Each partition: its shards (shuffled by seed, epoch, pass) -> tar samples -> shuffle buffer ->
 sources mixed by weight -> decode -> each image's resize/flip drawn, all seeded by (seed, epoch,
 partition), never by rank or loader worker. A rank's loader workers read its partitions and yield a
-chunk per step; `train_steps` joins a step's chunks in epoch order and cuts the micro-batches, the
-same number on every rank, so DDP never waits on a rank that ran out. A checkpoint that stores the
-partitions' positions resumes the epoch with no sample lost or repeated, at any world size.
+chunk per step; `TrainStream.steps` joins a step's chunks in epoch order and cuts the micro-batches,
+the same number on every rank, so DDP never waits on a rank that ran out. A checkpoint that stores
+the partitions' positions resumes the epoch with no sample lost or repeated, at any world size.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
-from torch.utils.data import IterableDataset
-from webdataset.filters import _shuffle
+from torch.utils.data import DataLoader, IterableDataset
+from webdataset.filters import shuffle
 
-from .partitions import EpochLayout
-from .stream import Batch, SkipCounter, Source, loader_slot, seeded_rng, shard_samples, slot_assignment
+from .batch import Batch
+from .partitions import EpochLayout, PartitionPosition, StreamPosition
+from .stream import SkipCounter, Source, loader_slot, seeded_rng, shard_samples, slot_assignment
 from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
 from .vocab import Vocabulary
 
-
-@dataclass
-class PartitionPosition:
-    """Where one canonical partition stands within an epoch."""
-
-    raw: dict[str, int] = field(default_factory=dict)  # samples drawn per source (decoded or skipped)
-    samples: int = 0  # samples it gave to steps
-    skipped: int = 0
-
-
-@dataclass
-class StreamPosition:
-    """Where an epoch stands: steps done and each partition's position; what a checkpoint stores.
-    Ranks hold their own partitions' entries; the checkpoint merges them (`merged`)."""
-
-    epoch: int = 0
-    steps: int = 0
-    partitions: dict[int, PartitionPosition] = field(default_factory=dict)
-
-    def advance(self, step: "Step") -> None:
-        self.steps = step.index + 1
-        self.partitions.update(step.partitions)
-
-    @property
-    def skipped(self) -> int:
-        return sum(p.skipped for p in self.partitions.values())
-
-    @property
-    def drawn(self) -> int:
-        return sum(sum(p.raw.values()) for p in self.partitions.values())
-
-    def only(self, partitions: list[int]) -> "StreamPosition":
-        return StreamPosition(self.epoch, self.steps, {p: self.partitions[p] for p in partitions if p in self.partitions})
-
-    @classmethod
-    def merged(cls, parts: list["StreamPosition"]) -> "StreamPosition":
-        if len({(p.epoch, p.steps) for p in parts}) > 1:
-            raise ValueError(f"ranks disagree on the data position: {[(p.epoch, p.steps) for p in parts]}")
-        partitions = {}
-        for part in parts:
-            partitions.update(part.partitions)
-        return cls(parts[0].epoch, parts[0].steps, partitions)
-
-    def to_json(self) -> dict:
-        return {"epoch": self.epoch, "steps": self.steps,
-                "partitions": {str(k): vars(v) for k, v in sorted(self.partitions.items())}}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "StreamPosition":
-        return cls(obj["epoch"], obj["steps"], {int(k): PartitionPosition(**v) for k, v in obj["partitions"].items()})
+# Passes over a source's shards within one epoch: a partition draws until its steps are done, so
+# a small source mixed with a large one is read again and again.
+ENDLESS_PASSES = 10**9
 
 
 @dataclass
@@ -95,18 +50,19 @@ class Step:
 
 
 class PartitionReader:
-    """One canonical partition's samples: its shards (re-shuffled on each pass), a shuffle buffer, the
-    sources mixed by weight, each sample decoded and its augmentation drawn. Seeded by (seed, epoch,
-    partition) only, and started at `position` by drawing (not decoding) what was drawn before."""
+    """One canonical partition's samples: endless raw samples per source, mixed by weight, each
+    decoded and its augmentation drawn. Seeded by (seed, epoch, partition) only, and started at
+    `position` by drawing (not decoding) what was drawn before."""
 
-    def __init__(self, stream: "TrainStream", partition: int, position: PartitionPosition):
-        self.stream, self.partition = stream, partition
-        self.position = copy.deepcopy(position)
-        self.skips = SkipCounter(position.skipped)
-        self.raw = {s.name: stream.raw_samples(s, partition, self.skips) for s in stream.sources}
-        self.names = [s.name for s in stream.sources]
-        self.weights = [s.weight for s in stream.sources]
-        self.mix = seeded_rng(stream.seed, stream.epoch, partition, "mix")
+    def __init__(self, *, partition: int, raw: dict[str, Iterator[dict]], weights: list[float],
+                 position: PartitionPosition, skips: SkipCounter, seed: int, epoch: int,
+                 decode: Callable[[dict], tuple[torch.Tensor, dict]],
+                 draw: Callable[..., Augmentation]):
+        self.partition, self.raw, self.names, self.weights = partition, raw, list(raw), weights
+        self.position, self.skips = copy.deepcopy(position), skips
+        self.seed, self.epoch = seed, epoch
+        self.decode, self.draw = decode, draw
+        self.mix = seeded_rng(seed, epoch, partition, "mix")
         self.skips.muted = True
         for name in self.names:
             for _ in range(position.raw.get(name, 0)):
@@ -116,27 +72,25 @@ class PartitionReader:
         self.skips.muted = False
 
     def next_sample(self) -> tuple[torch.Tensor, dict, str, Augmentation]:
-        stream = self.stream
         while True:
             name = self.mix.choices(self.names, self.weights)[0]
             sample = next(self.raw[name])
             self.position.raw[name] = self.position.raw.get(name, 0) + 1
             try:
-                image, target = decode_sample(sample, stream.vocab, stream.mask_labels, train=True)
+                image, target = self.decode(sample)
             except BadSample as exc:
                 self.skips.skip(f"{exc} in shard {sample.get('__url__')}")
                 continue
             self.position.skipped = self.skips.count  # bad samples and the lost ones of damaged shards
-            rng = seeded_rng(stream.seed, stream.epoch, self.partition, "transform", self.position.samples)
+            rng = seeded_rng(self.seed, self.epoch, self.partition, "transform", self.position.samples)
             self.position.samples += 1
-            augmentation = draw_augmentation(rng, stream.min_sizes, stream.max_size, stream.flip_prob)
-            return image, target, sample["__key__"], augmentation
+            return image, target, sample["__key__"], self.draw(rng)
 
 
 class TrainStream(IterableDataset):
     """One rank's share of one epoch, step by step. Each loader worker reads some of the rank's
-    partitions and yields, per step, a chunk: its partitions' samples of that step. `train_steps`
-    joins a step's chunks from all loader workers and cuts the micro-batches."""
+    partitions and yields, per step, a chunk: its partitions' samples of that step. `steps` joins a
+    step's chunks from all loader workers and cuts the micro-batches."""
 
     def __init__(
         self,
@@ -175,7 +129,7 @@ class TrainStream(IterableDataset):
 
     def raw_samples(self, source: Source, partition: int, skips: SkipCounter) -> Iterator[dict]:
         """Endless shuffled samples of one source for one partition; each pass reshuffles the shards."""
-        for pass_index in range(10**9):
+        for pass_index in range(ENDLESS_PASSES):
             order = list(range(len(source.shard_urls)))
             seeded_rng(self.seed, self.epoch, source.name, pass_index).shuffle(order)
             produced = 0
@@ -188,14 +142,23 @@ class TrainStream(IterableDataset):
                         yield sample
 
             rng = seeded_rng(self.seed, self.epoch, source.name, pass_index, partition, "shuffle")
-            yield from _shuffle(samples(), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            yield from shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())
             if produced == 0:
                 raise RuntimeError(f"source {source.name}: no readable sample for partition {partition} in any of its shards")
 
+    def reader(self, partition: int) -> PartitionReader:
+        position = self.start.partitions.get(partition, PartitionPosition())
+        skips = SkipCounter(position.skipped)
+        return PartitionReader(
+            partition=partition, raw={s.name: self.raw_samples(s, partition, skips) for s in self.sources},
+            weights=[s.weight for s in self.sources], position=position, skips=skips, seed=self.seed, epoch=self.epoch,
+            decode=functools.partial(decode_sample, vocab=self.vocab, mask_labels=self.mask_labels, train=True),
+            draw=functools.partial(draw_augmentation, min_sizes=self.min_sizes, max_size=self.max_size,
+                                   flip_prob=self.flip_prob))
+
     def __iter__(self) -> Iterator[Batch]:
         worker, num_workers = loader_slot()
-        readers = {p: PartitionReader(self, p, self.start.partitions.get(p, PartitionPosition()))
-                   for p in self.layout.worker_partitions(self.rank, worker, num_workers)}
+        readers = {p: self.reader(p) for p in self.layout.worker_partitions(self.rank, worker, num_workers)}
         for step in range(self.start.steps, self.steps_per_epoch):
             chunk = Batch([], [], [], augmentations=[])
             for index in self.plan.step_samples(step):
@@ -211,20 +174,25 @@ class TrainStream(IterableDataset):
             chunk.partitions = {p: copy.deepcopy(r.position) for p, r in readers.items()}
             yield chunk
 
+    def steps(self, loader: Optional[DataLoader] = None) -> Iterator[Step]:
+        """The epoch's steps from the rest of it, read through `loader` (a DataLoader over this
+        stream; default: in this process): each step's chunks (one per loader worker, in the
+        loader's round-robin order), joined in epoch order and cut into the layout's micro-batches."""
+        chunks: Iterable[Batch] = self if loader is None else loader
+        chunks_per_step = max(1, loader.num_workers if loader is not None else 0)
+        chunks = iter(chunks)
+        for index in range(self.start.steps, self.steps_per_epoch):
+            parts = list(itertools.islice(chunks, chunks_per_step))
+            if not parts:
+                return
+            yield self._step(index, parts)
 
-def train_steps(loader: Iterable[Batch], stream: TrainStream, num_workers: int) -> Iterator[Step]:
-    """Steps from a rank's loader: each step's chunks (one per loader worker, in the loader's
-    round-robin order), joined in epoch order and cut into the layout's micro-batches."""
-    chunks = iter(loader)
-    for index in range(stream.start.steps, stream.steps_per_epoch):
-        parts = list(itertools.islice(chunks, max(1, num_workers)))
-        if not parts:
-            return
+    def _step(self, index: int, parts: list[Batch]) -> Step:
         order = sorted(((i, part, j) for part in parts for j, i in enumerate(part.indices)), key=lambda t: t[0])
         micro_batches, offset = [], 0
-        for size in stream.layout.micro_batch_sizes(stream.rank, index):
+        for size in self.layout.micro_batch_sizes(self.rank, index):
             if size == 0:
-                micro_batches.append(Batch.blank(Augmentation(stream.min_sizes[0], stream.max_size, False)))
+                micro_batches.append(Batch.blank(Augmentation(self.min_sizes[0], self.max_size, False)))
                 continue
             picked = order[offset:offset + size]
             offset += size
@@ -233,4 +201,4 @@ def train_steps(loader: Iterable[Batch], stream: TrainStream, num_workers: int) 
                                        [i for i, _, _ in picked]))
         if offset != len(order):
             raise RuntimeError(f"step {index}: the loader gave {len(order)} samples, the layout expects {offset}")
-        yield Step(index, micro_batches, {p: pos for part in parts for p, pos in part.partitions.items()})
+        return Step(index, micro_batches, {p: pos for part in parts for p, pos in part.partitions.items()})

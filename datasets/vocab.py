@@ -102,6 +102,12 @@ class Vocabulary:
     def to_json(self) -> dict:
         return {"classes": [asdict(c) for c in self.classes]}
 
+    def require_same(self, other: "Vocabulary", what: str, than: str) -> None:
+        """Shards, a model and a run must share one vocabulary (a label means one class everywhere):
+        raise "WHAT was prepared with another vocabulary than THAN" when `other` is not this one."""
+        if other.to_json() != self.to_json():
+            raise ValueError(f"{what} was prepared with another vocabulary than {than}")
+
     @classmethod
     def from_json(cls, obj: dict) -> "Vocabulary":
         return cls([VocabClass(**c) for c in obj["classes"]])

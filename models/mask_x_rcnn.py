@@ -1,6 +1,8 @@
 """Mask^X R-CNN assembled from its parts, and the one builder that reads ModelConfig."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -25,11 +27,26 @@ FPN_LEVELS = ["0", "1", "2", "3"]
 class MaskXRCNN(GeneralizedRCNN):
     """GeneralizedRCNN(backbone, rpn, roi_heads, transform), as torchvision's Mask R-CNN.
 
-    Training targets per image: boxes (N, 4) xyxy float, labels (N,) int64, and optionally
-    masks (N, h, w) uint8 with has_mask (N,) bool; images with boxes only omit masks. Masks cover
-    the whole image at any resolution (the source's, typically), not necessarily the input's.
-    Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W).
+    Training targets per image: boxes (N, 4) xyxy float, labels (N,) int64, and optionally has_mask
+    (N,) bool with masks, uint8, either compact (M, h, w): one row per instance with has_mask, in
+    order (what maskx's stream gives), or torchvision's full (N, h, w); images with boxes only omit
+    masks. Masks cover the whole image at any resolution (the source's, typically), not necessarily
+    the input's. Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W).
     """
+
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class PreResizedTransform(GeneralizedRCNNTransform):
+    """torchvision's transform (normalize, batch; resize at inference) for training images that the
+    step has resized already (`maskx.datasets.batch.Batch.to_device`, on the device)."""
+
+    def resize(self, image: torch.Tensor, target: Optional[dict] = None) -> tuple[torch.Tensor, Optional[dict]]:
+        if self.training:
+            return image, target
+        return super().resize(image, target)
 
 
 def build_mask_predictor(cfg: MaskHeadConfig, num_classes: int, box_head_dim: int) -> MaskXPredictor:
@@ -91,8 +108,5 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
         mask_classes=cfg.mask_classes,
         loss_kind=cfg.box_loss.kind, focal_gamma=cfg.box_loss.gamma, focal_alpha=cfg.box_loss.alpha,
     )
-    # The data stream resizes training images already; the transform still resizes at inference.
-    transform = GeneralizedRCNNTransform(
-        cfg.min_size, cfg.max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], _skip_resize=True
-    )
+    transform = PreResizedTransform(cfg.min_size, cfg.max_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     return MaskXRCNN(backbone, rpn, roi_heads, transform)

@@ -7,6 +7,9 @@ import sys
 
 from maskx.datasets.shard_format import DEFAULT_MAX_SKIPPED_FRACTION
 
+EXIT_BAD_INPUT = 2  # a config, path or input the command cannot use (argparse's usage errors exit 2 too)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
 
 def _add_prepare_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-skipped-fraction", type=float, default=DEFAULT_MAX_SKIPPED_FRACTION,
@@ -65,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--record-keys-to", metavar="FOLDER",
                        help="audit what the model saw: each rank appends every sample key it trains on, with its "
                             "iteration, to FOLDER/rank{R}.txt on the host it runs on")
-    train.add_argument("--verbose", action="store_true",
-                       help="also show Ray Train's record of every report and MLflow's upload progress bars")
+    # SUPPRESS: without the flag here, `maskx -v train` keeps the top-level -v.
+    train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="also show Ray Train's record of every report and MLflow's upload progress bars "
+                            "(and debug logging, as -v)")
 
     tune = sub.add_parser("tune", help="Ray Tune sweep over the config's sweep.space; promotes the best model to champion")
     tune.add_argument("--config", required=True, help="YAML config with a sweep section, e.g. configs/sweep-tiny-cpu.yaml")
@@ -128,7 +133,7 @@ def run_prepare(args) -> int:
         return 0
     map_tasks = None
     if args.ray:
-        from maskx.orchestrator.ray_tasks import ray_map
+        from maskx.orchestrator.ray_cluster import ray_map
 
         map_tasks = ray_map
     common = dict(vocab_path=args.vocab, shard_size=args.shard_size, workers=args.workers, map_tasks=map_tasks,
@@ -147,7 +152,7 @@ def run_prepare(args) -> int:
 
 def run_train(args) -> int:
     from maskx.orchestrator.config import load_config
-    from maskx.orchestrator.trainer import train
+    from maskx.orchestrator.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume, record_keys_to=args.record_keys_to, verbose=args.verbose)
@@ -160,7 +165,7 @@ def run_train(args) -> int:
 
 def run_tune(args) -> int:
     from maskx.orchestrator.config import load_config
-    from maskx.orchestrator.sweep import reproduce_command, sweep
+    from maskx.orchestrator.tuning.sweep import reproduce_command, sweep
 
     cfg = load_config(args.config, args.overrides, sweep_path=args.sweep)
     result = sweep(cfg, resume=args.resume, write=lambda line: print(line, flush=True))
@@ -175,7 +180,7 @@ def run_tune(args) -> int:
     if result.interrupted:
         again = f" --sweep {args.sweep}" if args.sweep else ""
         print(f"interrupted: continue with maskx tune --config {args.config}{again} --resume {result.sweep_folder}")
-        return 130
+        return EXIT_INTERRUPTED
     print(f"promotion: {result.promotion.decision}")
     if result.variant_table:
         print(f"variants (AP x100, mean ± std over seeds; also in {result.sweep_folder}/variants.md):")
@@ -185,32 +190,29 @@ def run_tune(args) -> int:
 
 def run_eval(args) -> int:
     import json
+    import os
 
     from maskx.orchestrator.config import load_config
-    from maskx.orchestrator.inference import evaluate_model
+    from maskx.orchestrator.run_setup import set_up_run
+    from maskx.orchestrator.serving.inference import evaluate_model
+    from maskx.orchestrator.serving.predictions import RESULTS_FILE, coco_results, write_results
 
-    cfg = load_config(args.config, args.overrides)
-    metrics, per_class, detections = evaluate_model(cfg, args.model)
-    _print_metrics(metrics)
+    setup = set_up_run(load_config(args.config, args.overrides), train=False)
+    evaluation = evaluate_model(setup, args.model)
+    _print_metrics(evaluation.metrics)
     if args.json:
-        import os
-
-        from maskx.datasets.stream import load_sources
-        from maskx.orchestrator.predictions import RESULTS_FILE, coco_results, write_results
-
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"metrics": metrics, "per_class_ap": per_class}, f, indent=1)
-        _, vocab = load_sources([(cfg.data.val, 1.0)])  # the model's, as evaluate_model checked
+            json.dump({"metrics": evaluation.metrics, "per_class_ap": evaluation.per_class_ap}, f, indent=1)
         results = os.path.join(os.path.dirname(os.path.abspath(args.json)), RESULTS_FILE)
-        write_results(results, coco_results(detections, vocab), vocab)
-        print(f"{args.json}: metrics; {results}: {len(detections)} detections as COCO results")
+        write_results(results, coco_results(evaluation.detections, setup.vocab), setup.vocab)
+        print(f"{args.json}: metrics; {results}: {len(evaluation.detections)} detections as COCO results")
     return 0
 
 
 def run_predict(args) -> int:
-    from maskx.orchestrator import predictions
-    from maskx.orchestrator.inference import load_model, write_overlay
+    from maskx.orchestrator.serving import predictions
+    from maskx.orchestrator.serving.inference import load_model, write_overlay
 
     loaded = load_model(args.model)
     if args.image:
@@ -230,7 +232,7 @@ def run_predict(args) -> int:
 def run_mlflow_server(args) -> int:
     import os
 
-    from maskx.orchestrator.tracking import server_command
+    from maskx.orchestrator.serving.tracking import server_command
 
     os.makedirs(args.store, exist_ok=True)
     command = server_command(args.store, args.host, args.port)
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:
         print(f"maskx {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

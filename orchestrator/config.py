@@ -122,10 +122,22 @@ class CheckpointConfig:
     max_failures: int = 3
 
 
+DEFAULT_TRACKING_STORE = "mlflow.db"  # sqlite, in the config's root
+
+
+def resolve_tracking_uri(configured: Optional[str] = None, root: Optional[str] = None) -> str:
+    """What `mlflow.tracking_uri` means: the store given, else $MLFLOW_TRACKING_URI, else the sqlite
+    default; a relative sqlite path resolves against `root` (default: the working folder)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_TRACKING_STORE}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(os.path.join(root or os.getcwd(), uri[len("sqlite:///"):]))
+    return uri
+
+
 @dataclass
 class MlflowConfig:
     __pydantic_config__ = _STRICT
-    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    tracking_uri: Optional[str] = None  # see resolve_tracking_uri
     experiment: str = "maskx"
     registered_model: Optional[str] = "maskx"
     # Every node's CPU, memory, disk, network and GPU use, as system/NODE_ADDRESS/... metrics; 0: off.

@@ -12,8 +12,8 @@ from typing import Optional
 from maskx.datasets.synth import write_synthetic_shards
 
 from .config import load_config, packaged_config
-from .inference import load_model, write_overlay
-from .trainer import train
+from .serving.inference import load_model, write_overlay
+from .training.trainer import train
 
 DEFAULT_CONFIG = "tiny-cpu.yaml"
 

@@ -4,8 +4,9 @@
         mlflow_run.json                         the run's MLflow run id, written when the run starts
         checkpoint_00001000/                    every checkpoint.every iterations (Ray Train keeps
                                                 checkpoint.num_to_keep of them)
-            state.pt                            weights, optimizer, scheduler, iteration, every rank's
-                                                data-stream position, RNG
+            state.pt                            weights, optimizer, scheduler, iteration, the data
+                                                position of every canonical partition (merged from
+                                                all ranks), the data plan, RNG
             config.yaml                         the resolved config
             vocab.json                          the shards' class vocabulary
             eval.json                           metrics and per-class AP, when it evaluated there
@@ -18,7 +19,11 @@ complete checkpoint in the folder itself, whatever Ray's own record says (its sn
 folders on storage when the driver dies).
 
 A logged MLflow model carries config.yaml, vocab.json and weights.pt (the state dict alone, which
-loads with `torch.load(weights_only=True)`) as its extra files.
+loads with `torch.load(weights_only=True)`) as its artifact `model_files/` (`extra_files/` in models
+logged by a maskx before the pyfunc).
+
+Functions here take the bare model, never its DistributedDataParallel wrapper (whose state dict
+names every tensor `module.*`).
 """
 from __future__ import annotations
 
@@ -34,12 +39,10 @@ import torch
 from torch import nn
 
 from maskx.datasets import storage
-from maskx.datasets.partitions import DataPlan
-from maskx.datasets.train_stream import StreamPosition
+from maskx.datasets.partitions import DataPlan, StreamPosition
 from maskx.datasets.vocab import Vocabulary
 
 from .config import TrainConfig, load_config
-from .engine import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainStat
 
     Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
     return {
-        "model": unwrap(model).state_dict(),
+        "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "iteration": state.iteration,
@@ -149,7 +152,7 @@ def load_state(folder: str) -> dict:
 
 
 def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None) -> TrainState:
-    unwrap(model).load_state_dict(contents["model"])
+    model.load_state_dict(contents["model"])
     if optimizer is not None:
         optimizer.load_state_dict(contents["optimizer"])
     if scheduler is not None:
@@ -211,7 +214,7 @@ def model_files(checkpoint_folder: str, model: nn.Module, out_folder: str) -> st
     os.makedirs(out_folder, exist_ok=True)
     for name in (CONFIG_FILE, VOCAB_FILE):
         shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(out_folder, name))
-    torch.save(unwrap(model).state_dict(), os.path.join(out_folder, WEIGHTS_FILE))
+    torch.save(model.state_dict(), os.path.join(out_folder, WEIGHTS_FILE))
     return out_folder
 
 

@@ -152,22 +152,15 @@ def final_passes(paths):
 
 def canonical_keys(cfg, iterations):
     """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
-    no model): what every layout of the run must train on."""
-    from maskx.datasets.partitions import EpochLayout
-    from maskx.datasets.stream import load_sources
-    from maskx.datasets.train_stream import TrainStream, train_steps
-    from maskx.orchestrator import engine
+    no model) through the run's own set-up: what every layout of the run must train on."""
+    from maskx.orchestrator.run_setup import set_up_run
 
-    sources, vocab = load_sources([(s.manifest, s.weight) for s in cfg.data.train])
-    engine.bind_to_vocabulary(cfg, vocab)
-    plan = engine.data_plan(cfg)
-    steps_per_epoch = sum(s.num_samples for s in sources) // plan.global_batch
+    setup = set_up_run(cfg)
     keys, epoch = {}, 0
     while len(keys) < iterations:
-        stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes,
-                             layout=EpochLayout(plan, 1, plan.global_batch), steps_per_epoch=steps_per_epoch,
-                             epoch=epoch, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer)
-        for step in train_steps(stream, stream, 0):
+        # One rank reading every partition: the order is the plan's, whatever the world size.
+        stream = setup.train_stream(world_size=1, rank=0, epoch=epoch)
+        for step in stream.steps():
             keys[len(keys) + 1] = sorted(step.keys)
         epoch += 1
     return {i: k for i, k in keys.items() if i <= iterations}

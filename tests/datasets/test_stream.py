@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from maskx.datasets.shard_format import load_manifest
-from maskx.datasets.partitions import DataPlan, EpochLayout
+from maskx.datasets.partitions import DataPlan, EpochLayout, StreamPosition
 from maskx.datasets.stream import EvalStream, Source, load_sources, make_loader
-from maskx.datasets.train_stream import StreamPosition, TrainStream, train_steps
+from maskx.datasets.train_stream import TrainStream
 from maskx.datasets.transforms import augment, decode_masks
 
 
@@ -32,7 +32,7 @@ def run_layout(synth_shards, world_size, loader_workers, start=None, stop=None, 
     per_rank = []
     for rank in range(world_size):
         stream = train_stream(synth_shards, layout, rank=rank, start=start, **kwargs)
-        steps = train_steps(make_loader(stream, loader_workers), stream, loader_workers)
+        steps = stream.steps(make_loader(stream, loader_workers))
         per_rank.append(list(itertools.islice(steps, stop)))
     return per_rank
 
@@ -46,7 +46,7 @@ def merged_position(per_rank, epoch=0) -> StreamPosition:
     for steps in per_rank:
         position = StreamPosition(epoch=epoch)
         for step in steps:
-            position.advance(step)
+            position.advance(step.index, step.partitions)
         parts.append(position)
     restored = StreamPosition.merged(parts)
     return StreamPosition.from_json(json.loads(json.dumps(restored.to_json())))
@@ -176,7 +176,7 @@ def test_training_survives_corrupt_data_and_reports_it(synth_shards, tmp_path):
     layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
     stream = TrainStream(sources=[source], vocab=manifest.vocab(), mask_labels=None, layout=layout, steps_per_epoch=20,
                          min_sizes=(96,), max_size=160)
-    steps = list(train_steps(make_loader(stream, num_workers=0), stream, 0))
+    steps = list(stream.steps(make_loader(stream, num_workers=0)))
     assert len(steps) == 20 and all(step.images == 2 for step in steps)
     assert steps[-1].partitions[0].skipped >= 3
 

@@ -121,7 +121,7 @@ def test_two_worker_hosts_train_evaluate_and_register(rehearsal, unbroken):
     assert "segm/setB/AP" in run["steps"] and "bbox/setA/AP" in run["steps"]
     # The laptop loads the registered model: its files came through the tracking server, not a disk.
     registered = cluster.query(
-        "from maskx.orchestrator.inference import load_model\n"
+        "from maskx.orchestrator.serving.inference import load_model\n"
         "v = client.get_model_version('maskx-rehearsal', '1')\n"
         f"loaded = load_model('models:/maskx-rehearsal/1', {cluster.tracking_uri!r})\n"
         "print(json.dumps({'run_id': v.run_id, 'artifacts': [a.path for a in client.list_artifacts(v.run_id)],\n"

@@ -113,7 +113,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     assert all(k.split("/")[1].count("-") == 1 for k in system)  # system/ADDRESS-NODE/...
     import pandas as pd
 
-    from maskx.orchestrator.inference import load_model, predict, read_image
+    from maskx.orchestrator.serving.inference import load_model, predict, read_image
 
     # The registered model is a pyfunc: JPEG/PNG bytes in, detections out (served in test_serving.py).
     image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])

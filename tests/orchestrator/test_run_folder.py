@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
-from maskx.orchestrator import engine, run_folder
+from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import SolverConfig, TrainConfig, dump_config
+from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer
 
 
 def write_run(folder, iterations=(2, 4, 6)):
     """A run folder with a complete checkpoint at each iteration, as `maskx train` writes them."""
     model = torch.nn.Linear(4, 2)
-    optimizer = engine.build_optimizer(model, SolverConfig())
-    scheduler = engine.build_lr_scheduler(optimizer, SolverConfig())
+    optimizer = build_optimizer(model, SolverConfig())
+    scheduler = build_lr_scheduler(optimizer, SolverConfig())
     vocab = build_vocabulary(COCO_CATEGORIES)
     for iteration in iterations:
         contents = run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(iteration))

@@ -1,7 +1,0 @@
-"""What MLflow runs to build a logged maskx model when it is loaded or served (a model from code:
-nothing is unpickled). See `serving.py`."""
-from mlflow.models import set_model
-
-from maskx.orchestrator.serving import MaskXPyfunc
-
-set_model(MaskXPyfunc())

@@ -1,0 +1,199 @@
+"""A model over shards, and COCO evaluation of what it found: pycocotools' COCOeval, bbox and segm
+AP overall, on set A and on set B (the paper's metric is set-B mask AP), and per-class AP tables.
+
+`evaluate_on_shards` is the one way maskx evaluates a model: during training (every rank runs its
+share of the val shards and rank 0 scores them all), `maskx eval` and the sweep's champion check
+(one process). `predict_on_shards` is its first half, which `maskx predict --shards` uses alone.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from tqdm import tqdm
+
+from maskx.datasets.batch import Batch
+from maskx.datasets.shard_format import rle_from_json, rle_to_json
+from maskx.datasets.stream import EvalStream, Source, make_loader
+from maskx.datasets.vocab import Vocabulary
+
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+MASK_THRESHOLD = 0.5  # a pixel belongs to the mask where the predicted probability exceeds this
+
+# One rank's records: COCO image entries, ground-truth annotations, detections (category id = label).
+Records = tuple[list[dict], list[dict], list[dict]]
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # `segm/setB/AP`, ..., `eval/images`, `data/eval_skipped_samples`
+    per_class_ap: dict[str, dict[str, float]]  # iou type -> class name -> AP
+    detections: list[dict]  # COCO result entries, category id = maskx label
+
+
+@torch.no_grad()
+def records_of(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Records:
+    """COCO image entries, ground-truth annotations and detections for every batch."""
+    model.eval()
+    images, annotations, detections = [], [], []
+    for batch in batches:
+        inputs, _ = batch.to_device(device)
+        outputs = model(inputs)
+        for image, target, output in zip(batch.images, batch.targets, outputs):
+            entry, anns = ground_truth_records(target, tuple(image.shape[-2:]))
+            images.append(entry)
+            annotations += anns
+            detections += detection_records(target["image_id"], {k: v.cpu() for k, v in output.items()})
+    return images, annotations, detections
+
+
+def predict_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, *, batch_size: int,
+                      device: torch.device, rank: int = 0, world_size: int = 1,
+                      progress: bool = False) -> tuple[Records, int]:
+    """The model (bare, not DDP-wrapped) over rank `rank`'s share of the shards: its records, and the
+    samples it skipped."""
+    stream = EvalStream(sources, vocab, batch_size, rank, world_size)
+    batches = tqdm(make_loader(stream, 0), disable=not progress, desc="predict", unit="batch")
+    return records_of(model, batches, device), stream.skips.count
+
+
+def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, set_a: list[int], *,
+                       batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
+                       gather: Optional[Callable[[object], Optional[list]]] = None) -> Optional[Evaluation]:
+    """Each rank predicts its share; `gather` brings every rank's share to rank 0 (None on the
+    others), which runs COCOeval. In one process (`gather` None) the share is everything."""
+    share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device, rank=rank,
+                              world_size=world_size)
+    shares = gather(share) if gather else [share]
+    if shares is None:
+        return None
+    images, annotations, detections = [], [], []
+    for (imgs, anns, dets), _ in shares:
+        images += imgs
+        annotations += anns
+        detections += dets
+    metrics, tables = evaluate(images, annotations, detections, vocab.num_classes, set_a)
+    metrics["eval/images"] = float(len(images))
+    metrics["data/eval_skipped_samples"] = float(sum(skipped for _, skipped in shares))
+    named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
+    return Evaluation(metrics, named, detections)
+
+
+def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dict, list[dict]]:
+    """A COCO image entry and annotation entries (category id = maskx label) from an eval target."""
+    height, width = image_size
+    image = {"id": target["image_id"], "width": width, "height": height}
+    annotations = []
+    for box, label, crowd, rle in zip(target["boxes"].tolist(), target["labels"].tolist(), target["iscrowd"].tolist(),
+                                      target["segmentations"]):
+        x0, y0, x1, y1 = box
+        entry = {"image_id": target["image_id"], "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                 "iscrowd": int(crowd), "area": (x1 - x0) * (y1 - y0)}
+        if rle is not None:
+            entry["segmentation"] = rle
+            entry["area"] = float(mask_utils.area(rle_from_json(rle)))
+        annotations.append(entry)
+    return image, annotations
+
+
+def detection_records(image_id: int, detection: dict, mask_threshold: float = MASK_THRESHOLD) -> list[dict]:
+    """COCO result entries from one image's model output (boxes xyxy, labels, scores, masks (N, 1, H, W))."""
+    records = []
+    rles = mask_rles(detection.get("masks"), mask_threshold)
+    for i, (box, label, score) in enumerate(zip(detection["boxes"].tolist(), detection["labels"].tolist(), detection["scores"].tolist())):
+        x0, y0, x1, y1 = box
+        entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+        if rles is not None:
+            entry["segmentation"] = rles[i]
+        records.append(entry)
+    return records
+
+
+def mask_rles(masks: Optional[torch.Tensor], threshold: float = MASK_THRESHOLD) -> Optional[list[dict]]:
+    """Mask probabilities (N, 1, H, W) -> COCO RLEs (`{"size": [H, W], "counts": str}`), or None without masks."""
+    if masks is None or not len(masks):
+        return None
+    binary = (masks[:, 0] > threshold).to(torch.uint8).numpy()
+    return [rle_to_json(rle) for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))]
+
+
+@contextlib.contextmanager
+def _quiet_pycocotools():
+    """Silence pycocotools' progress prints. Ray Train workers replace `print` itself (not only
+    sys.stdout), so shadow the name in pycocotools' modules rather than redirecting stdout."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    modules = (pycocotools.coco, pycocotools.cocoeval)
+    for module in modules:
+        module.print = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.print
+
+
+def _coco(images: list[dict], annotations: list[dict], labels: list[int]) -> COCO:
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": [dict(a, id=i + 1) for i, a in enumerate(annotations)],
+                    "categories": [{"id": label} for label in labels]}
+    with _quiet_pycocotools():
+        coco.createIndex()
+    return coco
+
+
+def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int]) -> Optional[COCOeval]:
+    if not detections:
+        return None
+    with _quiet_pycocotools():
+        dt = gt.loadRes(detections)
+        evaluator = COCOeval(gt, dt, iou_type)
+        evaluator.params.catIds = cat_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def per_class_ap(evaluator: COCOeval) -> dict[int, float]:
+    """AP at IoU .50:.95, all areas, 100 detections, per category (-1 where the class has no GT)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    result = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        values = values[values > -1]
+        result[cat_id] = float(values.mean()) if values.size else -1.0
+    return result
+
+
+def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
+             set_a: list[int]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """Metrics named like `segm/setB/AP` and per-class AP tables keyed by iou type.
+
+    Mask AP is computed over the classes and instances that have ground-truth masks."""
+    labels = list(range(1, num_classes))
+    set_b = [label for label in labels if label not in set(set_a)]
+    metrics: dict[str, float] = {}
+    tables: dict[str, dict[int, float]] = {}
+    for iou_type in ("bbox", "segm"):
+        annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
+        dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
+        gt = _coco(images, annotations, labels)
+        present = sorted({a["category_id"] for a in annotations})
+        for subset, cat_ids in (("all", present), ("setA", [c for c in present if c in set(set_a)]),
+                                ("setB", [c for c in present if c in set(set_b)])):
+            evaluator = _run(gt, dets, iou_type, cat_ids) if cat_ids else None
+            stats = evaluator.stats[:len(STAT_NAMES)] if evaluator is not None else [0.0] * len(STAT_NAMES)
+            for name, value in zip(STAT_NAMES, stats):
+                metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)
+            if subset == "all" and evaluator is not None:
+                tables[iou_type] = per_class_ap(evaluator)
+    return metrics, tables

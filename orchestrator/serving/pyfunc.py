@@ -1,0 +1,49 @@
+"""The model MLflow logs, registers and serves: a pyfunc whose artifacts are the weights, config and
+vocabulary (no pickled code: MLflow builds it from `pyfunc_model.py`, and the weights load with
+weights_only=True).
+
+Scoring protocol: a DataFrame with one column `image` of JPEG or PNG bytes (`binary` in the
+signature, so over REST each is a base64 string), e.g.
+`{"dataframe_split": {"columns": ["image"], "data": [["/9j/4AAQ..."]]}}`; params `score_threshold`
+(default 0.5) and `max_detections` (default 100). The answer has one entry per image: `boxes`
+(xyxy, pixels), `class_ids` (the vocabulary's labels), `class_names`, `scores`, and `masks` as COCO
+RLE (`{"size": [H, W], "counts": "..."}`).
+"""
+from typing import Optional
+
+import pandas as pd
+import torch
+from mlflow.pyfunc import PythonModel
+from torchvision.io import ImageReadMode, decode_image
+
+from ..run_folder import MODEL_FILES_ARTIFACT
+from .evaluation import mask_rles
+from .inference import LoadedModel, load_model_files, predict
+
+INPUT_COLUMN = "image"
+DEFAULT_PARAMS = {"score_threshold": 0.5, "max_detections": 100}
+
+
+def detections_json(loaded: LoadedModel, image_bytes: bytes, score_threshold: float, max_detections: int) -> dict:
+    try:
+        image = decode_image(torch.frombuffer(bytearray(image_bytes), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise ValueError(f"{INPUT_COLUMN}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+    detection = predict(loaded.model, image)
+    keep = torch.where(detection["scores"] >= score_threshold)[0][:max_detections]  # sorted by score
+    detection = {k: v[keep] for k, v in detection.items()}
+    labels = detection["labels"].tolist()
+    return {"boxes": [[round(v, 2) for v in box] for box in detection["boxes"].tolist()],
+            "class_ids": labels, "class_names": [loaded.vocab.name(label) for label in labels],
+            "scores": [round(score, 5) for score in detection["scores"].tolist()],
+            "masks": mask_rles(detection.get("masks")) or []}
+
+
+class MaskXPyfunc(PythonModel):
+    def load_context(self, context) -> None:
+        self.loaded = load_model_files(context.artifacts[MODEL_FILES_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> list[dict]:
+        params = {**DEFAULT_PARAMS, **(params or {})}
+        return [detections_json(self.loaded, image, float(params["score_threshold"]), int(params["max_detections"]))
+                for image in model_input[INPUT_COLUMN]]

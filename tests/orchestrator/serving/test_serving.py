@@ -1,0 +1,154 @@
+"""The registered model serves: `mlflow models serve -m models:/NAME/VERSION` answers a plain HTTP POST
+of a real JPEG with what maskx itself predicts on the same file."""
+import base64
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.request
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskx.datasets.stream import load_sources
+from maskx.models import build_model
+from maskx.orchestrator import run_folder
+from maskx.orchestrator.config import dump_config, load_config
+from maskx.orchestrator.run_setup import bind_to_vocabulary
+from maskx.orchestrator.serving.inference import load_model
+from maskx.orchestrator.serving.model_logging import log_model
+from maskx.orchestrator.serving.pyfunc import detections_json
+from maskx.orchestrator.serving.tracking import Tracking
+
+from ...conftest import SHARED_DATA, free_port, wait_for_http
+
+pytestmark = pytest.mark.integration
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, synth_shards, tmp_path_factory):
+    """A model logged and registered as `maskx train` does it (weights seeded, not trained)."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    # Untrained weights score under the default 0.05: keep every detection so there is something to compare.
+    cfg = load_config(TINY, [f"mlflow.tracking_uri={mlflow_server}", "model.box_score_thresh=0.0"])
+    _, vocab = load_sources([(synth_shards["coco_train"], 1.0)])
+    bind_to_vocabulary(cfg, vocab)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    vocab.save(str(folder / "vocab.json"))
+    tracking = Tracking(mlflow_server)
+    run = tracking.start_run("serving", "serve-test", cfg.to_dict(), dump_config(cfg))
+    files = run_folder.model_files(str(folder), model, str(folder / "model_files"))
+    with warnings.catch_warnings(record=True) as warned, logged_warnings("mlflow") as logged:
+        warnings.simplefilter("always")
+        version = log_model(run, files, jpeg_bytes(), "maskx-serve-test")
+    return mlflow_server, f"models:/maskx-serve-test/{version}", [str(w.message) for w in warned] + logged
+
+
+@contextlib.contextmanager
+def logged_warnings(logger_name: str):
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def jpeg_path() -> str:
+    real = sorted((SHARED_DATA / "coco-tiny" / "val2017").glob("*.jpg"))
+    if real:
+        return str(real[0])
+    from torchvision.io import encode_jpeg
+
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "maskx-serving-test.jpg"
+    path.write_bytes(encode_jpeg(torch.randint(0, 255, (3, 160, 200), dtype=torch.uint8)).numpy().tobytes())
+    return str(path)
+
+
+def jpeg_bytes() -> bytes:
+    return Path(jpeg_path()).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory):
+    tracking_uri, model_uri, _ = registered
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{BIN}:{os.environ['PATH']}")
+    process = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                                "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", process, timeout=180)
+        yield f"http://127.0.0.1:{port}", tracking_uri, model_uri
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
+    url, tracking_uri, model_uri = served
+    image = base64.b64encode(jpeg_bytes()).decode()
+    status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[image]]},
+                                "params": {"score_threshold": 0.0, "max_detections": 20}})
+    assert status == 200, answer
+    [served_detections] = answer["predictions"]
+    expected = detections_json(load_model(model_uri, tracking_uri), jpeg_bytes(), 0.0, 20)
+    assert served_detections["class_ids"] == expected["class_ids"] and len(expected["class_ids"]) == 20
+    assert served_detections["class_names"] == expected["class_names"]
+    assert torch.allclose(torch.tensor(served_detections["boxes"]), torch.tensor(expected["boxes"]), atol=0.05)
+    assert torch.allclose(torch.tensor(served_detections["scores"]), torch.tensor(expected["scores"]), atol=1e-4)
+    height, width = (int(v) for v in served_detections["masks"][0]["size"])
+    from maskx.orchestrator.serving.inference import read_image
+
+    assert (height, width) == tuple(read_image(jpeg_path()).shape[-2:])
+    assert [m["counts"] for m in served_detections["masks"]] == [m["counts"] for m in expected["masks"]]
+
+
+def test_records_and_the_default_threshold_and_a_bad_image(served):
+    url, _, _ = served
+    image = base64.b64encode(jpeg_bytes()).decode()
+    status, answer = post(url, {"dataframe_records": [{"image": image}, {"image": image}]})
+    assert status == 200 and len(answer["predictions"]) == 2
+    assert all(score >= 0.5 for p in answer["predictions"] for score in p["scores"])  # the default threshold
+    status, answer = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
+    assert status >= 400 and "not a JPEG or PNG" in json.dumps(answer)
+
+
+def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered):
+    tracking_uri, model_uri, warned = registered
+    # MLflow says nothing about the model: no "Failed to validate serving input example", no pickle or
+    # type-hint warning (torchvision's and pandas' deprecation notices are theirs to fix).
+    assert not [w for w in warned if any(word in w.lower() for word in ("input example", "pickle", "type hint", "signature"))], warned
+    folder = Tracking(tracking_uri).download_model(model_uri)
+    import yaml
+
+    mlmodel = yaml.safe_load(Path(folder, "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(folder, "pyfunc_model.py").exists()  # a model from code: built by running this file
+    assert json.loads(mlmodel["signature"]["inputs"]) == [{"type": "binary", "name": "image", "required": True}]
+    assert {p["name"] for p in json.loads(mlmodel["signature"]["params"])} == {"score_threshold", "max_detections"}
+    assert not list(Path(folder).rglob("*.pkl"))
+    assert Path(folder, "serving_input_example.json").exists()

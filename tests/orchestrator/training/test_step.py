@@ -1,0 +1,234 @@
+"""The train step, solver and checkpoint contents, without Ray."""
+import os
+
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from torchvision.transforms.v2 import functional as tv_functional
+
+from maskx.datasets.batch import Batch
+from maskx.datasets.partitions import DataPlan, EpochLayout
+from maskx.datasets.stream import load_sources
+from maskx.datasets.train_stream import TrainStream
+from maskx.models import build_model
+from maskx.orchestrator import run_folder
+from maskx.orchestrator.config import SolverConfig, load_config
+from maskx.orchestrator.run_setup import bind_to_vocabulary
+from maskx.orchestrator.training import step as training_step
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def setup(synth_shards):
+    cfg = load_config(TINY, ["model.mask_head.conv_channels=16", "model.backbone.fpn_channels=32"])
+    sources, vocab = load_sources([(synth_shards["coco_train"], 1.0), (synth_shards["vg"], 0.5)])
+    bind_to_vocabulary(cfg, vocab)
+    layout = EpochLayout(DataPlan(global_batch=2, partitions=1), world_size=1, batch_size=2)
+    stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes, layout=layout,
+                         steps_per_epoch=6, min_sizes=(128,), max_size=160, seed=1)
+    batches = [step.micro_batches[0] for step in stream.steps()]
+    return cfg, batches, vocab
+
+
+def fresh(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    optimizer = training_step.build_optimizer(model, cfg.solver)
+    return model, optimizer, training_step.build_lr_scheduler(optimizer, cfg.solver)
+
+
+def test_lr_warms_up_linearly_then_decays_at_the_steps():
+    solver = SolverConfig(lr=0.1, warmup_iters=10, warmup_factor=0.1, steps=[20, 30], gamma=0.1)
+    optimizer = training_step.build_optimizer(torch.nn.Linear(2, 2), solver)
+    scheduler = training_step.build_lr_scheduler(optimizer, solver)
+    lrs = []
+    for _ in range(35):
+        lrs.append(training_step.lr_of(optimizer))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[5] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert lrs[10] == pytest.approx(0.1) and lrs[19] == pytest.approx(0.1)
+    assert lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    decayed, plain = training_step.build_optimizer(model, SolverConfig(weight_decay=0.5)).param_groups
+    assert decayed["weight_decay"] == 0.5 and [p.ndim for p in decayed["params"]] == [4]
+    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+
+
+def test_vocabulary_mismatch_names_the_field(synth_shards):
+    cfg = load_config(TINY, ["model.num_classes=81"])
+    _, vocab = load_sources([(synth_shards["coco_train"], 1.0)])
+    with pytest.raises(ValueError, match="model.num_classes: 81.*set model.num_classes=11"):
+        bind_to_vocabulary(cfg, vocab)
+
+
+def test_bind_sets_set_a_from_the_named_mask_sets(setup):
+    cfg, _, vocab = setup
+    assert sorted(vocab.name(label) for label in cfg.model.mask_classes) == ["car", "chair", "dog", "person"]
+
+
+def test_repeated_steps_on_one_batch_drive_the_loss_down(setup):
+    cfg, batches, _ = setup
+    cfg = load_config(TINY, ["solver.warmup_iters=1", "solver.lr=0.02", f"model.mask_classes={cfg.model.mask_classes}"])
+    model, optimizer, scheduler = fresh(cfg)
+    losses = [training_step.train_step(model, optimizer, scheduler, [batches[0]], torch.device("cpu"))["loss"] for _ in range(15)]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_autocast(setup):
+    """What runs on a GPU, where torch allows it on a CPU: uint8 source-size images resized and
+    flipped in the step (on the device), bf16 autocast (`solver.amp`), non-blocking copies."""
+    cfg, batches, _ = setup
+    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("mask_rles" in t for t in b.targets))
+    images, targets = batch.to_device(torch.device("cpu"))
+    for image, target, source, source_target, augmentation in zip(images, targets, batch.images, batch.targets,
+                                                                  batch.augmentations):
+        # Stated from the source image, torchvision's resize and the pycocotools RLE codec alone:
+        # shorter side to min_size (longer at most max_size), flipped when drawn so, boxes scaled and
+        # mirrored with it, masks decoded at the source size and mirrored.
+        height, width = source.shape[-2:]
+        scale = min(augmentation.min_size / min(height, width), augmentation.max_size / max(height, width))
+        assert image.dtype == torch.float32
+        assert abs(image.shape[-2] - height * scale) <= 1 and abs(image.shape[-1] - width * scale) <= 1
+        expected_image = tv_functional.resize(source.float() / 255, list(image.shape[-2:]), antialias=True)
+        boxes = source_target["boxes"] * torch.tensor([image.shape[-1] / width, image.shape[-2] / height] * 2)
+        if augmentation.flip:
+            expected_image = expected_image.flip(-1)
+            boxes = torch.stack([image.shape[-1] - boxes[:, 2], boxes[:, 1], image.shape[-1] - boxes[:, 0], boxes[:, 3]], 1)
+        assert (image - expected_image).abs().max() <= 2 / 255
+        assert torch.allclose(target["boxes"], boxes, atol=1e-3)
+        if "mask_rles" in source_target:
+            masks = torch.from_numpy(mask_utils.decode(source_target["mask_rles"])).permute(2, 0, 1)
+            assert torch.equal(target["masks"], masks.flip(-1) if augmentation.flip else masks)
+    model, optimizer, scheduler = fresh(cfg)
+    losses = training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"), amp=True)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()) and losses["loss_mask"] > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
+
+
+def test_accumulated_micro_batches_and_blank_passes(setup):
+    """A step over several micro-batches is one optimizer step; a blank pass (a rank with no sample in
+    a micro-batch) at weight 0 changes nothing; micro-batches weighted 1/2 each come close to one batch
+    of both (not equal: RPN and RoI sampling, padding and the mask loss's mean are per batch)."""
+    cfg, batches, _ = setup
+    device = torch.device("cpu")
+    one, two = batches[0], batches[1]
+    blank = Batch.blank(one.augmentations[0])
+    params = {}
+    for name, micro, weights in (("alone", [one], [1.0]), ("with blank", [one, blank], [1.0, 0.0])):
+        model, optimizer, scheduler = fresh(cfg)
+        training_step.train_step(model, optimizer, scheduler, micro, device, loss_weights=weights)
+        params[name] = [p.detach().clone() for p in model.parameters()]
+        assert scheduler._schedulers[0].last_epoch == 1  # one step of the schedule, whatever the micro-batches
+    assert all(torch.equal(a, b) for a, b in zip(params["alone"], params["with blank"]))
+    joined = Batch(one.images + two.images, one.targets + two.targets, one.keys + two.keys,
+                   one.augmentations + two.augmentations)
+    grads = {}
+    for name, micro in (("joined", [joined]), ("accumulated", [one, two])):
+        model, optimizer, scheduler = fresh(cfg)
+        torch.manual_seed(3)
+        training_step.train_step(model, optimizer, scheduler, micro, device)
+        grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    cosine = torch.nn.functional.cosine_similarity(grads["joined"], grads["accumulated"], dim=0)
+    assert cosine > 0.9, cosine
+
+
+def test_checkpoint_resume_reproduces_the_unbroken_run(setup, tmp_path):
+    cfg, batches, _ = setup
+    device = torch.device("cpu")
+    model, optimizer, scheduler = fresh(cfg)
+    for batch in batches[:2]:
+        training_step.train_step(model, optimizer, scheduler, [batch], device)
+    state = run_folder.TrainState(iteration=2)
+    run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, state),
+                           str(tmp_path))
+    unbroken = [training_step.train_step(model, optimizer, scheduler, [b], device)["loss"] for b in batches[2:4]]
+
+    resumed_model, resumed_optimizer, resumed_scheduler = fresh(cfg, seed=123)
+    restored = run_folder.restore(run_folder.load_state(str(tmp_path)), resumed_model, resumed_optimizer, resumed_scheduler)
+    assert restored.iteration == 2
+    resumed = [training_step.train_step(resumed_model, resumed_optimizer, resumed_scheduler, [b], device)["loss"] for b in batches[2:4]]
+    assert resumed == pytest.approx(unbroken, rel=1e-5)
+    assert training_step.lr_of(resumed_optimizer) == pytest.approx(training_step.lr_of(optimizer))
+
+
+def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_path):
+    cfg, _, _ = setup
+    model, optimizer, scheduler = fresh(cfg)
+    path = run_folder.save_state(run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState()), str(tmp_path))
+    assert not os.path.exists(path + ".partial")
+    torch.load(path, weights_only=True)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=f"checkpoint {path}: unreadable"):
+        run_folder.load_state(str(tmp_path))
+
+
+def test_init_from_a_torchvision_mask_rcnn_takes_its_weights_and_its_coco_rows(setup, tmp_path):
+    """`model.init_from`: torchvision's maskrcnn_resnet50_fpn (random weights here, saved locally; never a
+    download) into maskx's R-50-FPN: every tensor that fits is copied, the box predictor rows of COCO
+    classes land at those classes' rows, the rest keeps maskx's initialization; then it fine-tunes."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    _, batches, vocab = setup
+    torch.manual_seed(7)
+    theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    torch.save(theirs, tmp_path / "maskrcnn_resnet50_fpn.pth")
+    cfg = load_config(TINY, ["model.backbone.name=resnet50", "model.backbone.fpn_channels=256", "model.box_head_dim=1024",
+                             "model.mask_head.conv_channels=256", "model.mask_head.num_convs=4",
+                             "model.anchor_sizes=[32, 64, 128, 256, 512]", "model.box_loss.kind=ce",
+                             f"model.init_from={tmp_path}/maskrcnn_resnet50_fpn.pth"])
+    bind_to_vocabulary(cfg, vocab)
+    model, optimizer, scheduler = fresh(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = training_step.initialize_from_torchvision(model, cfg.model.init_from, vocab)
+    ours = model.state_dict()
+
+    shared = [k for k in theirs if k in ours and ours[k].shape == theirs[k].shape and "box_predictor" not in k]
+    assert any(k.startswith("backbone.body") for k in shared) and any(k.startswith("rpn.head") for k in shared)
+    assert any(k.startswith("roi_heads.mask_head") for k in shared) and any(k.startswith("backbone.fpn") for k in shared)
+    assert all(torch.equal(ours[k], theirs[k]) for k in shared)
+    coco_labels = [label for label in range(1, vocab.num_classes) if vocab.classes[label - 1].coco_id is not None]
+    other_labels = [label for label in range(1, vocab.num_classes) if vocab.classes[label - 1].coco_id is None]
+    assert coco_labels and other_labels
+    for label in coco_labels:
+        row = vocab.classes[label - 1].coco_id
+        assert torch.equal(ours["roi_heads.box_predictor.cls_score.weight"][label], theirs["roi_heads.box_predictor.cls_score.weight"][row])
+        assert torch.equal(ours["roi_heads.box_predictor.bbox_pred.weight"][4 * label:4 * label + 4],
+                           theirs["roi_heads.box_predictor.bbox_pred.weight"][4 * row:4 * row + 4])
+    for label in other_labels:  # VG-only classes: freshly initialized, as before
+        assert torch.equal(ours["roi_heads.box_predictor.cls_score.weight"][label], before["roi_heads.box_predictor.cls_score.weight"][label])
+    assert all(torch.equal(ours[k], before[k]) for k in ours if "mask_predictor" in k)  # the transfer function is new
+    assert f"box predictor rows of {len(coco_labels)} COCO classes" in message
+    losses = [training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"))["loss"] for batch in batches[:2]]
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_init_from_torchvisions_v2_takes_what_matches_and_says_what_it_skipped(setup, tmp_path):
+    """maskrcnn_resnet50_fpn_v2 shares the ResNet-50 body and FPN; its box head (4 convs + fc), RPN head
+    (2 convs) and norms differ from maskx's, so those are skipped and named, not forced."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    _, _, vocab = setup
+    torch.save(maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91).state_dict(),
+               tmp_path / "v2.pth")
+    cfg = load_config(TINY, ["model.backbone.name=resnet50", "model.backbone.fpn_channels=256", "model.box_head_dim=1024",
+                             "model.mask_head.conv_channels=256", "model.mask_head.num_convs=4",
+                             "model.anchor_sizes=[32, 64, 128, 256, 512]"])
+    bind_to_vocabulary(cfg, vocab)
+    model, _, _ = fresh(cfg)
+    message = training_step.initialize_from_torchvision(model, str(tmp_path / "v2.pth"), vocab)
+    assert "backbone.body" in message and "skipped" in message and "keep their initialization" in message
+
+
+def test_init_from_a_file_that_is_no_detector_is_a_clear_error(setup, tmp_path):
+    _, _, vocab = setup
+    torch.save({"something": torch.zeros(3)}, tmp_path / "other.pth")
+    model = build_model(load_config(TINY, ["model.num_classes=11"]).model)
+    with pytest.raises(ValueError, match="model.init_from: .*other.pth has no tensor that fits this model"):
+        training_step.initialize_from_torchvision(model, str(tmp_path / "other.pth"), vocab)

@@ -1,0 +1,288 @@
+"""`maskx train` on a real local Ray instance with 2 CPU workers: checkpoints, resume, eval, predict."""
+import json
+import os
+
+import pytest
+
+from maskx.orchestrator import run_folder
+from maskx.orchestrator.cli import main
+from maskx.orchestrator.config import load_config
+from maskx.orchestrator.run_folder import MLFLOW_RUN_FILE
+from maskx.orchestrator.training.trainer import train
+
+from ...conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    # As `maskx train` does with no cluster running; Ray 2.60 turns token auth on for it by default.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if auth_mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+def tiny_overrides(synth_shards, tmp, max_iter):
+    return [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
+            f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
+            f"solver.max_iter={max_iter}", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
+            f"checkpoint.storage_path={tmp}/ray_results", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
+            "mlflow.registered_model=null", "name=test-tiny",
+            # 4 iterations score under the default 0.05: keep detections so evaluation has work to do.
+            "model.box_score_thresh=0.0"]
+
+
+@pytest.fixture(scope="module")
+def first_run(local_ray, synth_shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    # Paths relative to the driver's folder, as a user types them: workers run in another folder.
+    shards_folder = os.path.dirname(synth_shards["coco_train"])
+    relative = {name: os.path.relpath(path, shards_folder) for name, path in synth_shards.items()}
+    cwd = os.getcwd()
+    os.chdir(shards_folder)
+    try:
+        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4))
+        result = train(cfg, record_keys_to=str(tmp / "keys-first"))
+    finally:
+        os.chdir(cwd)
+    return tmp, result
+
+
+def keys_per_rank(folder):
+    """rank file -> consumed keys, in order (the `node` line of each start left out)."""
+    return {name: [line.split()[1] for line in open(os.path.join(folder, name)) if not line.startswith("node ")]
+            for name in sorted(os.listdir(folder))}
+
+
+def test_two_workers_train_checkpoint_and_evaluate(first_run):
+    tmp, result = first_run
+    checkpoints = sorted(d for d in os.listdir(result.run_folder) if d.startswith("checkpoint_0"))
+    assert checkpoints == ["checkpoint_00000002", "checkpoint_00000004"]
+    assert result.checkpoint.endswith("checkpoint_00000004")
+    contents = run_folder.load_state(result.checkpoint)
+    assert contents["iteration"] == 4
+    # the data position of every partition (2 workers x 1 loader worker), merged from both ranks
+    assert contents["data_position"]["steps"] == 4 and sorted(contents["data_position"]["partitions"]) == ["0", "1"]
+    assert contents["data_plan"] == {"global_batch": 4, "partitions": 2} and contents["world_size"] == 2
+    assert sorted(os.listdir(result.checkpoint)) == ["complete.json", "config.yaml", "eval.json", "state.pt", "vocab.json"]
+    assert {"bbox/setA/AP", "bbox/setB/AP", "segm/setA/AP", "segm/setB/AP"} <= set(result.metrics)
+    assert result.metrics["eval/images"] == 10
+    keys = keys_per_rank(str(tmp / "keys-first"))
+    assert sorted(keys) == ["rank0.txt", "rank1.txt"] and all(len(k) == 4 * 2 for k in keys.values())
+    assert not set(keys["rank0.txt"]) & set(keys["rank1.txt"])  # ranks stream different samples
+
+
+def test_resume_continues_at_the_saved_iteration(first_run, synth_shards):
+    tmp, first = first_run
+    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 6))
+    resumed = train(cfg, resume=first.run_name, record_keys_to=str(tmp / "keys-resumed"))
+    assert resumed.run_folder == first.run_folder and resumed.mlflow_run_id == first.mlflow_run_id
+    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 6
+    # Only iterations 5 and 6 ran: two batches of two images per rank.
+    assert all(len(k) == 2 * 2 for k in keys_per_rank(str(tmp / "keys-resumed")).values())
+    with open(os.path.join(first.run_folder, MLFLOW_RUN_FILE)) as f:
+        assert json.load(f)["run_id"] == first.mlflow_run_id
+
+
+def test_resume_of_an_unknown_run_names_it(local_ray, synth_shards, tmp_path):
+    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp_path, 2))
+    with pytest.raises(FileNotFoundError, match="--resume no-such-run: no run of that name"):
+        train(cfg, resume="no-such-run")
+
+
+def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, synth_paths, tmp_path, capsys):
+    _, result = first_run
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--config", TINY, f"data.val={synth_shards['coco_val']}", "--model", result.checkpoint,
+                 "--json", str(out_json)]) == 0
+    metrics = json.loads(out_json.read_text())["metrics"]
+    assert metrics["eval/images"] == 10 and "segm/setB/AP" in metrics
+    assert "mask  all AP" in capsys.readouterr().out
+
+    from torchvision.io import decode_png, read_file
+
+    image = os.path.join(synth_paths["coco_val_images"], sorted(os.listdir(synth_paths["coco_val_images"]))[0])
+    out_png = tmp_path / "overlay.png"
+    assert main(["predict", "--model", result.checkpoint, "--image", image, "--out", str(out_png), "--score-threshold", "0"]) == 0
+    overlay = decode_png(read_file(str(out_png)))
+    from maskx.orchestrator.serving.inference import read_image
+
+    original = read_image(image)
+    assert overlay.shape == original.shape  # what gets drawn is tested in test_inference.py
+
+
+def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(first_run, synth_shards, synth_paths,
+                                                                                tmp_path, capsys):
+    """`maskx predict --images DIR` and `--shards` write COCO results in COCO's category ids; COCOeval of
+    them against the original annotation file gives maskx eval's AP."""
+    import shutil
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _, result = first_run
+    images = tmp_path / "images"
+    shutil.copytree(synth_paths["coco_val_images"], images)
+    (images / "broken.jpg").write_bytes(b"not a jpeg")  # skipped and listed, not a crash
+    assert main(["predict", "--model", result.checkpoint, "--images", str(images), "--out", str(tmp_path / "pred"),
+                 "--overlays"]) == 0
+    assert "10 images; 1 unreadable files skipped" in capsys.readouterr().out
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 10
+    assert main(["predict", "--model", result.checkpoint, "--shards", synth_shards["coco_val"],
+                 "--out", str(tmp_path / "pred-shards")]) == 0
+    (tmp_path / "eval").mkdir()
+    assert main(["eval", "--config", TINY, f"data.val={synth_shards['coco_val']}", "--model", result.checkpoint,
+                 "--json", str(tmp_path / "eval" / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+
+    truth = COCO(synth_paths["coco_val_annotations"])
+    for results in (tmp_path / "pred" / "results.json", tmp_path / "pred-shards" / "results.json",
+                    tmp_path / "eval" / "results.json"):
+        detections = json.loads(results.read_text())
+        # COCO classes under COCO's ids (not maskx labels); the VG-only classes of the vocabulary past 1000
+        ids = {d["category_id"] for d in detections}
+        assert ids & set(truth.getCatIds()) and all(i in truth.getCatIds() or i > 1000 for i in ids)
+        for iou_type in ("bbox", "segm"):
+            evaluation = COCOeval(truth, truth.loadRes(str(results)), iou_type)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            assert evaluation.stats[0] == pytest.approx(metrics[f"{iou_type}/all/AP"], abs=1e-6), (results, iou_type)
+
+
+def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_path, capsys):
+    _, result = first_run
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_bytes(b"this is text")
+    assert main(["predict", "--model", result.checkpoint, "--image", str(bad), "--out", str(tmp_path / "o.png")]) == 2
+    assert f"image {bad}: cannot decode" in capsys.readouterr().err
+
+
+def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpoint(local_ray, synth_shards, tmp_path):
+    """`maskx train` killed (SIGKILL) the moment its checkpoint folder at iteration 4 appears, as a lost
+    job driver is: that checkpoint may be whole, half-written or only a folder, and Ray's own record
+    may not know it yet. `--resume RUN_NAME` continues, in the same MLflow run, from exactly the
+    newest complete checkpoint in the run folder: never from scratch, never from an older one."""
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    overrides = tiny_overrides(synth_shards, tmp_path, 8)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+    repo = os.path.join(os.path.dirname(TINY), "..")
+    driver = subprocess.Popen([sys.executable, "-P", "-m", "maskx.orchestrator.cli", "train", "--config", TINY, *overrides], cwd=repo,
+                              env=env, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT)
+    found = wait_until(lambda: list((tmp_path / "ray_results").glob("test-tiny-*/checkpoint_00000004")),
+                       "the driver's checkpoint at iteration 4", lambda: driver.poll() is None,
+                       lambda: (tmp_path / "driver.log").read_text()[-3000:], interval=0.05)
+    driver.kill()
+    driver.wait()
+    folder = found[0].parent
+
+    def listing():
+        return sorted((str(p), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+    # The killed job's workers stop soon after their driver; then the folder holds what it will hold.
+    def settled():
+        before = listing()
+        time.sleep(2)
+        return listing() == before
+
+    wait_until(settled, "the killed run's folder to stop changing", interval=0)
+    newest_complete = run_folder.resume_state(str(folder))[1]["iteration"]
+    recorded = json.loads((folder / MLFLOW_RUN_FILE).read_text())["run_id"]
+
+    resumed = train(load_config(TINY, overrides), resume=folder.name, record_keys_to=str(tmp_path / "keys"))
+    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 8
+    assert resumed.mlflow_run_id == recorded
+    iterations = [int(line.split()[0]) for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
+    assert newest_complete in (2, 4)
+    assert min(iterations) == newest_complete + 1 and max(iterations) == 8
+
+
+def test_mlflow_down_at_the_end_fails_clearly_and_resume_only_logs_and_registers(local_ray, synth_shards, tmp_path,
+                                                                                 monkeypatch):
+    """The tracking server dies right after the last checkpoint: the run ends with a message naming the
+    checkpoint and the --resume command, and that command, once the server is back, trains nothing and
+    logs the evaluation and the model and registers it, in the same MLflow run."""
+    import signal
+    import time
+
+    import mlflow
+    import ray.train
+
+    from ...conftest import free_port, start_mlflow_server, stop_mlflow_server
+
+    class StopServerAtLastReport(ray.train.UserCallback):  # runs in Ray Train's controller, after the report
+        def __init__(self, pid: int, iteration: int):
+            self.pid, self.iteration = pid, iteration
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None and metrics[0].get("iteration") == self.iteration:
+                os.killpg(self.pid, signal.SIGTERM)
+                while os.path.exists(f"/proc/{self.pid}") and open(f"/proc/{self.pid}/stat").read().split()[2] != "Z":
+                    time.sleep(0.1)
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not after minutes of retries
+    store, port = tmp_path / "mlflow", free_port()
+    store.mkdir()
+    server = start_mlflow_server(store, port)
+    overrides = tiny_overrides(synth_shards, tmp_path, 4) + [f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+                                                             "mlflow.registered_model=maskx-end-test"]
+    with pytest.raises(RuntimeError, match=r"trained to the end \(checkpoint .*checkpoint_00000004\).*could not be logged "
+                                           r"to MLflow.*`maskx train --config \.\.\. --resume test-tiny-") as failure:
+        train(load_config(TINY, overrides), callbacks=[StopServerAtLastReport(server.pid, 4)])
+    server.wait()
+    run_name = str(failure.value).split("--resume ")[1].split("`")[0]
+
+    server = start_mlflow_server(store, port)
+    try:
+        resumed = train(load_config(TINY, overrides), resume=run_name, record_keys_to=str(tmp_path / "keys"))
+        trained = [line for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
+        assert trained == []  # nothing trained again: only logged
+        assert resumed.model_version == "1"
+        run = mlflow.MlflowClient(f"http://127.0.0.1:{port}").get_run(resumed.mlflow_run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == run_name
+        assert "segm/setB/AP" in run.data.metrics
+        assert mlflow.MlflowClient(f"http://127.0.0.1:{port}").get_model_version("maskx-end-test", "1").run_id == run.info.run_id
+    finally:
+        stop_mlflow_server(server)
+
+
+def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synth_shards, tmp_path):
+    """One rank blocks for good (its shard is a pipe nobody writes); the other reaches the gradient
+    all-reduce and gives up after scaling.collective_timeout_s instead of torch's 30 minutes."""
+    import shutil
+
+    from maskx.datasets.shard_format import load_manifest, save_manifest
+
+    manifest = load_manifest(synth_shards["coco_train"])
+    manifest.shards = manifest.shards[:2]
+    manifest.location = str(tmp_path / "shards" / "manifest.json")
+    (tmp_path / "shards").mkdir()
+    shutil.copy(os.path.join(synth_shards["coco_train"], manifest.shards[0].url), tmp_path / "shards")
+    hanging = tmp_path / "shards" / manifest.shards[1].url
+    os.mkfifo(hanging)  # opening it for reading blocks until a writer comes: never
+    save_manifest(manifest)
+    overrides = tiny_overrides(synth_shards, tmp_path, 4) + [
+        f"data.train=[{{manifest: {tmp_path}/shards}}]", "data.val=null", "checkpoint.max_failures=0",
+        "scaling.collective_timeout_s=10"]
+    try:
+        # gloo's words for its timeout: the waiting side's, or the pair it closed.
+        with pytest.raises(RuntimeError, match=r"(?s)failed.*(Timed out waiting 10000ms|Application timeout caused pair closure)"):
+            train(load_config(TINY, overrides))
+    finally:
+        try:  # release a reader still blocked on the pipe, if its worker outlived the run
+            os.close(os.open(hanging, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
