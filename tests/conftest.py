@@ -153,9 +153,11 @@ def final_passes(paths):
 def canonical_keys(cfg, iterations):
     """iteration -> sorted keys of the run's canonical sample order, read here in one process (no Ray,
     no model) through the run's own set-up: what every layout of the run must train on."""
+    import dataclasses
+
     from maskx.orchestrator.run_setup import set_up_run
 
-    setup = set_up_run(cfg)
+    setup = set_up_run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=None)))  # the val set plays no part
     keys, epoch = {}, 0
     while len(keys) < iterations:
         # One rank reading every partition: the order is the plan's, whatever the world size.
