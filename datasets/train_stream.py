@@ -26,6 +26,7 @@ from .stream import SkipCounter, Source, loader_slot, seeded_rng, shard_samples,
 from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
 from .vocab import Vocabulary
 
+SEED_BITS = 63  # a sample's sampling seed: a non-negative int64
 # Passes over a source's shards within one epoch: a partition draws until its steps are done, so
 # a small source mixed with a large one is read again and again.
 ENDLESS_PASSES = 10**9
@@ -166,6 +167,8 @@ class TrainStream(IterableDataset):
                 if reader is None:
                     continue
                 image, target, key, augmentation = reader.next_sample()
+                # The image's anchors and RoIs are drawn from this: the same wherever the sample trains.
+                target["sampling_seed"] = seeded_rng(self.seed, self.epoch, index, "sampling").getrandbits(SEED_BITS)
                 chunk.images.append(image)
                 chunk.targets.append(target)
                 chunk.keys.append(key)

@@ -19,6 +19,10 @@ from .vocab import Vocabulary
 log = logging.getLogger(__name__)
 
 
+# A training target's keys with one entry per instance (what dropping an instance must drop too).
+PER_INSTANCE = ("boxes", "labels", "has_mask")
+
+
 class BadSample(ValueError):
     """A sample that cannot be used; the stream skips and counts it."""
 
@@ -137,11 +141,14 @@ def resize_and_flip(image: torch.Tensor, target: dict, min_size: int, max_size: 
         masks = masks.flip(-1) if masks is not None else None
     boxes = boxes.as_subclass(torch.Tensor)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
-    out = {"boxes": boxes, "labels": target["labels"], "has_mask": target["has_mask"]}
+    instances = {"boxes": boxes, "labels": target["labels"], "has_mask": target["has_mask"]}
     if not keep.all():  # rare: indexing copies every (H, W) mask
         if masks is not None:  # one row per instance, or compact: one per instance with a mask
             masks = masks[keep] if len(masks) == len(keep) else masks[keep[target["has_mask"]]]
-        out = {k: v[keep] for k, v in out.items()}
+        instances = {k: v[keep] for k, v in instances.items()}
+    # What is not per instance (the sample's sampling seed) goes along unchanged.
+    out = {k: v for k, v in target.items() if k not in PER_INSTANCE and k != "masks"}
+    out.update(instances)
     if masks is not None and out["has_mask"].any():
         out["masks"] = masks
     return image, out

@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-NORMS = ("frozen_bn", "bn", "gn")
+NORMS = ("frozen_bn", "bn", "gn", "none")
 CLASSIFIER_LOSSES = ("ce", "focal")
-MASK_HEAD_MODES = ("class_specific", "class_agnostic", "transfer", "transfer+mlp")
-TRANSFER_INPUTS = ("cls", "box", "cls+box")
+MASK_HEAD_MODES = ("class_specific", "class_agnostic", "class_agnostic+mlp", "transfer", "transfer+mlp")
+TRANSFER_INPUTS = ("cls", "box", "cls+box", "randn")
 ACTIVATIONS = ("leaky_relu", "relu")
+MLP_INPUTS = ("upsampled", "reduced")
+LOSS_NORMALIZATIONS = ("step", "batch")
+# What `model.freeze` may name: the detector under the mask branch (the paper's stage-wise protocol).
+FREEZABLE_PARTS = ("backbone", "rpn", "box_head")
 
 
 def _check_choice(where: str, value: object, choices: tuple) -> None:
@@ -31,11 +35,18 @@ class BackboneConfig:
     __pydantic_config__ = _STRICT
     name: str = "resnet50"
     fpn_channels: int = 256
-    # Frozen BN as in detectron2 when starting from weights; "gn" or "bn" train from scratch.
+    # frozen_bn: the BN statistics of the ImageNet weights, frozen (Detectron; needs `weights`). gn or
+    # bn train from scratch. none: no normalization at all, for the tiny CPU configs that train a
+    # ResNet-18 from scratch on 128 px images (what frozen_bn without weights amounted to).
     norm: str = "frozen_bn"
     trainable_layers: int = 3
     # A local state dict of the ResNet body (torchvision key names). Never downloaded.
     weights: Optional[str] = None
+
+    @property
+    def frozen(self) -> bool:
+        """Whether part of the backbone keeps its starting values: frozen BN or frozen stages."""
+        return self.norm == "frozen_bn" or self.trainable_layers < 5
 
     def validate(self, where: str = "model.backbone") -> None:
         _check_choice(f"{where}.name", self.name, BACKBONES)
@@ -51,10 +62,13 @@ class ClassifierLossConfig:
     __pydantic_config__ = _STRICT
     kind: str = "ce"
     gamma: float = 2.0
-    # None: no alpha weighting. With kind=focal, gamma=0 and alpha=None the loss equals CE.
-    alpha: Optional[float] = 0.25
-    # Lin et al. 2017, Sec. 4.1: bias init so every foreground class starts at probability pi.
-    prior_prob: float = 0.01
+    # None: no alpha weighting. With kind=focal, gamma=0 and alpha=None the loss equals CE. Sampled
+    # heads see a fixed foreground share already (docs/training.md, focal loss), so none by default.
+    alpha: Optional[float] = None
+    # focal only: the foreground probability the classifier starts at (Lin et al. 2017, Sec. 4.1: pi).
+    # None: the sampler's foreground fraction (box head 0.25 spread over the classes, RPN 0.5), the
+    # share of foreground among the samples the loss sees.
+    prior_prob: Optional[float] = None
 
     def validate(self, where: str) -> None:
         _check_choice(f"{where}.kind", self.kind, CLASSIFIER_LOSSES)
@@ -62,8 +76,8 @@ class ClassifierLossConfig:
             raise ValueError(f"{where}.gamma: must be >= 0, got {self.gamma}")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise ValueError(f"{where}.alpha: must be in [0, 1] or null, got {self.alpha}")
-        if not 0 < self.prior_prob < 1:
-            raise ValueError(f"{where}.prior_prob: must be in (0, 1), got {self.prior_prob}")
+        if self.prior_prob is not None and not 0 < self.prior_prob < 1:
+            raise ValueError(f"{where}.prior_prob: must be in (0, 1) or null, got {self.prior_prob}")
 
 
 @dataclass
@@ -72,23 +86,38 @@ class MaskHeadConfig:
     mode: str = "transfer+mlp"
     conv_channels: int = 256
     num_convs: int = 4
-    # Weight transfer function T (Sec. 3.1): w_seg[c] = T(w_det[c]).
-    transfer_input: str = "cls+box"
+    # Weight transfer function T (Sec. 3.1): w_seg[c] = T(w_det[c]). Official (bbox2mask_weight_transfer):
+    # hidden width = the mask head's (null here), MSRA init, LeakyReLU 0.1, no bias on the mask conv.
+    transfer_input: str = "cls+box"  # cls | box | cls+box | randn (a fixed random embedding per class)
     transfer_layers: int = 2
-    transfer_hidden: int = 1024
+    transfer_hidden: Optional[int] = None  # null: conv_channels
     transfer_activation: str = "leaky_relu"
     stop_gradient: bool = True
-    # Class-agnostic MLP mask branch (Sec. 3.4); channels of its 3x3 reduction conv.
+    randn_dim: int = 300  # transfer_input randn: the embedding's width (official PRETRAINED_EMBED_DIM)
+    randn_seed: int = 0
+    # Class-agnostic MLP mask branch fused with the FCN logits (Sec. 3.4; official
+    # cls_agnostic_mlp_branch): FC layers from the upsampled 28x28 mask features to 28x28 logits.
+    mlp_layers: int = 1
+    mlp_hidden: int = 1024
+    # upsampled: the official input. reduced: a 3x3 conv to mlp_channels on the 14x14 features first
+    # (the tiny CPU configs: the official first FC is C*28*28 x 784 weights, 39M at 64 channels).
+    mlp_input: str = "upsampled"
     mlp_channels: int = 128
 
     def validate(self, where: str = "model.mask_head") -> None:
         _check_choice(f"{where}.mode", self.mode, MASK_HEAD_MODES)
         _check_choice(f"{where}.transfer_input", self.transfer_input, TRANSFER_INPUTS)
         _check_choice(f"{where}.transfer_activation", self.transfer_activation, ACTIVATIONS)
-        if self.transfer_layers < 1:
-            raise ValueError(f"{where}.transfer_layers: must be >= 1, got {self.transfer_layers}")
-        if self.num_convs < 1:
-            raise ValueError(f"{where}.num_convs: must be >= 1, got {self.num_convs}")
+        _check_choice(f"{where}.mlp_input", self.mlp_input, MLP_INPUTS)
+        for key in ("transfer_layers", "mlp_layers", "num_convs", "randn_dim", "mlp_hidden", "mlp_channels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.transfer_hidden is not None and self.transfer_hidden < 1:
+            raise ValueError(f"{where}.transfer_hidden: must be >= 1 or null, got {self.transfer_hidden}")
+
+    @property
+    def has_mlp_branch(self) -> bool:
+        return self.mode.endswith("+mlp")
 
 
 @dataclass
@@ -103,9 +132,18 @@ class ModelConfig:
     box_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     rpn_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
-    # A local torchvision Mask R-CNN state dict (maskrcnn_resnet50_fpn[_v2]) to start from: backbone,
-    # FPN, RPN, box head, mask convs and the COCO classes' box predictor rows. Never downloaded.
+    # Where to start from: a local torchvision Mask R-CNN state dict (maskrcnn_resnet50_fpn[_v2]: its
+    # COCO classes' rows go to ours), a maskx checkpoint folder or an MLflow model (models:/, runs:/) of
+    # the same vocabulary (stage 2 of the stage-wise protocol). Never downloaded from the internet.
     init_from: Optional[str] = None
+    # Which parts to take from init_from (backbone, rpn, box_head, mask_head); null: every tensor that fits.
+    init_from_parts: Optional[list[str]] = None
+    # Parts that keep their starting values (no gradient, no weight decay, norm layers in eval mode; a
+    # frozen RPN proposes as at inference and has no loss; a frozen box head has none either).
+    freeze: list[str] = field(default_factory=list)
+    # step: every loss normalized by what the global step holds, so a step's gradient does not depend on
+    # how its images are cut into micro-batches and ranks. batch: torchvision's means over each batch.
+    loss_normalization: str = "step"
     min_size: int = 800
     max_size: int = 1333
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
@@ -133,6 +171,11 @@ class ModelConfig:
                 raise ValueError(f"{where}.mask_classes: labels {bad[:5]} are outside 1..{self.num_classes - 1}")
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"{where}.anchor_sizes: one size per FPN level (5), got {len(self.anchor_sizes)}")
+        _check_choice(f"{where}.loss_normalization", self.loss_normalization, LOSS_NORMALIZATIONS)
+        for part in self.freeze:
+            _check_choice(f"{where}.freeze", part, FREEZABLE_PARTS)
+        for part in self.init_from_parts or []:
+            _check_choice(f"{where}.init_from_parts", part, FREEZABLE_PARTS + ("mask_head",))
         self.backbone.validate(f"{where}.backbone")
         self.box_loss.validate(f"{where}.box_loss")
         self.rpn_loss.validate(f"{where}.rpn_loss")

@@ -14,18 +14,28 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbone import resnet_fpn_backbone
-from .config import MaskHeadConfig, ModelConfig
+from .config import ClassifierLossConfig, MaskHeadConfig, ModelConfig
 from .losses import sigmoid_prior_bias, softmax_prior_bias
 from .mask_head import ClassAgnosticMaskWeights, ClassSpecificMaskWeights, MaskXPredictor, MLPMaskBranch
 from .roi_heads import MaskXRoIHeads
 from .rpn import MaskXRPN
-from .transfer import TransferredMaskWeights, WeightTransfer, det_weights_dim
+from .transfer import RandomClassEmbedding, TransferredMaskWeights, WeightTransfer, det_weights_dim
 
 FPN_LEVELS = ["0", "1", "2", "3"]
+# The samplers' foreground fractions (Detectron's TRAIN.RPN_FG_FRACTION and TRAIN.FG_FRACTION).
+RPN_POSITIVE_FRACTION = 0.5
+BOX_POSITIVE_FRACTION = 0.25
+# Detectron's box head (fast_rcnn_heads.py; detectron2's FastRCNNOutputLayers the same): class scores
+# from std 0.01, box deltas from std 0.001, zero biases; the two FC layers XavierFill.
+CLS_SCORE_STD = 0.01
+BBOX_PRED_STD = 0.001
 
 
 class MaskXRCNN(GeneralizedRCNN):
     """GeneralizedRCNN(backbone, rpn, roi_heads, transform), as torchvision's Mask R-CNN.
+
+    `frozen`: parts (`backbone`, `rpn`, `box_head`) that keep their values; they stay in eval mode when
+    the model trains (norm layers keep their statistics, the RPN proposes as at inference).
 
     Training targets per image: boxes (N, 4) xyxy float, labels (N,) int64, and optionally has_mask
     (N,) bool with masks, uint8, either compact (M, h, w): one row per instance with has_mask, in
@@ -33,6 +43,24 @@ class MaskXRCNN(GeneralizedRCNN):
     masks. Masks cover the whole image at any resolution (the source's, typically), not necessarily
     the input's. Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W).
     """
+
+    def __init__(self, backbone, rpn, roi_heads, transform, frozen: tuple[str, ...] = ()):
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.frozen = tuple(frozen)
+        for part in self.frozen:
+            for module in self.frozen_modules(part):
+                module.requires_grad_(False)
+
+    def frozen_modules(self, part: str) -> list[nn.Module]:
+        return {"backbone": [self.backbone], "rpn": [self.rpn],
+                "box_head": [self.roi_heads.box_head, self.roi_heads.box_predictor]}[part]
+
+    def train(self, mode: bool = True) -> "MaskXRCNN":
+        super().train(mode)
+        for part in self.frozen:
+            for module in self.frozen_modules(part):
+                module.eval()
+        return self
 
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -53,19 +81,40 @@ def build_mask_predictor(cfg: MaskHeadConfig, num_classes: int, box_head_dim: in
     channels = cfg.conv_channels
     if cfg.mode == "class_specific":
         class_weights: nn.Module = ClassSpecificMaskWeights(num_classes, channels)
-    elif cfg.mode == "class_agnostic":
+    elif cfg.mode.startswith("class_agnostic"):
         class_weights = ClassAgnosticMaskWeights(channels)
     else:
-        transfer = WeightTransfer(
-            in_dim=det_weights_dim(box_head_dim, cfg.transfer_input),
-            out_dim=channels,
-            hidden_dim=cfg.transfer_hidden,
-            num_layers=cfg.transfer_layers,
-            activation=cfg.transfer_activation,
-        )
-        class_weights = TransferredMaskWeights(transfer, cfg.transfer_input, cfg.stop_gradient)
-    mlp_branch = MLPMaskBranch(channels, cfg.mlp_channels) if cfg.mode == "transfer+mlp" else None
+        embedding = None
+        in_dim = cfg.randn_dim if cfg.transfer_input == "randn" else det_weights_dim(box_head_dim, cfg.transfer_input)
+        if cfg.transfer_input == "randn":
+            embedding = RandomClassEmbedding(num_classes, cfg.randn_dim, cfg.randn_seed)
+        transfer = WeightTransfer(in_dim=in_dim, out_dim=channels, hidden_dim=cfg.transfer_hidden or channels,
+                                  num_layers=cfg.transfer_layers, activation=cfg.transfer_activation)
+        class_weights = TransferredMaskWeights(transfer, cfg.transfer_input, cfg.stop_gradient, embedding)
+    mlp_branch = None
+    if cfg.has_mlp_branch:
+        mlp_branch = MLPMaskBranch(channels, cfg.mlp_layers, cfg.mlp_hidden,
+                                   cfg.mlp_channels if cfg.mlp_input == "reduced" else None)
     return MaskXPredictor(channels, class_weights, mlp_branch)
+
+
+def build_box_head(in_features: int, representation_dim: int, num_classes: int,
+                   loss: ClassifierLossConfig) -> tuple[TwoMLPHead, FastRCNNPredictor]:
+    """torchvision's two-FC box head and predictor, initialized as Detectron's: the predictor's weights
+    are what the weight transfer function reads at its first step."""
+    head, predictor = TwoMLPHead(in_features, representation_dim), FastRCNNPredictor(representation_dim, num_classes)
+    for fc in (head.fc6, head.fc7):
+        nn.init.kaiming_uniform_(fc.weight, a=1)  # Caffe2's XavierFill: U(+-sqrt(3 / fan_in))
+        nn.init.zeros_(fc.bias)
+    nn.init.normal_(predictor.cls_score.weight, std=CLS_SCORE_STD)
+    nn.init.normal_(predictor.bbox_pred.weight, std=BBOX_PRED_STD)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    with torch.no_grad():
+        if loss.kind == "focal":
+            predictor.cls_score.bias.copy_(softmax_prior_bias(num_classes, loss.prior_prob or BOX_POSITIVE_FRACTION))
+        else:
+            predictor.cls_score.bias.zero_()
+    return head, predictor
 
 
 def build_model(cfg: ModelConfig) -> MaskXRCNN:
@@ -77,28 +126,26 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
     anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
     rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0])
     if cfg.rpn_loss.kind == "focal":
-        nn.init.constant_(rpn_head.cls_logits.bias, sigmoid_prior_bias(cfg.rpn_loss.prior_prob))
+        nn.init.constant_(rpn_head.cls_logits.bias, sigmoid_prior_bias(cfg.rpn_loss.prior_prob or RPN_POSITIVE_FRACTION))
     rpn = MaskXRPN(
         anchors, rpn_head,
         fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-        batch_size_per_image=cfg.rpn_batch_size_per_image, positive_fraction=0.5,
+        batch_size_per_image=cfg.rpn_batch_size_per_image, positive_fraction=RPN_POSITIVE_FRACTION,
         pre_nms_top_n={"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
         post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
         nms_thresh=0.7,
         loss_kind=cfg.rpn_loss.kind, focal_gamma=cfg.rpn_loss.gamma, focal_alpha=cfg.rpn_loss.alpha,
+        loss_normalization=cfg.loss_normalization,
     )
 
-    box_predictor = FastRCNNPredictor(cfg.box_head_dim, cfg.num_classes)
-    if cfg.box_loss.kind == "focal":
-        with torch.no_grad():
-            box_predictor.cls_score.bias.copy_(softmax_prior_bias(cfg.num_classes, cfg.box_loss.prior_prob))
+    box_head, box_predictor = build_box_head(channels * 7 * 7, cfg.box_head_dim, cfg.num_classes, cfg.box_loss)
     mh = cfg.mask_head
     roi_heads = MaskXRoIHeads(
         box_roi_pool=MultiScaleRoIAlign(FPN_LEVELS, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(channels * 7 * 7, cfg.box_head_dim),
+        box_head=box_head,
         box_predictor=box_predictor,
         fg_iou_thresh=0.5, bg_iou_thresh=0.5,
-        batch_size_per_image=cfg.box_batch_size_per_image, positive_fraction=0.25,
+        batch_size_per_image=cfg.box_batch_size_per_image, positive_fraction=BOX_POSITIVE_FRACTION,
         bbox_reg_weights=None,
         score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh, detections_per_img=cfg.detections_per_img,
         mask_roi_pool=MultiScaleRoIAlign(FPN_LEVELS, output_size=14, sampling_ratio=2),
@@ -107,6 +154,7 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
         num_classes=cfg.num_classes,
         mask_classes=cfg.mask_classes,
         loss_kind=cfg.box_loss.kind, focal_gamma=cfg.box_loss.gamma, focal_alpha=cfg.box_loss.alpha,
+        loss_normalization=cfg.loss_normalization,
     )
     transform = PreResizedTransform(cfg.min_size, cfg.max_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    return MaskXRCNN(backbone, rpn, roi_heads, transform)
+    return MaskXRCNN(backbone, rpn, roi_heads, transform, frozen=tuple(cfg.freeze))

@@ -3,7 +3,9 @@
 What changes from torchvision: the box classifier loss can be focal; the mask predictor takes
 its class weights from the box predictor (weight transfer); the mask branch runs and is trained
 only on positives matched to an instance that has a mask (partial supervision, Sec. 3.2), and
-at inference it predicts a mask for every detected class, set B included.
+at inference it predicts a mask for every detected class, set B included. Losses are normalized per
+`loss_normalization` (step: independent of how a step's images are cut into batches; batch:
+torchvision's means), and a frozen box head (`model.freeze`) is neither run nor trained in training.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_bo
 
 from .losses import box_classifier_loss
 from .mask_head import MaskXPredictor
+from .sampling import ROI_STREAM, SeededSampler, sampling_seeds
 
 
 class MaskXRoIHeads(RoIHeads):
@@ -27,9 +30,12 @@ class MaskXRoIHeads(RoIHeads):
         loss_kind: str = "ce",
         focal_gamma: float = 2.0,
         focal_alpha: Optional[float] = None,
+        loss_normalization: str = "step",
         **kwargs,
     ):
         super().__init__(*args, mask_predictor=mask_predictor, **kwargs)
+        self.fg_bg_sampler = SeededSampler(self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction)
+        self.loss_normalization = loss_normalization
         self.loss_kind = loss_kind
         self.focal_gamma = focal_gamma
         self.focal_alpha = focal_alpha
@@ -52,16 +58,30 @@ class MaskXRoIHeads(RoIHeads):
                 raise ValueError("every target needs 'boxes' and 'labels'")
 
     def fastrcnn_loss(self, class_logits, box_regression, labels, regression_targets):
-        # torchvision's fastrcnn_loss with the classifier loss made configurable.
+        # torchvision's fastrcnn_loss with the classifier loss made configurable and its normalizer chosen.
+        normalizer = self.sampled_rois(labels)
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
-        loss_classifier = box_classifier_loss(class_logits, labels, self.loss_kind, self.focal_gamma, self.focal_alpha)
+        loss_classifier = box_classifier_loss(class_logits, labels, self.loss_kind, self.focal_gamma, self.focal_alpha,
+                                              normalizer)
         pos = torch.where(labels > 0)[0]
         box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
         loss_box_reg = F.smooth_l1_loss(
             box_regression[pos, labels[pos]], regression_targets[pos], beta=1 / 9, reduction="sum"
-        ) / labels.numel()
+        ) / normalizer
         return loss_classifier, loss_box_reg
+
+    def sampled_rois(self, labels: list[torch.Tensor]) -> int:
+        """What the box losses' sums are divided by: the RoIs sampled in this batch (batch), or each
+        image's quota, `box_batch_size_per_image` (step: every sampled RoI weighs the same in any batch,
+        the same as the batch mean whenever each image fills its quota, as at full scale)."""
+        if self.loss_normalization == "batch":
+            return max(sum(int(l.numel()) for l in labels), 1)
+        return len(labels) * self.fg_bg_sampler.batch_size_per_image
+
+    @property
+    def box_head_trains(self) -> bool:
+        return any(p.requires_grad for p in self.box_predictor.parameters())
 
     def instance_has_mask(self, target: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N,) bool: the GT instance has a usable mask and its class is in set A."""
@@ -78,7 +98,12 @@ class MaskXRoIHeads(RoIHeads):
         return self.mask_predictor(mask_features, class_ids, self.box_predictor)
 
     def mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> torch.Tensor:
-        """BCE over positives matched to a has_mask instance; exactly 0 when there are none."""
+        """BCE over positives matched to a has_mask instance; exactly 0 when there are none.
+
+        batch: the mean over every such RoI's pixels (torchvision). step: each image's mean over its mask
+        RoIs, averaged over the images with a mask to learn from (`images_with_masks`), which the train
+        step weights by that count over the whole step: an image's mask RoIs weigh the same however the
+        step is cut, and images without masks (set B only, VG) dilute nothing."""
         mask_proposals, mask_matched_idxs, mask_labels, mask_targets = [], [], [], []
         for img_proposals, img_labels, img_matched, target in zip(proposals, labels, matched_idxs, targets):
             has_mask = self.instance_has_mask(target)
@@ -104,7 +129,12 @@ class MaskXRoIHeads(RoIHeads):
                     img_matched = (torch.cumsum(target["has_mask"].long(), 0) - 1)[img_matched]
                 scale = img_proposals.new_tensor([masks.shape[-1] / width, masks.shape[-2] / height] * 2)
                 mask_targets.append(project_masks_on_boxes(masks, img_proposals * scale, img_matched, logits.shape[-1]))
-        return F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype))
+        pixel_losses = F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype), reduction="none")
+        if self.loss_normalization == "batch":
+            return pixel_losses.mean()
+        per_roi = pixel_losses.flatten(1).mean(1)
+        per_image = [rois.mean() for rois in per_roi.split([int(p.shape[0]) for p in mask_proposals]) if rois.numel()]
+        return torch.stack(per_image).sum() / images_with_masks(targets, self.is_set_a)
 
     def forward(
         self,
@@ -114,14 +144,19 @@ class MaskXRoIHeads(RoIHeads):
         targets: Optional[list[dict[str, torch.Tensor]]] = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         if self.training:
+            self.fg_bg_sampler.seeds = sampling_seeds(targets, ROI_STREAM)
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+            losses = {}
+            if self.box_head_trains:
+                box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+                class_logits, box_regression = self.box_predictor(box_features)
+                losses["loss_classifier"], losses["loss_box_reg"] = self.fastrcnn_loss(
+                    class_logits, box_regression, labels, regression_targets)
+            losses["loss_mask"] = self.mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
+            return [], losses
+
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-
-        if self.training:
-            loss_classifier, loss_box_reg = self.fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-            loss_mask = self.mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
-            return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         result = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)]
@@ -135,3 +170,16 @@ class MaskXRoIHeads(RoIHeads):
             for r in result:
                 r["masks"] = class_logits.new_zeros((0, 1, 28, 28))
         return result, {}
+
+
+def images_with_masks(targets: list[dict[str, torch.Tensor]], is_set_a: Optional[torch.Tensor] = None) -> int:
+    """How many images hold an instance whose mask trains the mask head (has_mask, class in set A)."""
+    count = 0
+    for target in targets:
+        if "masks" not in target or not target["labels"].numel():
+            continue
+        usable = target.get("has_mask", torch.ones_like(target["labels"], dtype=torch.bool)).bool()
+        if is_set_a is not None:
+            usable = usable & is_set_a[target["labels"]]
+        count += int(usable.any())
+    return count

@@ -1,4 +1,4 @@
-"""torchvision's RPN with a configurable objectness loss (cross-entropy or focal)."""
+"""torchvision's RPN with a configurable objectness loss (cross-entropy or focal) and normalizer."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,16 +8,26 @@ import torch.nn.functional as F
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from .losses import objectness_loss
+from .sampling import RPN_STREAM, SeededSampler, sampling_seeds
 
 
 class MaskXRPN(RegionProposalNetwork):
-    def __init__(self, *args, loss_kind: str = "ce", focal_gamma: float = 2.0, focal_alpha: Optional[float] = None, **kwargs):
+    def __init__(self, *args, loss_kind: str = "ce", focal_gamma: float = 2.0, focal_alpha: Optional[float] = None,
+                 loss_normalization: str = "step", **kwargs):
         super().__init__(*args, **kwargs)
+        self.fg_bg_sampler = SeededSampler(self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction)
+        self.loss_normalization = loss_normalization
         self.loss_kind = loss_kind
         self.focal_gamma = focal_gamma
         self.focal_alpha = focal_alpha
 
-    # Same as RegionProposalNetwork.compute_loss but for the objectness loss, which it hard-codes to BCE.
+    def forward(self, images, features, targets=None):
+        self.fg_bg_sampler.seeds = sampling_seeds(targets, RPN_STREAM) if self.training else None
+        return super().forward(images, features, targets)
+
+    # Same as RegionProposalNetwork.compute_loss but for the objectness loss, which it hard-codes to BCE,
+    # and the normalizer: the anchors sampled in the batch (batch, torchvision's), or each image's quota
+    # (step: the same whenever every image fills its quota, as images with thousands of anchors do).
     def compute_loss(
         self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: list[torch.Tensor],
         regression_targets: list[torch.Tensor],
@@ -27,12 +37,13 @@ class MaskXRPN(RegionProposalNetwork):
         sampled_neg_inds = torch.where(torch.cat(sampled_neg, dim=0))[0]
         sampled_inds = torch.cat([sampled_pos_inds, sampled_neg_inds], dim=0)
 
+        normalizer = (max(sampled_inds.numel(), 1) if self.loss_normalization == "batch"
+                      else len(labels) * self.fg_bg_sampler.batch_size_per_image)
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
         box_loss = F.smooth_l1_loss(
             pred_bbox_deltas[sampled_pos_inds], regression_targets[sampled_pos_inds], beta=1 / 9, reduction="sum"
-        ) / max(sampled_inds.numel(), 1)
-        loss = objectness_loss(
-            objectness.flatten()[sampled_inds], labels[sampled_inds], self.loss_kind, self.focal_gamma, self.focal_alpha
-        )
+        ) / normalizer
+        loss = objectness_loss(objectness.flatten()[sampled_inds], labels[sampled_inds], self.loss_kind, self.focal_gamma,
+                               self.focal_alpha, normalizer)
         return loss, box_loss

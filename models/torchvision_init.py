@@ -1,7 +1,8 @@
 """Start from torchvision's COCO Mask R-CNN (`maskrcnn_resnet50_fpn`, or `_v2` where the architecture
 matches): its backbone, FPN, RPN, box head and mask convs, and the box predictor rows of the COCO
-classes placed at those classes' rows of the maskx vocabulary. Rows of classes that are not COCO's
-(VG synsets) and the weight-transfer mask predictor keep their fresh initialization.
+classes placed at those classes' rows of the maskx vocabulary; a class-specific mask predictor takes
+its up-convolution and the COCO classes' mask logit rows too. Rows of classes that are not COCO's
+(VG synsets) and a weight-transfer mask predictor keep their fresh initialization.
 
 torchvision's predictors have 91 rows indexed by COCO category id (0 background, some ids unused), so
 row `coco_id` of theirs becomes row `label` of ours.
@@ -16,7 +17,13 @@ from torch import nn
 
 # Per class row: (rows per class in the tensor's first dimension).
 _CLASS_ROWS = {"roi_heads.box_predictor.cls_score.weight": 1, "roi_heads.box_predictor.cls_score.bias": 1,
-               "roi_heads.box_predictor.bbox_pred.weight": 4, "roi_heads.box_predictor.bbox_pred.bias": 4}
+               "roi_heads.box_predictor.bbox_pred.weight": 4, "roi_heads.box_predictor.bbox_pred.bias": 4,
+               "roi_heads.mask_predictor.class_weights.weight": 1, "roi_heads.mask_predictor.class_weights.bias": 1}
+# torchvision's MaskRCNNPredictor as maskx's MaskXPredictor names it (its 1x1 conv as one row per class).
+_MASK_PREDICTOR_NAMES = {"roi_heads.mask_predictor.conv5_mask.weight": "roi_heads.mask_predictor.upsample.weight",
+                         "roi_heads.mask_predictor.conv5_mask.bias": "roi_heads.mask_predictor.upsample.bias",
+                         "roi_heads.mask_predictor.mask_fcn_logits.weight": "roi_heads.mask_predictor.class_weights.weight",
+                         "roi_heads.mask_predictor.mask_fcn_logits.bias": "roi_heads.mask_predictor.class_weights.bias"}
 
 
 @dataclass
@@ -43,7 +50,12 @@ def load_torchvision_detector(model: nn.Module, source: dict[str, torch.Tensor],
     report = InitReport()
     filled = set()
     for key, tensor in source.items():
-        if key in _CLASS_ROWS and key in ours:
+        if key in _MASK_PREDICTOR_NAMES:
+            key = _MASK_PREDICTOR_NAMES[key]
+            tensor = tensor.flatten(1) if key.endswith("class_weights.weight") else tensor
+        if key in _CLASS_ROWS and key in ours and ours[key].shape[0] != len(coco_id_of_label) * _CLASS_ROWS[key]:
+            report.skipped[key] = f"one row per class, but maskx's has {ours[key].shape[0]} rows (a class-agnostic head)"
+        elif key in _CLASS_ROWS and key in ours:
             per_class = _CLASS_ROWS[key]
             for label, coco_id in enumerate(coco_id_of_label):
                 row = 0 if label == 0 else coco_id

@@ -2,12 +2,21 @@
 
 The mask head's per-class weights are predicted from the box head's per-class weights,
 w_seg[c] = T(w_det[c]), so classes with boxes but no masks (set B) still get a mask predictor.
+Official definitions: GitHub ronghanghu/seg_every_thing, `lib/modeling/mask_rcnn_heads.py`,
+`bbox2mask_weight_transfer` (T) and `add_mask_rcnn_outputs` (its input, stop-gradient, no bias).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+from .mask_head import msra_fill
+
+# Official: T's hidden layers use LeakyReLU with this slope (cfg.MRCNN.BBOX2MASK.USE_LEAKYRELU).
+LEAKY_RELU_SLOPE = 0.1
 
 
 def det_weights(box_predictor: FastRCNNPredictor, source: str) -> torch.Tensor:
@@ -27,16 +36,17 @@ def det_weights_dim(representation_dim: int, source: str) -> int:
 
 
 class WeightTransfer(nn.Module):
-    """T: an MLP (Sec. 3.1: two layers with LeakyReLU work best) or, with num_layers=1, a linear map."""
+    """T: an MLP (Sec. 3.1: two layers with LeakyReLU work best) or, with num_layers=1, a linear map.
+    Official: every layer MSRA-initialized with zero bias; the hidden width is the mask head's."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, activation: str):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(d_in, d_out))
+            layers.append(msra_fill(nn.Linear(d_in, d_out)))
             if i < num_layers - 1:
-                layers.append(nn.LeakyReLU(0.1) if activation == "leaky_relu" else nn.ReLU())
+                layers.append(nn.LeakyReLU(LEAKY_RELU_SLOPE) if activation == "leaky_relu" else nn.ReLU())
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, det_weights: torch.Tensor) -> torch.Tensor:
@@ -44,21 +54,37 @@ class WeightTransfer(nn.Module):
         return self.mlp(det_weights)
 
 
-class TransferredMaskWeights(nn.Module):
-    """Mask weights for every class computed from the box predictor at each forward."""
+class RandomClassEmbedding(nn.Module):
+    """Table 1a's control input of T: a fixed random vector per class (official: `v_randn_0`, a stored
+    Gaussian embedding of width 300 taken as T's input with no gradient), seeded so every rank and
+    every restart has the same one; saved with the weights."""
 
-    def __init__(self, transfer: WeightTransfer, source: str, stop_gradient: bool):
+    def __init__(self, num_classes: int, dim: int, seed: int):
         super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("embedding", torch.randn(num_classes, dim, generator=generator))
+
+    def forward(self) -> torch.Tensor:
+        return self.embedding
+
+
+class TransferredMaskWeights(nn.Module):
+    """Mask weights for every class computed from the box predictor (or a fixed random embedding) at
+    each forward. Official: the mask conv with predicted weights has no bias term."""
+
+    def __init__(self, transfer: WeightTransfer, source: str, stop_gradient: bool,
+                 embedding: Optional[RandomClassEmbedding] = None):
+        super().__init__()
+        if (source == "randn") != (embedding is not None):
+            raise ValueError("transfer_input randn needs a RandomClassEmbedding, and only it takes one")
         self.transfer = transfer
         self.source = source
         self.stop_gradient = stop_gradient
-        # One class-agnostic bias: T predicts weights only.
-        self.bias = nn.Parameter(torch.zeros(1))
+        self.embedding = embedding
 
-    def forward(self, box_predictor: FastRCNNPredictor) -> tuple[torch.Tensor, torch.Tensor]:
-        w_det = det_weights(box_predictor, self.source)
+    def forward(self, box_predictor: FastRCNNPredictor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        w_det = self.embedding() if self.embedding is not None else det_weights(box_predictor, self.source)
         if self.stop_gradient:
             # Sec. 3.1: the mask loss trains T, never the box head's weights.
             w_det = w_det.detach()
-        w_seg = self.transfer(w_det)
-        return w_seg, self.bias.expand(w_seg.shape[0])
+        return self.transfer(w_det), None

@@ -62,8 +62,9 @@ class SolverConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     max_iter: int = 90000
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
+    # Detectron's (SOLVER.WARM_UP_*): linear from a third of lr over 500 iterations.
+    warmup_iters: int = 500
+    warmup_factor: float = 1 / 3
     steps: list[int] = field(default_factory=lambda: [60000, 80000])
     gamma: float = 0.1
     clip_grad_norm: Optional[float] = None
@@ -240,7 +241,23 @@ def validate(tree: dict) -> TrainConfig:
         cfg.model.validate(require_num_classes=False)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
+    check_frozen_backbone_has_weights(cfg.model)
     return cfg
+
+
+def check_frozen_backbone_has_weights(model: ModelConfig) -> None:
+    """A backbone that keeps its starting values (frozen BN, frozen stages, `model.freeze`) must start
+    from trained ones: from random ones its frozen layers stay random, with no normalization anywhere."""
+    backbone = model.backbone
+    if not (backbone.frozen or "backbone" in model.freeze) or backbone.weights or model.init_from:
+        return
+    raise ConfigError(
+        f"model.backbone.weights: not set, but the backbone is frozen (norm {backbone.norm}, trainable_layers "
+        f"{backbone.trainable_layers}{', model.freeze names it' if 'backbone' in model.freeze else ''}): its frozen "
+        "layers would keep their random values. Write torchvision's ImageNet weights once, on a machine with "
+        f"internet: python -c \"import torch, torchvision; torch.save(torchvision.models.{backbone.name}(weights="
+        f"'IMAGENET1K_V1').state_dict(), '{backbone.name}-imagenet.pth')\" and set model.backbone.weights to that "
+        "file; or start from model.init_from; or train the whole backbone from scratch (norm gn, trainable_layers 5)")
 
 
 def _read_yaml(path: str) -> dict:

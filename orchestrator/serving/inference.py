@@ -5,6 +5,7 @@ vocab.json), or by an MLflow URI: `runs:/RUN_ID/model`, `models:/NAME/VERSION`, 
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -37,22 +38,28 @@ class LoadedModel:
 def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
+    return _built(*model_weights(uri, tracking_uri))
+
+
+def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainConfig, Vocabulary, dict]:
+    """The config, vocabulary and state dict of a checkpoint folder or an MLflow model."""
     if uri.startswith(MLFLOW_SCHEMES):
-        return load_model_files(run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri), uri))
+        folder = run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri), uri)
+        return *run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder)
     if not os.path.isdir(uri):
         raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
-    cfg, vocab = run_folder.read_config_and_vocab(uri)
-    return _built(cfg, vocab, run_folder.load_state(uri)["model"])
+    return *run_folder.read_config_and_vocab(uri), run_folder.load_state(uri)["model"]
 
 
 def load_model_files(folder: str) -> LoadedModel:
     """A model from a logged model's files (config, vocabulary, weights)."""
-    cfg, vocab = run_folder.read_config_and_vocab(folder)
-    return _built(cfg, vocab, run_folder.load_weights(folder))
+    return _built(*run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder))
 
 
 def _built(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel:
-    model = build_model(cfg.model)
+    architecture = copy.deepcopy(cfg.model)
+    architecture.backbone.weights = None  # what it started from; the state dict has what it learned
+    model = build_model(architecture)
     model.load_state_dict(state_dict)
     return LoadedModel(model.eval(), vocab, cfg)
 

@@ -10,29 +10,16 @@ from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from maskx.datasets.batch import Batch
-from maskx.datasets.vocab import Vocabulary
+from maskx.datasets.partitions import EpochLayout
+from maskx.models.roi_heads import images_with_masks
 
 from ..config import SolverConfig
 
 log = logging.getLogger(__name__)
-
-
-def initialize_from_torchvision(model: nn.Module, path: str, vocab: Vocabulary) -> str:
-    """`model.init_from`: a torchvision Mask R-CNN's weights, its COCO class rows at our COCO classes'
-    rows; returns what was taken and what was not, for the log."""
-    from maskx.models.torchvision_init import load_torchvision_detector
-
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(source, dict) and isinstance(source.get("model"), dict):
-        source = source["model"]
-    report = load_torchvision_detector(model, source, [None] + [c.coco_id for c in vocab.classes])
-    if not report.taken:
-        raise ValueError(f"model.init_from: {path} has no tensor that fits this model ({len(report.skipped)} skipped, "
-                         f"e.g. {next(iter(report.skipped.items()), None)}); is it a torchvision Mask R-CNN state dict?")
-    return f"model.init_from {path}: {report.summary()}"
 
 
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
@@ -55,39 +42,63 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches: Sequence[Batch],
                device: torch.device, amp: bool = False, clip_grad_norm: Optional[float] = None,
-               loss_weights: Optional[Sequence[float]] = None) -> dict[str, float]:
-    """One SGD step over one or more micro-batches: their gradients accumulate, each loss times its
-    weight (default: its share of the images; the worker passes `EpochLayout.loss_weight`, which
-    makes the step one step on the global batch at any world size), and DDP all-reduces once, after
-    the last. Returns the losses (and `loss`, their sum) averaged over the images, as floats; a rank
-    whose passes were all blank returns the blank pass's. `amp`: bf16 autocast (the train loop asks
-    for it on GPUs; CPU autocast runs the same path in tests)."""
+               layout: Optional[EpochLayout] = None, loss_normalization: str = "step") -> dict[str, float]:
+    """One SGD step over one or more micro-batches: their gradients accumulate, and DDP all-reduces
+    once, after the last. Each micro-batch's losses are weighted by its share of the step
+    (`layout`: this rank's micro-batches of a global batch over the layout's ranks; default: all of
+    the step here), so that with `loss_normalization` "step" the step's gradient is the same however
+    its images are cut into micro-batches and ranks: the box and RPN losses by the micro-batch's
+    images, the mask loss (a mean over images with masks) by its images with masks, counted over every
+    rank. Returns the losses (and `loss`, their sum) as this rank's part of the step's, per image of
+    this rank: averaged over ranks by their images (what the metrics do), they are the step's losses,
+    whatever the layout. `amp`: bf16 autocast (the worker asks for it on GPUs; CPU autocast runs the
+    same path in tests)."""
     model.train()
     images = [len(batch.keys) for batch in micro_batches]
-    if loss_weights is None:
-        loss_weights = [n / max(sum(images), 1) for n in images]
+    inputs = [batch.to_device(device) for batch in micro_batches]
+    bare = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    with_masks = [images_with_masks(targets, bare.roi_heads.is_set_a) for _, targets in inputs]
+    image_weights = [layout.loss_weight(n) if layout else n / max(sum(images), 1) for n in images]
+    if loss_normalization == "batch":
+        mask_weights = image_weights
+    else:
+        step_with_masks = _summed_over_ranks(sum(with_masks), device)
+        world_size = layout.world_size if layout else 1
+        mask_weights = [m * world_size / max(step_with_masks, 1) for m in with_masks]
     optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    for i, (batch, weight) in enumerate(zip(micro_batches, loss_weights)):
+    weighted_sums: dict[str, float] = {}
+    for i, ((batch_images, targets), image_weight, mask_weight) in enumerate(zip(inputs, image_weights, mask_weights)):
         last = i == len(micro_batches) - 1
         accumulate = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else nullcontext()
         with accumulate:
-            inputs, targets = batch.to_device(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                losses = model(inputs, targets)
+                losses = model(batch_images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); "
                                          "lower solver.lr or set solver.clip_grad_norm")
-            (loss * weight).backward()
-        share = images[i] / sum(images) if sum(images) else 1.0 / len(micro_batches)
-        for name, value in list(losses.items()) + [("loss", loss)]:
-            totals[name] = totals.get(name, 0.0) + value.item() * share
+            weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
+            sum(value * weights[name] for name, value in losses.items()).backward()
+        for name, value in losses.items():
+            weighted_sums[name] = weighted_sums.get(name, 0.0) + value.item() * weights[name]
+    # Weights carry W / G (DDP averages over ranks): per image of this rank, times G / (W x its images).
+    world_size, global_images = (layout.world_size, layout.plan.global_batch) if layout else (1, sum(images))
+    per_image = global_images / (world_size * sum(images)) if sum(images) else 0.0
+    totals = {name: value * per_image for name, value in weighted_sums.items()}
+    totals["loss"] = sum(totals.values())
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
     scheduler.step()
     return totals
+
+
+def _summed_over_ranks(count: int, device: torch.device) -> int:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def lr_of(optimizer: torch.optim.Optimizer) -> float:

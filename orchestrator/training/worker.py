@@ -22,10 +22,13 @@ from .. import run_folder
 from ..run_folder import TrainState
 from ..run_setup import RunSetup
 from ..serving.tracking import TrackedRun, Tracking
+from .init_from import initialize_from
 from .metric_logger import MetricLogger
-from .step import build_lr_scheduler, build_optimizer, initialize_from_torchvision, train_step
+from .step import build_lr_scheduler, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
+
+INIT_FROM_TAG = "maskx.init_from"  # what a new run took from model.init_from
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Worker:
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
         self.state = TrainState()
+        self.mlflow_run: Optional[TrackedRun] = Tracking(job.tracking_uri).run(job.mlflow_run_id) if job.mlflow_run_id else None
         self.resumed = self._take_up_checkpoint()
         self.setup = job.setup.continuing(self.state.plan if self.resumed else None)
         self.previous_world_size = self.state.world_size if self.resumed else None
@@ -64,7 +68,6 @@ class Worker:
         # mask loss keeps the mask branch in the graph at zero weight; tests/models/test_partial_supervision.py),
         # so DDP needs no search for unused parameters after each backward.
         self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs={"find_unused_parameters": False})
-        self.mlflow_run: Optional[TrackedRun] = Tracking(job.tracking_uri).run(job.mlflow_run_id) if job.mlflow_run_id else None
         self.metric_logger = MetricLogger(self.mlflow_run, in_training_process=True) if self.rank == 0 else None
         # What the current step did, for the hooks: the step, its losses, the latest logged training
         # metrics, and an evaluation when one ran after it.
@@ -111,9 +114,9 @@ class Worker:
     def run_step(self, step: Step) -> None:
         """One optimizer step on the global batch (this rank's micro-batches, gradients accumulated)."""
         solver = self.config.solver
-        weights = [self.layout.loss_weight(len(batch.keys)) for batch in step.micro_batches]
         self.losses = train_step(self.trained, self.optimizer, self.scheduler, step.micro_batches, self.device,
-                                 solver.amp and self.device.type == "cuda", solver.clip_grad_norm, weights)
+                                 solver.amp and self.device.type == "cuda", solver.clip_grad_norm, layout=self.layout,
+                                 loss_normalization=self.config.model.loss_normalization)
         self.state.iteration += 1
         self.state.position.advance(step.index, step.partitions)
         self.step = step
@@ -144,12 +147,22 @@ class Worker:
                      self.state.iteration, self.state.position.epoch, self.state.position.steps, self.state.world_size,
                      self.world_size)
             return True
-        init_from = self.job.setup.config.model.init_from
-        if init_from:
-            taken = initialize_from_torchvision(self.model, init_from, self.job.setup.vocab)
+        model_cfg = self.job.setup.config.model
+        if model_cfg.init_from:
+            taken = initialize_from(self.model, model_cfg.init_from, self.job.setup.vocab, model_cfg.init_from_parts,
+                                    self.job.tracking_uri)
             if self.rank == 0:
                 log.info(taken)
+                self._tag_init_from(taken)
         return False
+
+    def _tag_init_from(self, taken: str) -> None:
+        if self.mlflow_run is None:
+            return
+        try:
+            self.mlflow_run.set_tags({INIT_FROM_TAG: taken})
+        except Exception as exc:  # the server is down: the log line above says it too
+            log.warning("MLflow unreachable (%s): %s is not tagged", type(exc).__name__, INIT_FROM_TAG)
 
 
 def agreed_resume_state(folder: str, offered: Optional[ray.train.Checkpoint], rank: int) -> Optional[dict]:

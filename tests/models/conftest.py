@@ -12,7 +12,7 @@ def tiny_config(mode: str = "transfer+mlp", **overrides) -> ModelConfig:
         num_classes=NUM_CLASSES,
         mask_classes=SET_A,
         backbone=BackboneConfig(name="resnet18", fpn_channels=32, norm="frozen_bn", trainable_layers=5),
-        mask_head=MaskHeadConfig(mode=mode, conv_channels=32, num_convs=2, transfer_hidden=64, mlp_channels=8),
+        mask_head=MaskHeadConfig(mode=mode, conv_channels=32, num_convs=2, mlp_input="reduced", mlp_channels=8),
         min_size=128, max_size=160, anchor_sizes=[16, 32, 64, 128, 256], box_head_dim=64,
         rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
     )

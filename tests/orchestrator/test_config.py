@@ -13,7 +13,7 @@ def test_tiny_config_loads_with_dotted_overrides():
     assert cfg.data.min_sizes == [96, 128]
     assert cfg.mlflow.registered_model is None
     assert cfg.data.train[1].weight == 0.5
-    assert load_config(None, []).model.backbone.name == "resnet50"  # dataclass defaults
+    assert load_config(None, ["model.backbone.weights=r50.pth"]).model.backbone.name == "resnet50"  # dataclass defaults
 
 
 def test_unknown_key_is_an_error_naming_it():
@@ -41,7 +41,24 @@ def test_shipped_configs_all_load():
     from pathlib import Path
 
     for path in sorted(Path("configs").glob("*.yaml")):
-        load_config(str(path))
+        if path.name == "ablation-mask-head.yaml":  # a sweep file: it joins a training config
+            load_config("configs/ablation-tiny-cpu.yaml", sweep_path=str(path))
+        else:
+            load_config(str(path))
+
+
+@pytest.mark.parametrize("override", ["model.backbone.norm=frozen_bn", "model.backbone.trainable_layers=3",
+                                      "model.freeze=[backbone]"])
+def test_a_frozen_backbone_without_weights_is_refused_at_load_naming_the_key_and_the_way_out(override):
+    """Frozen BN or frozen stages from random weights stay random, with no normalization anywhere."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(TINY, [override])
+    message = str(refused.value)
+    assert message.startswith("model.backbone.weights: not set, but the backbone is frozen")
+    assert "torch.save(torchvision.models.resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18-imagenet.pth')" in message
+    load_config(TINY, [override, "model.backbone.weights=resnet18-imagenet.pth"])  # with weights: fine
+    load_config(TINY, [override, "model.init_from=models:/maskx-detector/1"])  # or starting from a trained model
+    load_config(TINY, ["model.backbone.norm=gn"])  # trained from scratch, normalized
 
 
 def test_a_number_in_a_dotted_key_indexes_a_list():

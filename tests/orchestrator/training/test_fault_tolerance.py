@@ -225,7 +225,7 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
     """scaling.num_workers=[1, 2]: a worker node is lost after the checkpoint at 4; the run goes on at
     once on the one node left (no replacement yet); a node joins and the run grows back to two. The
     finished model trained each iteration on exactly the samples of the run's canonical order (each
-    sample of each epoch once), with the same global batch, and its losses track the unbroken run's."""
+    sample of each epoch once), with the same global batch, and its losses equal the unbroken run's."""
     import mlflow
 
     ray_cluster, workers = cluster
@@ -271,9 +271,11 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
                 f"{changes[1].step}, {changes[1].timestamp / 1000 - lost_at:.1f} s after the loss, trained "
                 f"{starts[1][1][0]}..{starts[1][1][-1]}; node added {joined_at - lost_at:.1f} s after the loss; "
                 f"2 workers again from iteration {changes[2].step}, {changes[2].timestamp / 1000 - joined_at:.1f} s "
-                f"after it joined; loss gaps to the unbroken run {[round(g, 3) for g in gaps]}")
+                f"after it joined; loss gaps to the unbroken run {[f'{g:.1e}' for g in gaps]}")
     print(timeline)
-    assert max(gaps) < 0.2, timeline
+    # A step's gradient, its reported losses and each image's sampled anchors and RoIs do not depend on the
+    # layout (docs/training.md): what is left is the order of floating-point sums (was < 0.2 before).
+    assert max(gaps) < 1e-3, timeline
 
 
 def test_a_two_worker_checkpoint_resumes_exactly_at_three_workers(cluster, unbroken_run, synth_shards, tmp_path):

@@ -15,6 +15,7 @@ from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import SolverConfig, load_config
 from maskx.orchestrator.run_setup import bind_to_vocabulary
 from maskx.orchestrator.training import step as training_step
+from maskx.orchestrator.training.init_from import initialize_from
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 
@@ -120,9 +121,9 @@ def test_accumulated_micro_batches_and_blank_passes(setup):
     one, two = batches[0], batches[1]
     blank = Batch.blank(one.augmentations[0])
     params = {}
-    for name, micro, weights in (("alone", [one], [1.0]), ("with blank", [one, blank], [1.0, 0.0])):
+    for name, micro in (("alone", [one]), ("with blank", [one, blank])):  # the blank pass has no image: weight 0
         model, optimizer, scheduler = fresh(cfg)
-        training_step.train_step(model, optimizer, scheduler, micro, device, loss_weights=weights)
+        training_step.train_step(model, optimizer, scheduler, micro, device)
         params[name] = [p.detach().clone() for p in model.parameters()]
         assert scheduler._schedulers[0].last_epoch == 1  # one step of the schedule, whatever the micro-batches
     assert all(torch.equal(a, b) for a, b in zip(params["alone"], params["with blank"]))
@@ -167,68 +168,3 @@ def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ValueError, match=f"checkpoint {path}: unreadable"):
         run_folder.load_state(str(tmp_path))
-
-
-def test_init_from_a_torchvision_mask_rcnn_takes_its_weights_and_its_coco_rows(setup, tmp_path):
-    """`model.init_from`: torchvision's maskrcnn_resnet50_fpn (random weights here, saved locally; never a
-    download) into maskx's R-50-FPN: every tensor that fits is copied, the box predictor rows of COCO
-    classes land at those classes' rows, the rest keeps maskx's initialization; then it fine-tunes."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    _, batches, vocab = setup
-    torch.manual_seed(7)
-    theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
-    torch.save(theirs, tmp_path / "maskrcnn_resnet50_fpn.pth")
-    cfg = load_config(TINY, ["model.backbone.name=resnet50", "model.backbone.fpn_channels=256", "model.box_head_dim=1024",
-                             "model.mask_head.conv_channels=256", "model.mask_head.num_convs=4",
-                             "model.anchor_sizes=[32, 64, 128, 256, 512]", "model.box_loss.kind=ce",
-                             f"model.init_from={tmp_path}/maskrcnn_resnet50_fpn.pth"])
-    bind_to_vocabulary(cfg, vocab)
-    model, optimizer, scheduler = fresh(cfg)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    message = training_step.initialize_from_torchvision(model, cfg.model.init_from, vocab)
-    ours = model.state_dict()
-
-    shared = [k for k in theirs if k in ours and ours[k].shape == theirs[k].shape and "box_predictor" not in k]
-    assert any(k.startswith("backbone.body") for k in shared) and any(k.startswith("rpn.head") for k in shared)
-    assert any(k.startswith("roi_heads.mask_head") for k in shared) and any(k.startswith("backbone.fpn") for k in shared)
-    assert all(torch.equal(ours[k], theirs[k]) for k in shared)
-    coco_labels = [label for label in range(1, vocab.num_classes) if vocab.classes[label - 1].coco_id is not None]
-    other_labels = [label for label in range(1, vocab.num_classes) if vocab.classes[label - 1].coco_id is None]
-    assert coco_labels and other_labels
-    for label in coco_labels:
-        row = vocab.classes[label - 1].coco_id
-        assert torch.equal(ours["roi_heads.box_predictor.cls_score.weight"][label], theirs["roi_heads.box_predictor.cls_score.weight"][row])
-        assert torch.equal(ours["roi_heads.box_predictor.bbox_pred.weight"][4 * label:4 * label + 4],
-                           theirs["roi_heads.box_predictor.bbox_pred.weight"][4 * row:4 * row + 4])
-    for label in other_labels:  # VG-only classes: freshly initialized, as before
-        assert torch.equal(ours["roi_heads.box_predictor.cls_score.weight"][label], before["roi_heads.box_predictor.cls_score.weight"][label])
-    assert all(torch.equal(ours[k], before[k]) for k in ours if "mask_predictor" in k)  # the transfer function is new
-    assert f"box predictor rows of {len(coco_labels)} COCO classes" in message
-    losses = [training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"))["loss"] for batch in batches[:2]]
-    assert all(torch.isfinite(torch.tensor(losses)))
-
-
-def test_init_from_torchvisions_v2_takes_what_matches_and_says_what_it_skipped(setup, tmp_path):
-    """maskrcnn_resnet50_fpn_v2 shares the ResNet-50 body and FPN; its box head (4 convs + fc), RPN head
-    (2 convs) and norms differ from maskx's, so those are skipped and named, not forced."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
-
-    _, _, vocab = setup
-    torch.save(maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91).state_dict(),
-               tmp_path / "v2.pth")
-    cfg = load_config(TINY, ["model.backbone.name=resnet50", "model.backbone.fpn_channels=256", "model.box_head_dim=1024",
-                             "model.mask_head.conv_channels=256", "model.mask_head.num_convs=4",
-                             "model.anchor_sizes=[32, 64, 128, 256, 512]"])
-    bind_to_vocabulary(cfg, vocab)
-    model, _, _ = fresh(cfg)
-    message = training_step.initialize_from_torchvision(model, str(tmp_path / "v2.pth"), vocab)
-    assert "backbone.body" in message and "skipped" in message and "keep their initialization" in message
-
-
-def test_init_from_a_file_that_is_no_detector_is_a_clear_error(setup, tmp_path):
-    _, _, vocab = setup
-    torch.save({"something": torch.zeros(3)}, tmp_path / "other.pth")
-    model = build_model(load_config(TINY, ["model.num_classes=11"]).model)
-    with pytest.raises(ValueError, match="model.init_from: .*other.pth has no tensor that fits this model"):
-        training_step.initialize_from_torchvision(model, str(tmp_path / "other.pth"), vocab)

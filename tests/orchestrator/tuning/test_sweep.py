@@ -204,16 +204,23 @@ ABLATION_TRAIN = os.path.join(REPO, "configs", "ablation-tiny-cpu.yaml")
 ABLATION_SWEEP = os.path.join(REPO, "configs", "ablation-mask-head.yaml")
 
 
+STAGE_WISE = ["model.init_from=models:/detector/1", "model.init_from_parts=[backbone, rpn, box_head]",
+              "model.freeze=[backbone, rpn, box_head]"]
+
+
+@pytest.mark.parametrize("protocol", ["end to end", "stage-wise"])
 @pytest.mark.parametrize("train_config", ["ablation-tiny-cpu.yaml", "voc-to-nonvoc-r50.yaml"])
-def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_config):
-    """Every variant of configs/ablation-mask-head.yaml is a valid trial of either training config and
-    changes only the mask head; the sweep runs each to the full schedule and registers nothing."""
+def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_config, protocol):
+    """Every variant of configs/ablation-mask-head.yaml is a valid trial of either training config, in
+    either protocol, and changes only the mask head; the sweep runs each to the full schedule and
+    registers nothing."""
     from maskx.orchestrator.tuning.sweep import VARIANT_KEY, trial_config, trial_overrides
 
-    cfg = load_config(os.path.join(REPO, "configs", train_config), sweep_path=ABLATION_SWEEP)
+    overrides = STAGE_WISE if protocol == "stage-wise" else []
+    cfg = load_config(os.path.join(REPO, "configs", train_config), overrides, sweep_path=ABLATION_SWEEP)
     assert cfg.sweep.scheduler == "fifo" and cfg.sweep.promote is False
-    assert list(cfg.sweep.variants) == ["class-agnostic", "transfer (cls)", "transfer (box)", "transfer (cls+box)",
-                                        "transfer+MLP (cls+box)"]
+    assert list(cfg.sweep.variants) == ["class-agnostic", "class-agnostic+MLP", "transfer (cls)", "transfer (box)",
+                                        "transfer (cls+box)", "transfer+MLP (cls+box)"]
     space = search_space(cfg.sweep)
     assert space[VARIANT_KEY] == {"grid_search": list(cfg.sweep.variants)}
     base = cfg.to_dict()
@@ -223,7 +230,9 @@ def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_c
         modes[name] = (trial.model.mask_head.mode, trial.model.mask_head.transfer_input)
         assert trial.seed == 2 and trial.solver == cfg.solver and trial.data == cfg.data
         assert trial.model.backbone == cfg.model.backbone and trial.model.box_loss == cfg.model.box_loss
-    assert modes["class-agnostic"][0] == "class_agnostic"
+        assert trial.model.freeze == (["backbone", "rpn", "box_head"] if overrides else [])
+        assert trial.model.init_from == ("models:/detector/1" if overrides else None)
+    assert modes["class-agnostic"][0] == "class_agnostic" and modes["class-agnostic+MLP"][0] == "class_agnostic+mlp"
     assert [modes[f"transfer ({i})"] for i in ("cls", "box", "cls+box")] == [("transfer", "cls"), ("transfer", "box"),
                                                                           ("transfer", "cls+box")]
     assert modes["transfer+MLP (cls+box)"] == ("transfer+mlp", "cls+box")
