@@ -19,8 +19,10 @@ from maskx.datasets.train_stream import Step
 from maskx.models import build_model
 
 from .. import run_folder
+from ..config import TrainConfig
 from ..run_folder import TrainState
 from ..run_setup import RunSetup
+from ..serving.evaluation import Evaluation
 from ..serving.tracking import TrackedRun, Tracking
 from .init_from import initialize_from
 from .metric_logger import MetricLogger
@@ -43,8 +45,8 @@ class WorkerJob:
 
 
 class Worker:
-    """One rank's training state. `Worker.start(job)` builds the model and solver, takes up the newest
-    complete checkpoint (the same one on every rank) and wraps the model for DDP."""
+    """One rank's training state. `Worker(job)` builds the model and solver, takes up the newest
+    complete checkpoint (the same one on every rank) or `model.init_from`, and wraps the model for DDP."""
 
     def __init__(self, job: WorkerJob):
         context = ray.train.get_context()
@@ -74,10 +76,10 @@ class Worker:
         self.step: Optional[Step] = None
         self.losses: dict[str, float] = {}
         self.latest_metrics: dict[str, float] = {}
-        self.evaluation = None
+        self.evaluation: Optional[Evaluation] = None
 
     @property
-    def config(self):
+    def config(self) -> TrainConfig:
         return self.setup.config
 
     @property
