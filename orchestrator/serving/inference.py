@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,8 +45,9 @@ def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
 def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainConfig, Vocabulary, dict]:
     """The config, vocabulary and state dict of a checkpoint folder or an MLflow model."""
     if uri.startswith(MLFLOW_SCHEMES):
-        folder = run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri), uri)
-        return *run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder)
+        with tempfile.TemporaryDirectory(prefix="maskx-model-") as download:  # all of it is read into memory
+            folder = run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri, download), uri)
+            return *run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder)
     if not os.path.isdir(uri):
         raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
     return *run_folder.read_config_and_vocab(uri), run_folder.load_state(uri)["model"]

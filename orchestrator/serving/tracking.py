@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from typing import TYPE_CHECKING, Optional
 
@@ -127,9 +126,10 @@ class Tracking:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
-    def download_model(self, uri: str) -> str:
-        """A local folder with an MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`)."""
-        return mlflow_at(self.uri).artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="maskx-model-"))
+    def download_model(self, uri: str, folder: str) -> str:
+        """An MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`) downloaded
+        into `folder`; returns the model's folder there."""
+        return mlflow_at(self.uri).artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
 
 
 class TrackedRun:

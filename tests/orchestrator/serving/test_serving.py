@@ -137,12 +137,12 @@ def test_records_and_the_default_threshold_and_a_bad_image(served):
     assert status >= 400 and "not a JPEG or PNG" in json.dumps(answer)
 
 
-def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered):
+def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered, tmp_path):
     tracking_uri, model_uri, warned = registered
     # MLflow says nothing about the model: no "Failed to validate serving input example", no pickle or
     # type-hint warning (torchvision's and pandas' deprecation notices are theirs to fix).
     assert not [w for w in warned if any(word in w.lower() for word in ("input example", "pickle", "type hint", "signature"))], warned
-    folder = Tracking(tracking_uri).download_model(model_uri)
+    folder = Tracking(tracking_uri).download_model(model_uri, str(tmp_path))
     import yaml
 
     mlmodel = yaml.safe_load(Path(folder, "MLmodel").read_text())
@@ -152,3 +152,13 @@ def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered):
     assert {p["name"] for p in json.loads(mlmodel["signature"]["params"])} == {"score_threshold", "max_detections"}
     assert not list(Path(folder).rglob("*.pkl"))
     assert Path(folder, "serving_input_example.json").exists()
+
+
+def test_loading_a_model_from_mlflow_leaves_no_download_behind(registered, tmp_path, monkeypatch):
+    import tempfile
+
+    tracking_uri, model_uri, _ = registered
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    loaded = load_model(model_uri, tracking_uri)
+    assert loaded.vocab.num_classes > 0
+    assert not list(tmp_path.glob("maskx-model-*"))  # read into memory, then removed
