@@ -7,7 +7,8 @@ sent). Three parts, side by side in one process:
 
 1. model train step, maskx vs torchvision Mask R-CNN on the same batch (bench/model_step.py):
    s/iter, img/s, peak memory, at 81 and 3081 classes;
-2. a single-process training loop over real shards built from the sample: end-to-end img/s, the
+2. a single-process training loop over real shards built from the sample (the backbone trained
+   from scratch with batch norm: no ImageNet weights travel there): end-to-end img/s, the
    time a step waits for the loader, GPU utilization when nvidia-smi answers;
 3. the data path: JPEG decode and resize to training size on the device vs on the CPU.
 
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -113,9 +115,13 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
                  workers=1, progress=False)
     sources, vocab = load_sources([(os.path.join(workdir, "shards"), 1.0)])
     device = torch.device(args.device)
+    # No ImageNet weights travel to the GPU machine: the backbone trains from scratch, all of it, with
+    # batch norm (the paper's frozen BN and frozen stem at random values diverge to NaN within a few
+    # iterations, seen on the H200 on 2026-11-30), under a long warm-up and clipped gradients.
+    backbone = BackboneConfig(name=args.backbone, norm="bn", trainable_layers=5)
     model = build_model(ModelConfig(num_classes=vocab.num_classes, min_size=args.size, max_size=args.max_size,
-                                    backbone=BackboneConfig(name=args.backbone, trainable_layers=3))).to(device)
-    solver = SolverConfig(lr=0.01, warmup_iters=10, steps=[10**9])
+                                    backbone=backbone)).to(device)
+    solver = SolverConfig(lr=0.01, warmup_iters=100, warmup_factor=0.001, steps=[10**9], clip_grad_norm=10.0)
     optimizer = build_optimizer(model, solver)
     scheduler = build_lr_scheduler(optimizer, solver)
     partitions = max(1, args.loader_workers)
@@ -123,7 +129,7 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     stream = TrainStream(sources=sources, vocab=vocab, mask_labels=None, layout=layout, steps_per_epoch=10**9,
                          min_sizes=(args.size,), max_size=args.max_size)
     loader = make_loader(stream, args.loader_workers, pin_memory=args.device == "cuda")
-    waited, done, images = 0.0, 0, 0
+    waited, done, images, losses = 0.0, 0, 0, {}
     utilization = "n/a"
     batches = stream.steps(loader)
     start = time.perf_counter()
@@ -132,7 +138,8 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
         batch = next(batches)
         if done >= args.warmup:  # the first steps (cuDNN autotuning, loader start-up) are not counted
             waited += time.perf_counter() - before
-        train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp)
+        losses = train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp,
+                            clip_grad_norm=solver.clip_grad_norm)
         done += 1
         if done == args.warmup:
             if args.device == "cuda":
@@ -148,7 +155,7 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
     timed = args.iterations - args.warmup
     return [(f"training loop, {timed} iterations over shards of the sample ({args.loader_workers} loader workers)",
              f"{images / elapsed:.1f} img/s end to end; {elapsed / timed:.3f} s/iter of which {waited / timed:.3f} s "
-             f"waiting for data; GPU utilization {utilization}")]
+             f"waiting for data; GPU utilization {utilization}; last loss {losses['loss']:.3f}")]
 
 
 def data_path_rows(args) -> list[tuple[str, str]]:
@@ -167,6 +174,19 @@ def data_path_rows(args) -> list[tuple[str, str]]:
         start = time.perf_counter()
         one_pass()
         rows.append((f"JPEG decode + resize to {args.size} px on {where}", f"{len(payloads) / (time.perf_counter() - start):.1f} img/s"))
+    return rows
+
+
+def measured(part: str, measure, *args) -> list[tuple[str, str]]:
+    """One part's rows, printed as they come; a part that fails gives a row saying why and the others
+    still run (a lent GPU is minutes of one session: one failure must not lose the other figures)."""
+    try:
+        rows = measure(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, with the traceback above it
+        traceback.print_exc()
+        rows = [(part, f"failed: {type(exc).__name__}: {exc}")]
+    for name, figure in rows:
+        print(f"{name}  {figure}", flush=True)
     return rows
 
 
@@ -198,10 +218,11 @@ def main() -> None:
     torch.manual_seed(0)
     rows = [("setup", f"{device_name(args.device)}; {args.backbone}-FPN, {args.max_size}x{args.size}, batch "
                       f"{args.batch}, {'bf16 autocast' if args.amp else 'fp32'}")]
-    rows += model_step_rows(args)
+    print(f"{rows[0][0]}  {rows[0][1]}", flush=True)
+    rows += measured("model step", model_step_rows, args)
     with tempfile.TemporaryDirectory(prefix="maskx-gpu-report-") as workdir:
-        rows += training_loop_rows(args, workdir)
-    rows += data_path_rows(args)
+        rows += measured("training loop", training_loop_rows, args, workdir)
+    rows += measured("data path", data_path_rows, args)
     width = max(len(name) for name, _ in rows)
     for name, figure in rows:
         print(f"{name:{width}}  {figure}")
