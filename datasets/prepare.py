@@ -13,8 +13,8 @@ from .coco import coco_image_ids, read_coco
 from .image_files import ImageFiles
 from .json_files import iter_json_array
 from .shard_format import DEFAULT_MAX_SKIPPED_FRACTION, Manifest, Skipped, SourceRecords, save_manifest
-from .visual_genome import read_visual_genome
-from .vocab import COCO_CATEGORIES, Vocabulary, build_vocabulary, single_synset_counts
+from .visual_genome import PAPER_TEST_IMAGES, SPLITS, PaperSplit, read_visual_genome
+from .vocab import COCO_CATEGORIES, Vocabulary, build_vocabulary, synset_counts
 from .writer import write_shards
 
 MapTasks = Callable[[Callable, list], Iterator]
@@ -25,9 +25,10 @@ class TooManySkipped(ValueError):
 
 
 def prepare_vocabulary(coco_annotations: Optional[str] = None, vg_objects: Optional[str] = None, vg_classes: int = 3000) -> Vocabulary:
-    """COCO's categories (from the annotation file, else COCO 2017's 80) plus the top VG synsets."""
+    """COCO's categories (from the annotation file, else COCO 2017's 80) and the `vg_classes` most
+    frequent VG synsets, joined as the paper does (`vocab.build_vocabulary`)."""
     categories = list(iter_json_array(coco_annotations, "categories.item")) if coco_annotations else COCO_CATEGORIES
-    counts = single_synset_counts(iter_json_array(vg_objects)) if vg_objects else None
+    counts = synset_counts(iter_json_array(vg_objects)) if vg_objects else None
     return build_vocabulary(categories, counts, vg_classes)
 
 
@@ -52,17 +53,29 @@ def prepare_coco(annotations: str, images: Union[str, Sequence[str]], out: str, 
 def prepare_vg(image_data: str, objects: str, images: Union[str, Sequence[str]], out: str, vocab_path: Optional[str] = None,
                vg_classes: int = 3000, shard_size: int = 1000, workers: Optional[int] = None,
                map_tasks: Optional[MapTasks] = None, progress: bool = True,
-               max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION, exclude_coco: Sequence[str] = ()) -> Manifest:
+               max_skipped_fraction: float = DEFAULT_MAX_SKIPPED_FRACTION, exclude_coco: Sequence[str] = (),
+               split: Optional[str] = None, coco_val: Optional[str] = None,
+               test_images: int = PAPER_TEST_IMAGES) -> Manifest:
     """`images`: VG's `images.zip` + `images2.zip`, or the folder holding `VG_100K/` and `VG_100K_2/`
     (or all images flat). `exclude_coco`: COCO annotation files whose images are left out (the
-    split you evaluate on)."""
+    split you evaluate on). `split`: one of the paper's splits (`visual_genome.PaperSplit`), its val
+    being the VG images of the COCO annotations `coco_val`."""
+    if split is not None and (split not in SPLITS or not coco_val):
+        raise ValueError(f"prepare vg: split must be one of {', '.join(SPLITS)} and needs coco_val (the COCO "
+                         f"annotations whose images form VG val, e.g. instances_val2017.json); got split={split!r}, "
+                         f"coco_val={coco_val!r}")
     vocab = _vocabulary(vocab_path, vg_objects=objects, vg_classes=vg_classes)
     excluded_ids = frozenset().union(*(coco_image_ids(path) for path in exclude_coco))
-    found = read_visual_genome(image_data, objects, _image_files(images), vocab, excluded_ids)
+    paper_split = PaperSplit(split, coco_image_ids(coco_val), test_images) if split else None
+    found = read_visual_genome(image_data, objects, _image_files(images), vocab, excluded_ids, paper_split)
     found.skipped += [Skipped(objects, f"{n} objects left out: {why}") for why, n in sorted(found.filtered.items())]
+    extra_counts: dict = {"excluded_coco_images": found.excluded_coco} if exclude_coco else {}
+    if paper_split:
+        extra_counts.update(split=split, **found.split_counts)
+    if vocab.coco_targets_not_kept:
+        extra_counts["coco_classes_without_vg_class"] = len(vocab.coco_targets_not_kept)
     manifest = _convert(found, objects, out, "vg", vocab, shard_size=shard_size, workers=workers, map_tasks=map_tasks,
-                        progress=progress, max_skipped_fraction=max_skipped_fraction,
-                        extra_counts={"excluded_coco_images": found.excluded_coco} if exclude_coco else {})
+                        progress=progress, max_skipped_fraction=max_skipped_fraction, extra_counts=extra_counts)
     return manifest
 
 

@@ -57,6 +57,7 @@ class SourceRecords:
     missing: list[Skipped] = field(default_factory=list)  # listed images not found (or without image data)
     filtered: Counter = field(default_factory=Counter)  # VG objects the paper's filter leaves out: no error
     excluded_coco: int = 0  # VG images whose coco_id is in the excluded COCO split
+    split_counts: dict[str, int] = field(default_factory=dict)  # VG: images in each of the paper's splits
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """One class vocabulary over COCO and Visual Genome, with the named class sets of the paper.
 
-Label 0 is background; class i of `Vocabulary.classes` has label i + 1. COCO categories come
-first (in category-id order), then the K most frequent VG synsets that are not a COCO category.
+Label 0 is background; class i of `Vocabulary.classes` has label i + 1. The paper's joint list:
+COCO categories first (in category-id order), each aligned to one VG synset, then the rest of the K
+most frequent VG synsets, sorted by name (`build_vocabulary`).
 """
 from __future__ import annotations
 
@@ -14,40 +15,15 @@ from typing import Iterable, Optional
 # The 20 PASCAL VOC classes as COCO category ids: set A of the paper's voc -> non-voc split.
 VOC_COCO_IDS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72})
 
-# VG synsets that mean a COCO category but whose lemma is not the COCO name (Hu et al. 2018
-# match by name and map a handful by hand). Lemma matches (dog.n.01 -> dog) need no entry.
-SYNSET_TO_COCO_NAME = {
-    "person.n.01": "person", "man.n.01": "person", "woman.n.01": "person", "child.n.01": "person",
-    "boy.n.01": "person", "girl.n.01": "person", "guy.n.01": "person", "lady.n.01": "person",
-    "people.n.01": "person", "player.n.01": "person", "skier.n.01": "person",
-    "bicycle.n.01": "bicycle", "bike.n.01": "bicycle",
-    "car.n.01": "car", "motorcycle.n.01": "motorcycle", "airplane.n.01": "airplane", "plane.n.01": "airplane",
-    "bus.n.01": "bus", "train.n.01": "train", "truck.n.01": "truck", "boat.n.01": "boat",
-    "traffic_light.n.01": "traffic light", "fireplug.n.01": "fire hydrant", "stop_sign.n.01": "stop sign",
-    "parking_meter.n.01": "parking meter", "bench.n.01": "bench",
-    "television.n.01": "tv", "television_receiver.n.01": "tv", "tv.n.01": "tv",
-    "laptop.n.01": "laptop", "mouse.n.04": "mouse", "remote_control.n.01": "remote", "remote.n.01": "remote",
-    "keyboard.n.01": "keyboard", "cellular_telephone.n.01": "cell phone", "phone.n.01": "cell phone",
-    "microwave.n.02": "microwave", "oven.n.01": "oven", "toaster.n.02": "toaster", "sink.n.01": "sink",
-    "refrigerator.n.01": "refrigerator", "book.n.01": "book", "book.n.02": "book", "clock.n.01": "clock",
-    "vase.n.01": "vase", "scissors.n.01": "scissors", "teddy.n.01": "teddy bear", "hair_dryer.n.01": "hair drier",
-    "toothbrush.n.01": "toothbrush", "wineglass.n.01": "wine glass", "glass.n.02": "wine glass",
-    "cup.n.01": "cup", "fork.n.01": "fork", "knife.n.01": "knife", "spoon.n.01": "spoon", "bowl.n.01": "bowl",
-    "banana.n.02": "banana", "apple.n.01": "apple", "sandwich.n.01": "sandwich", "orange.n.01": "orange",
-    "broccoli.n.02": "broccoli", "carrot.n.03": "carrot", "frank.n.02": "hot dog", "hotdog.n.02": "hot dog",
-    "pizza.n.01": "pizza", "doughnut.n.02": "donut", "cake.n.03": "cake", "chair.n.01": "chair",
-    "sofa.n.01": "couch", "couch.n.01": "couch", "pot.n.04": "potted plant", "plant.n.02": "potted plant",
-    "bed.n.01": "bed", "dining_table.n.01": "dining table", "table.n.02": "dining table",
-    "toilet.n.02": "toilet", "toilet.n.01": "toilet",
-    "bird.n.01": "bird", "cat.n.01": "cat", "dog.n.01": "dog", "horse.n.01": "horse", "sheep.n.01": "sheep",
-    "cow.n.01": "cow", "elephant.n.01": "elephant", "bear.n.01": "bear", "zebra.n.01": "zebra",
-    "giraffe.n.01": "giraffe", "backpack.n.01": "backpack", "umbrella.n.01": "umbrella",
-    "bag.n.04": "handbag", "handbag.n.01": "handbag", "necktie.n.01": "tie", "tie.n.01": "tie",
-    "bag.n.06": "suitcase", "suitcase.n.01": "suitcase", "frisbee.n.01": "frisbee", "ski.n.01": "skis",
-    "snowboard.n.01": "snowboard", "ball.n.01": "sports ball", "kite.n.03": "kite", "kite.n.01": "kite",
-    "baseball_bat.n.01": "baseball bat", "baseball_glove.n.01": "baseball glove", "glove.n.02": "baseball glove",
-    "skateboard.n.01": "skateboard", "surfboard.n.01": "surfboard", "tennis_racket.n.01": "tennis racket",
-    "racket.n.04": "tennis racket", "bottle.n.01": "bottle",
+# COCO classes whose VG synset the paper names by hand (`step_2_build_vg3k_cocoaligned_json.py` of
+# ronghanghu/seg_every_thing); each other COCO class takes the most frequent kept synset whose
+# cleaned name ("traffic_light.n.01" -> "traffic light") is the class's name.
+COCO_TO_VG_SYNSET_BY_HAND = {
+    "cell phone": "cellular_telephone.n.01", "couch": "sofa.n.01", "dining table": "dinner_table.n.01",
+    "donut": "doughnut.n.02", "fire hydrant": "water_faucet.n.01", "hair drier": "hand_blower.n.01",
+    "handbag": "bag.n.04", "hot dog": "hotdog.n.01", "orange": "orange.n.01", "potted plant": "plant.n.01",
+    "remote": "remote_control.n.01", "skis": "ski.n.01", "sports ball": "ball.n.01", "stop sign": "sign.n.02",
+    "suitcase": "bag.n.06", "teddy bear": "teddy.n.01", "tv": "television.n.01", "wine glass": "wineglass.n.01",
 }
 
 
@@ -62,6 +38,9 @@ class VocabClass:
 @dataclass
 class Vocabulary:
     classes: list[VocabClass]
+    # COCO class -> the VG synset the paper aligns it to, for those whose synset was not among the kept
+    # VG classes (None: no VG synset has its name): their VG objects are left out, as in the paper.
+    coco_targets_not_kept: dict[str, Optional[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         self._label_by_name = {c.name: i + 1 for i, c in enumerate(self.classes)}
@@ -100,17 +79,20 @@ class Vocabulary:
         return sorted({label for s in set_names for label in self.class_set(s)})
 
     def to_json(self) -> dict:
-        return {"classes": [asdict(c) for c in self.classes]}
+        saved: dict = {"classes": [asdict(c) for c in self.classes]}
+        if self.coco_targets_not_kept:  # absent from files written before the paper's rule
+            saved["coco_targets_not_kept"] = self.coco_targets_not_kept
+        return saved
 
     def require_same(self, other: "Vocabulary", what: str, than: str) -> None:
         """Shards, a model and a run must share one vocabulary (a label means one class everywhere):
         raise "WHAT was prepared with another vocabulary than THAN" when `other` is not this one."""
-        if other.to_json() != self.to_json():
+        if other.to_json()["classes"] != self.to_json()["classes"]:
             raise ValueError(f"{what} was prepared with another vocabulary than {than}")
 
     @classmethod
     def from_json(cls, obj: dict) -> "Vocabulary":
-        return cls([VocabClass(**c) for c in obj["classes"]])
+        return cls([VocabClass(**c) for c in obj["classes"]], dict(obj.get("coco_targets_not_kept", {})))
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -123,40 +105,50 @@ class Vocabulary:
             return cls.from_json(json.load(f))
 
 
-def _coco_name_of_synset(synset: str, coco_names: set[str]) -> Optional[str]:
-    if synset in SYNSET_TO_COCO_NAME and SYNSET_TO_COCO_NAME[synset] in coco_names:
-        return SYNSET_TO_COCO_NAME[synset]
-    lemma = synset.split(".")[0].replace("_", " ")
-    return lemma if lemma in coco_names else None
-
-
-def single_synset_counts(vg_objects: Iterable[dict]) -> Counter:
-    """Object counts per synset over VG's objects.json entries, keeping objects with exactly one synset."""
+def synset_counts(vg_objects: Iterable[dict]) -> Counter:
+    """Object counts per synset over VG's objects.json entries: every synset of every object, as
+    the paper counts (an object with two synsets counts for both, though no class will keep it)."""
     counts: Counter = Counter()
     for image in vg_objects:
         for obj in image.get("objects", []):
-            synsets = obj.get("synsets") or []
-            if len(synsets) == 1:
-                counts[synsets[0]] += 1
+            counts.update(obj.get("synsets") or [])
     return counts
+
+
+def cleaned_name(synset: str) -> str:
+    """"traffic_light.n.01" -> "traffic light": a synset's lemma as COCO would name it."""
+    return synset.rsplit(".", 2)[0].replace("_", " ")
 
 
 def build_vocabulary(
     coco_categories: list[dict], vg_synset_counts: Optional[Counter] = None, vg_classes: int = 3000
 ) -> Vocabulary:
-    """COCO's categories, then the `vg_classes` most frequent VG synsets; synsets meaning a COCO
-    category are merged into it instead of becoming classes of their own."""
-    classes = [VocabClass(c["name"], coco_id=int(c["id"])) for c in sorted(coco_categories, key=lambda c: c["id"])]
-    by_name = {c.name: c for c in classes}
-    vg_only: list[VocabClass] = []
-    # Ties broken by synset name so the vocabulary is deterministic.
-    for synset, _ in sorted((vg_synset_counts or Counter()).items(), key=lambda kv: (-kv[1], kv[0])):
-        coco_name = _coco_name_of_synset(synset, set(by_name))
-        if coco_name is not None:
-            by_name[coco_name].vg_synsets.append(synset)
-        elif len(vg_only) < vg_classes:
-            vg_only.append(VocabClass(synset, vg_synsets=[synset]))
-    return Vocabulary(classes + vg_only)
+    """The paper's joint vocabulary (`step_1`/`step_2` of the official VG-3k scripts): the
+    `vg_classes` most frequent VG synsets are kept; each COCO class is aligned to one synset (by
+    hand, else the most frequent kept synset with its name); the classes are COCO's, in category-id
+    order, then the other kept synsets sorted by name. With every COCO class aligned to a kept
+    synset that is `vg_classes` classes. Ties in frequency go to the synset name that sorts first
+    (the paper's Counter kept first-seen order), so the vocabulary does not depend on file order."""
+    coco = sorted(coco_categories, key=lambda c: c["id"])
+    ranked = [synset for synset, _ in sorted((vg_synset_counts or Counter()).items(), key=lambda kv: (-kv[1], kv[0]))]
+    kept = ranked[:vg_classes]
+    most_frequent_by_name: dict[str, str] = {}
+    for synset in ranked:  # most frequent first: the first synset of a name is the one it means
+        most_frequent_by_name.setdefault(cleaned_name(synset), synset)
+    kept_set = set(kept)
+    classes, not_kept = [], {}
+    for category in coco:
+        name = category["name"]
+        # The most frequent synset of a name is kept whenever any synset of that name is: the
+        # paper's match among the kept ones, and for the others the synset a larger K would keep.
+        target = COCO_TO_VG_SYNSET_BY_HAND.get(name) or most_frequent_by_name.get(name)
+        if vg_synset_counts is not None and target not in kept_set:
+            not_kept[name] = target
+        classes.append(VocabClass(name, coco_id=int(category["id"]),
+                                  vg_synsets=[target] if target in kept_set else []))
+    aligned = {c.vg_synsets[0] for c in classes if c.vg_synsets}
+    classes += [VocabClass(synset, vg_synsets=[synset]) for synset in sorted(kept_set - aligned)]
+    return Vocabulary(classes, not_kept)
 
 
 # COCO 2017's 80 categories (id, name): the default COCO side when no annotation file is given.

@@ -136,7 +136,8 @@ class ModelConfig:
     # COCO classes' rows go to ours), a maskx checkpoint folder or an MLflow model (models:/, runs:/) of
     # the same vocabulary (stage 2 of the stage-wise protocol). Never downloaded from the internet.
     init_from: Optional[str] = None
-    # Which parts to take from init_from (backbone, rpn, box_head, mask_head); null: every tensor that fits.
+    # Which parts to take from init_from (backbone, rpn, box_head, mask_head); null: every tensor that fits,
+    # allowed only where every class is in set A (a mask head that saw set-B masks would void the run).
     init_from_parts: Optional[list[str]] = None
     # Parts that keep their starting values (no gradient, no weight decay, norm layers in eval mode; a
     # frozen RPN proposes as at inference and has no loss; a frozen box head has none either).

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="VG's images.zip and images2.zip, or the folder holding VG_100K/ and VG_100K_2/ (or every "
                          "image flat), local or s3://")
     vg.add_argument("--vg-classes", type=int, default=3000, help="without --vocab: keep the K most frequent synsets (default 3000)")
+    vg.add_argument("--split", choices=["train", "val", "test"],
+                    help="one of the paper's splits (needs --coco-val): val, the VG images of the COCO val annotations; "
+                         "test, the last --test-images VG images in release order that are no COCO image; train, the rest")
+    vg.add_argument("--coco-val", metavar="ANNOTATIONS_JSON",
+                    help="with --split: the COCO annotations whose images form VG val (the paper's minival2014 = val2017)")
+    vg.add_argument("--test-images", type=int, default=5000, help="with --split: the size of VG test (default 5000, the paper's)")
     vg.add_argument("--exclude-coco", action="append", default=[], metavar="ANNOTATIONS_JSON",
                     help="leave out VG images that are in this COCO split (its instances JSON), e.g. the val2017 you "
                          "evaluate on; repeatable")
@@ -130,6 +136,10 @@ def run_prepare(args) -> int:
         vocab = prepare.prepare_vocabulary(args.coco, args.vg_objects, args.vg_classes)
         vocab.save(args.out)
         print(f"{args.out}: {vocab.num_classes - 1} classes ({len(vocab.class_set('coco'))} COCO, {len(vocab.class_set('vg'))} VG-only)")
+        if vocab.coco_targets_not_kept:
+            print(f"{len(vocab.coco_targets_not_kept)} COCO classes have no VG class among the top {args.vg_classes} "
+                  "synsets (their VG objects are left out, as in the paper): " + ", ".join(
+                      f"{name} ({synset or 'no synset of that name'})" for name, synset in vocab.coco_targets_not_kept.items()))
         return 0
     map_tasks = None
     if args.ray:
@@ -142,9 +152,13 @@ def run_prepare(args) -> int:
         manifest = prepare.prepare_coco(args.annotations, args.images, args.out, **common)
     else:
         manifest = prepare.prepare_vg(args.image_data, args.objects, args.images, args.out, vg_classes=args.vg_classes,
-                                      exclude_coco=args.exclude_coco, **common)
+                                      exclude_coco=args.exclude_coco, split=args.split, coco_val=args.coco_val,
+                                      test_images=args.test_images, **common)
     counts = manifest.counts[manifest.source]
     excluded = f", {counts['excluded_coco_images']} COCO images excluded" if "excluded_coco_images" in counts else ""
+    if "split" in counts:
+        excluded += (f"; split {counts['split']} (train {counts['train_split_images']}, val {counts['val_split_images']}, "
+                     f"test {counts['test_split_images']} images listed)")
     print(f"{manifest.location}: {len(manifest.shards)} shards, {counts['images']} images, "
           f"{counts['instances']} instances, {len(manifest.skipped)} inputs skipped (listed in the manifest){excluded}")
     return 0

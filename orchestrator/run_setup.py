@@ -133,6 +133,8 @@ def set_up_run(cfg: TrainConfig, train: bool = True) -> RunSetup:
         vocab.require_same(val_vocab, f"data.val: {data.val}", "data.train")
         manifests.append(ManifestUse(data.val, val_manifest, "val"))
     bind_to_vocabulary(cfg, vocab)
+    if train:
+        check_init_from_parts(cfg, vocab)
     plan = None
     if train:
         plan = DataPlan(global_batch=data.global_batch_size or data.batch_size * cfg.scaling.max_workers,
@@ -162,14 +164,30 @@ def bind_to_vocabulary(cfg: TrainConfig, vocab: Vocabulary) -> TrainConfig:
     return cfg
 
 
+def check_init_from_parts(cfg: TrainConfig, vocab: Vocabulary) -> None:
+    """A run with a set B must not start its mask head from weights that may have seen set B's masks
+    (a COCO-trained Mask R-CNN has them for all 80): `model.init_from` there takes only the parts
+    `model.init_from_parts` names."""
+    model = cfg.model
+    if model.init_from and model.init_from_parts is None and len(model.mask_classes or []) < vocab.num_classes - 1:
+        raise ValueError(
+            f"model.init_from_parts: required with model.init_from ({model.init_from}) in a run whose set A is not "
+            f"every class (data.mask_sets={cfg.data.mask_sets}: {len(model.mask_classes or [])} of "
+            f"{vocab.num_classes - 1} classes have masks). Taking every tensor would copy a mask head that may have "
+            "seen set B's masks and void the experiment: name the parts, e.g. model.init_from_parts=[backbone, rpn, "
+            "box_head] (add mask_head only when its source trained no set-B mask)")
+
+
 def check_vg_coco_exclusion(train_manifests: list[Manifest]) -> None:
-    """Every VG training manifest was prepared with --exclude-coco (its counts say how many it left out)."""
+    """Every VG training manifest left out the COCO evaluation split's images: prepared with
+    --exclude-coco (its counts say how many it left out) or as the paper's train split."""
     for i, manifest in enumerate(train_manifests):
-        if manifest.source == "vg" and "excluded_coco_images" not in manifest.counts["vg"]:
+        counts = manifest.counts["vg"] if manifest.source == "vg" else {}
+        if manifest.source == "vg" and "excluded_coco_images" not in counts and counts.get("split") != "train":
             raise ValueError(
-                f"data.train.{i}: {manifest.location} was prepared without --exclude-coco, and "
+                f"data.train.{i}: {manifest.location} was prepared without --exclude-coco or --split train, and "
                 "data.require_vg_coco_exclusion is true: VG images that are COCO images of the evaluation split "
-                "would be trained on. Prepare it again with `maskx prepare vg ... --exclude-coco "
+                "would be trained on. Prepare it again with `maskx prepare vg ... --split train --coco-val "
                 "instances_val2017.json`, or set data.require_vg_coco_exclusion=false")
 
 

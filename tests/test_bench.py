@@ -29,3 +29,4 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     for row in ("model step, 11 classes: maskx / torchvision", "training loop, 3 iterations", "img/s end to end",
                 "JPEG decode + resize to 128 px on cpu"):
         assert row in result.stdout
+    assert "failed:" not in result.stdout, result.stdout

@@ -55,7 +55,22 @@ R101 = {"model.backbone.name": "resnet101",              # MODEL.CONV_BODY: FPN.
         "solver.lr": 0.01, "solver.max_iter": 180000,    # SOLVER.BASE_LR: 0.01, MAX_ITER: 180000
         "solver.steps": [120000, 160000]}                # SOLVER.STEPS: [0, 120000, 160000]
 # TRAIN.MRCNN_LABELS_TO_KEEP: the 20 VOC classes (voc2nonvoc) or the 60 others (nonvoc2voc).
-CONFIGS = {"voc-to-nonvoc-r50.yaml": {**R50, "data.mask_sets": ["voc"]},
+# The VG-3k recipe: configs/bbox2mask_vg/eval_sw{,_R101}/stage1_e2e_fast_rcnn_R-{50,101}-FPN_1x_1im.yaml (a
+# fast_rcnn: boxes only, IMS_PER_BATCH 1) and stage2_cocomask_clsbox_2_layer_mlp_nograd{,_R101}.yaml
+# (mask_rcnn_frozen_features on COCO, TRAIN_MASK_HEAD_ONLY, WEIGHTS: the stage-1 detector).
+VG_STAGE1 = {"data.batch_size": 1,                       # TRAIN.IMS_PER_BATCH: 1
+             "solver.lr": 0.01, "solver.max_iter": 180000,  # SOLVER.BASE_LR: 0.01, MAX_ITER: 180000
+             "solver.steps": [120000, 160000],           # SOLVER.STEPS: [0, 120000, 160000]
+             "data.mask_sets": [],                       # MODEL.TYPE: fast_rcnn (no mask branch to train)
+             "model.freeze": [], "model.init_from": None}
+VG_STAGE2 = {"data.mask_sets": ["coco"],                 # TRAIN.DATASETS: coco_2014_train + valminusminival, masks
+             "model.freeze": ["backbone", "rpn", "box_head"],  # TYPE: mask_rcnn_frozen_features, TRAIN_MASK_HEAD_ONLY
+             "model.init_from_parts": ["backbone", "rpn", "box_head"]}  # TRAIN.WEIGHTS: ..._vg3k2coco_det.pkl
+CONFIGS = {"vg3k-r50.yaml": {**VG_STAGE1, "model.backbone.name": "resnet50"},
+           "vg3k-r101.yaml": {**VG_STAGE1, "model.backbone.name": "resnet101"},
+           "vg3k-masks-r50.yaml": {**R50, **VG_STAGE2, "model.init_from": "models:/maskx-vg3k-detector-r50/1"},
+           "vg3k-masks-r101.yaml": {**R101, **VG_STAGE2, "model.init_from": "models:/maskx-vg3k-detector-r101/1"},
+           "voc-to-nonvoc-r50.yaml": {**R50, "data.mask_sets": ["voc"]},
            "voc-to-nonvoc-r101.yaml": {**R101, "data.mask_sets": ["voc"]},
            "nonvoc-to-voc-r50.yaml": {**R50, "data.mask_sets": ["nonvoc"]},
            "nonvoc-to-voc-r101.yaml": {**R101, "data.mask_sets": ["nonvoc"]}}

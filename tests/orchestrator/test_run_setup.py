@@ -35,6 +35,24 @@ def test_a_config_that_requires_it_refuses_vg_shards_prepared_without_exclude_co
     cfg = load_config("configs/coco-vg-r50.yaml", [f"data.train=[{{manifest: {tmp_path}/vg-plain}}]"])
     with pytest.raises(ValueError, match=r"data.train.0: .*vg-plain/manifest.json was prepared without --exclude-coco"):
         check_vg_coco_exclusion([load_manifest(source.manifest) for source in cfg.data.train])
+    # The paper's train split leaves out VG val (the COCO val images) by construction.
+    save_manifest(Manifest(format=FORMAT_VERSION, source="vg", shards=[], vocabulary={},
+                           counts={"vg": {"images": 7, "split": "train", "train_split_images": 7}},
+                           location=str(tmp_path / "vg-train-split" / "manifest.json")))
+    check_vg_coco_exclusion([load_manifest(str(tmp_path / "vg-train-split"))])
+
+
+def test_init_from_in_a_run_with_a_set_b_must_name_the_parts_it_takes(synth_shards):
+    """A run whose set A is not every class refuses to take every tensor of `model.init_from` (a mask
+    head trained on set B's masks would void it) until `model.init_from_parts` names them."""
+    import pytest
+
+    train = [f"data.train=[{{manifest: {synth_shards['coco_train']}}}]", "data.val=null"]
+    with pytest.raises(ValueError, match=r"model.init_from_parts: required with model.init_from \(.*detector.pth\) in a run "
+                                         r"whose set A is not every class \(data.mask_sets=\['voc'\]: 4 of 10 classes"):
+        set_up_run(load_config(TINY, train + ["model.init_from=detector.pth"]))
+    set_up_run(load_config(TINY, train + ["model.init_from=detector.pth", "model.init_from_parts=[backbone, rpn, box_head]"]))
+    set_up_run(load_config(TINY, train + ["model.init_from=detector.pth", "data.mask_sets=[all]"]))  # no set B
 
 
 def test_a_run_on_several_hosts_names_every_path_only_this_host_sees(tmp_path):
