@@ -83,8 +83,15 @@ class MetricLogger:
 
     def log_world_size(self, iteration: int, previous: Optional[int], layout: EpochLayout) -> None:
         """`train/world_size` at the (re)start, and a `maskx.resize.N` tag when it differs from the
-        world size that wrote the checkpoint: when, from, to, why."""
+        world size the run last trained at: the last one logged, else the checkpoint writer's (`previous`).
+        A shrink and a grow before the next checkpoint are two resizes, though both restarts load the
+        same checkpoint. The tag says when, from, to, why."""
         current, plan = layout.world_size, layout.plan
+        if self.run is not None and previous is not None:
+            try:
+                previous = int(self.run.latest_metrics().get("train/world_size", previous))
+            except Exception:  # the server is down: the checkpoint writer's world size it is
+                pass
         self.log({"train/world_size": float(current)}, iteration)
         if self.run is None or previous is None or previous == current:
             return
