@@ -3,14 +3,15 @@
 Runs where only the repository arrives and Ray and MLflow are absent: torch, torchvision and maskx's
 own data code (webdataset, pycocotools). Sample data is read from `--data` (default `.gpu-data/`,
 which git ignores: `make gpu-data` copies ../shared/data/coco-tiny there before the repository is
-sent). Three parts, side by side in one process:
+sent). Four parts, side by side in one process:
 
 1. model train step, maskx vs torchvision Mask R-CNN on the same batch (bench/model_step.py):
    s/iter, img/s, peak memory, at 81 and 3081 classes;
-2. a single-process training loop over real shards built from the sample (the backbone trained
+2. inference on a batch, maskx vs torchvision, 100 detections an image with their masks pasted;
+3. a single-process training loop over real shards built from the sample (the backbone trained
    from scratch with batch norm: no ImageNet weights travel there): end-to-end img/s, the
    time a step waits for the loader, GPU utilization when nvidia-smi answers;
-3. the data path: JPEG decode and resize to training size on the device vs on the CPU.
+4. the data path: JPEG decode and resize to training size on the device vs on the CPU.
 
     python bench/gpu_report.py --device cuda --write     # R-50-FPN, 1333x800, batch 8, bf16
     python bench/gpu_report.py --tiny                    # tiny sizes (always on a CPU): what the test runs
@@ -81,6 +82,48 @@ def model_step_rows(args) -> list[tuple[str, str]]:
         del maskx, torchvision_model
         if args.device == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+def inference_rows(args) -> list[tuple[str, str]]:
+    """Inference on a batch, maskx vs torchvision, every image with 100 detections (score threshold 0,
+    the worst case: COCO evaluation's 100) and their masks pasted at image size: what one model
+    replica on one device serves (the figure batch inference at scale is planned from)."""
+    from model_step import PeakMemory, synthetic_batch, torchvision_mask_rcnn
+
+    from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+
+    rows = []
+    for num_classes in args.num_classes:
+        images, _ = synthetic_batch(args.batch, args.size, args.max_size, num_classes, 1, args.device)
+        cfg = ModelConfig(num_classes=num_classes, min_size=args.size, max_size=args.max_size, box_score_thresh=0.0,
+                          detections_per_img=100, backbone=BackboneConfig(name=args.backbone, trainable_layers=3),
+                          mask_head=MaskHeadConfig(mode="transfer+mlp", mlp_input=args.mlp_input))
+        theirs = torchvision_mask_rcnn(args.backbone, num_classes, args.size, args.max_size)
+        theirs.roi_heads.score_thresh = 0.0
+        timed = {}
+        for name, model in (("maskx", build_model(cfg)), ("torchvision", theirs)):
+            model.eval().to(args.device)
+            # At 3081 classes and threshold 0 one batch takes seconds (docs/benchmarks.md): few repeats.
+            warmup, steps = min(args.warmup, 1), min(args.steps, 3)
+            with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp):
+                for _ in range(warmup):
+                    model(images)
+                with PeakMemory(args.device) as memory:
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        detections = model(images)
+                    if args.device == "cuda":
+                        torch.cuda.synchronize()
+                    seconds = (time.perf_counter() - start) / steps
+            timed[name] = (seconds, memory.mib, sum(len(d["boxes"]) for d in detections) / len(detections))
+            del model
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        (ours, ours_mib, ours_dets), (tv, tv_mib, tv_dets) = timed["maskx"], timed["torchvision"]
+        rows.append((f"inference, {num_classes} classes: maskx / torchvision s/batch",
+                     f"{ours:.3f} / {tv:.3f} (ratio {ours / tv:.2f}); {args.batch / ours:.1f} / {args.batch / tv:.1f} img/s; "
+                     f"{ours_dets:.0f} / {tv_dets:.0f} detections per image; peak {ours_mib:.0f} / {tv_mib:.0f} MiB"))
     return rows
 
 
@@ -222,6 +265,7 @@ def main() -> None:
                       f"{args.batch}, {'bf16 autocast' if args.amp else 'fp32'}")]
     print(f"{rows[0][0]}  {rows[0][1]}", flush=True)
     rows += measured("model step", model_step_rows, args)
+    rows += measured("inference", inference_rows, args)
     with tempfile.TemporaryDirectory(prefix="maskx-gpu-report-") as workdir:
         rows += measured("training loop", training_loop_rows, args, workdir)
     rows += measured("data path", data_path_rows, args)

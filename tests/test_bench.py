@@ -26,7 +26,8 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     result = subprocess.run([sys.executable, str(BENCH / "gpu_report.py"), "--tiny", "--device", "cpu", "--data", str(data)],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("model step, 11 classes: maskx / torchvision", "training loop, 3 iterations", "img/s end to end",
+    for row in ("model step, 11 classes: maskx / torchvision", "inference, 11 classes: maskx / torchvision",
+                "training loop, 3 iterations", "img/s end to end",
                 "JPEG decode + resize to 128 px on cpu"):
         assert row in result.stdout
     assert "failed:" not in result.stdout, result.stdout
