@@ -68,6 +68,10 @@ def prepare_vg(image_data: str, objects: str, images: Union[str, Sequence[str]],
     excluded_ids = frozenset().union(*(coco_image_ids(path) for path in exclude_coco))
     paper_split = PaperSplit(split, coco_image_ids(coco_val), test_images) if split else None
     found = read_visual_genome(image_data, objects, _image_files(images), vocab, excluded_ids, paper_split)
+    if paper_split and not found.split_counts[f"{split}_split_images"]:
+        why = (f"no VG image in {image_data} has a coco_id among the images of {coco_val}" if split == "val" else
+               "--test-images is 0" if split == "test" and not test_images else "every image is in val or test")
+        raise TooManySkipped(f"prepare vg: split {split} has no images ({why}); no manifest written")
     found.skipped += [Skipped(objects, f"{n} objects left out: {why}") for why, n in sorted(found.filtered.items())]
     extra_counts: dict = {"excluded_coco_images": found.excluded_coco} if exclude_coco else {}
     if paper_split:

@@ -179,6 +179,11 @@ def test_the_papers_vg_splits(tmp_path):
     assert ids["val"] == {im["image_id"] for im in image_data[:30:3]}
     assert ids["test"] == set([i for i, im in zip(release_order, image_data) if im["coco_id"] is None][-20:])
     assert ids["train"] == set(release_order) - ids["val"] - ids["test"]
+    with pytest.raises(ValueError, match=r"split val has no images \(no VG image in .*image_data.json has a coco_id "
+                                         r"among the images of .*instances_train2017.json\)"):
+        prepare_vg(str(tmp_path / "image_data.json"), str(VG_SAMPLE / "objects.json"), str(images_dir),
+                   str(tmp_path / "empty"), split="val", progress=False,
+                   coco_val=str(SHARED_DATA / "coco-tiny" / "annotations" / "instances_train2017.json"))
     with pytest.raises(ValueError, match="split must be one of train, val, test and needs coco_val"):
         prepare_vg(str(tmp_path / "image_data.json"), str(VG_SAMPLE / "objects.json"), str(images_dir),
                    str(tmp_path / "bad"), split="train", progress=False)
