@@ -59,17 +59,25 @@ def device_name(device: str) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def maskx_config(args, num_classes: int, **model_args):
+    """maskx's model as compared with torchvision's: the same backbone (stem and res2 frozen), the
+    transfer+mlp mask head."""
+    from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig
+
+    return ModelConfig(num_classes=num_classes, min_size=args.size, max_size=args.max_size,
+                       backbone=BackboneConfig(name=args.backbone, trainable_layers=3),
+                       mask_head=MaskHeadConfig(mode="transfer+mlp", mlp_input=args.mlp_input), **model_args)
+
+
 def model_step_rows(args) -> list[tuple[str, str]]:
     from model_step import synthetic_batch, time_train_steps, torchvision_mask_rcnn  # bench/ is the script's folder
 
-    from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+    from maskx.models import build_model
 
     rows = []
     for num_classes in args.num_classes:
         images, targets = synthetic_batch(args.batch, args.size, args.max_size, num_classes, 8, args.device)
-        cfg = ModelConfig(num_classes=num_classes, min_size=args.size, max_size=args.max_size,
-                          backbone=BackboneConfig(name=args.backbone, trainable_layers=3),
-                          mask_head=MaskHeadConfig(mode="transfer+mlp", mlp_input=args.mlp_input))
+        cfg = maskx_config(args, num_classes)
         cfg.box_loss.kind = "focal"
         maskx = build_model(cfg)
         torchvision_model = torchvision_mask_rcnn(args.backbone, num_classes, args.size, args.max_size)
@@ -91,14 +99,12 @@ def inference_rows(args) -> list[tuple[str, str]]:
     replica on one device serves (the figure batch inference at scale is planned from)."""
     from model_step import PeakMemory, synthetic_batch, torchvision_mask_rcnn
 
-    from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
+    from maskx.models import build_model
 
     rows = []
     for num_classes in args.num_classes:
         images, _ = synthetic_batch(args.batch, args.size, args.max_size, num_classes, 1, args.device)
-        cfg = ModelConfig(num_classes=num_classes, min_size=args.size, max_size=args.max_size, box_score_thresh=0.0,
-                          detections_per_img=100, backbone=BackboneConfig(name=args.backbone, trainable_layers=3),
-                          mask_head=MaskHeadConfig(mode="transfer+mlp", mlp_input=args.mlp_input))
+        cfg = maskx_config(args, num_classes, box_score_thresh=0.0, detections_per_img=100)
         theirs = torchvision_mask_rcnn(args.backbone, num_classes, args.size, args.max_size)
         theirs.roi_heads.score_thresh = 0.0
         timed = {}

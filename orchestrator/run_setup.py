@@ -182,8 +182,10 @@ def check_vg_coco_exclusion(train_manifests: list[Manifest]) -> None:
     """Every VG training manifest left out the COCO evaluation split's images: prepared with
     --exclude-coco (its counts say how many it left out) or as the paper's train split."""
     for i, manifest in enumerate(train_manifests):
-        counts = manifest.counts["vg"] if manifest.source == "vg" else {}
-        if manifest.source == "vg" and "excluded_coco_images" not in counts and counts.get("split") != "train":
+        if manifest.source != "vg":
+            continue
+        counts = manifest.counts["vg"]
+        if "excluded_coco_images" not in counts and counts.get("split") != "train":
             raise ValueError(
                 f"data.train.{i}: {manifest.location} was prepared without --exclude-coco or --split train, and "
                 "data.require_vg_coco_exclusion is true: VG images that are COCO images of the evaluation split "

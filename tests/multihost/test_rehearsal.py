@@ -91,6 +91,21 @@ def run_of(cluster, name):
         "  for r in runs]))")
 
 
+def runs_by_kind(cluster):
+    """Each MLflow run of the rehearsal by the first word of its name (`elastic`, `unbroken`, `cut`):
+    its resize tags, its losses by step, and its world sizes with their timestamps."""
+    return cluster.query(
+        "exp = client.get_experiment_by_name('rehearsal')\n"
+        "out = {}\n"
+        "for r in client.search_runs([exp.experiment_id]):\n"
+        "    history = lambda key: client.get_metric_history(r.info.run_id, key)\n"
+        "    out[r.info.run_name.split('-')[0]] = {\n"
+        "        'tags': {k: v for k, v in r.data.tags.items() if k.startswith('maskx.resize.')},\n"
+        "        'loss': {m.step: m.value for m in history('loss/loss')},\n"
+        "        'world_size': [(m.timestamp, m.value) for m in history('train/world_size')]}\n"
+        "print(json.dumps(out))")
+
+
 def assert_logged_once(run):
     assert run["status"] == "FINISHED"
     for key in ("loss/loss", "train/lr"):
@@ -161,7 +176,8 @@ def test_an_elastic_run_loses_a_host_goes_on_alone_and_grows_back_on_a_new_one(r
     killed after the checkpoint at 4; the run goes on at once on the one host left; a new host joins
     (what the autoscaler does for a lost spot node) and the run grows back to two workers. Every
     iteration trained on the run's canonical samples, with the same global batch; each metric step
-    logged once; the losses equal the unbroken two-host run's, and the MLflow run says each resize."""
+    logged once; the MLflow run says each resize; the losses before the loss equal the unbroken
+    two-host run's, those after it within 5% (see below)."""
     cluster, shards = rehearsal
     elastic = ["scaling.num_workers=[1, 2]", "scaling.elastic_resize_monitor_interval_s=3", f"solver.max_iter={ELASTIC_ITER}"]
     job = cluster.submit(train_args(shards, "elastic", "keys-elastic", elastic), wait=False,
@@ -189,16 +205,7 @@ def test_an_elastic_run_loses_a_host_goes_on_alone_and_grows_back_on_a_new_one(r
                              "data.loader_workers=0", "scaling.num_workers=[1, 2]"])
     assert final == canonical_keys(cfg, ELASTIC_ITER)
     assert sorted(run["steps"]["loss/loss"]) == list(range(2, ELASTIC_ITER + 1, 2))
-    details = cluster.query(
-        "exp = client.get_experiment_by_name('rehearsal')\n"
-        "out = {}\n"
-        "for r in client.search_runs([exp.experiment_id]):\n"
-        "    kind = r.info.run_name.split('-')[0]\n"
-        "    history = lambda key: client.get_metric_history(r.info.run_id, key)\n"
-        "    out[kind] = {'tags': {k: v for k, v in r.data.tags.items() if k.startswith('maskx.resize.')},\n"
-        "                 'loss': {m.step: m.value for m in history('loss/loss')},\n"
-        "                 'world_size': [(m.timestamp, m.value) for m in history('train/world_size')]}\n"
-        "print(json.dumps(out))")
+    details = runs_by_kind(cluster)
     elastic, steady = details["elastic"], details["unbroken"]
     sizes = [value for _, value in sorted(elastic["world_size"])]
     assert [v for i, v in enumerate(sizes) if i == 0 or v != sizes[i - 1]] == [2.0, 1.0, 2.0], sizes
@@ -233,10 +240,7 @@ def test_a_worker_host_cut_off_past_the_health_check_is_replaced_and_logs_nothin
     assert_logged_once(run)
     # Restarted at the same world size from its S3 checkpoint: the unbroken run's losses, to the bit
     # (0.0 measured on 2026-11-30), which places the elastic test's gaps in the resize, not the restore.
-    losses = cluster.query(
-        "exp = client.get_experiment_by_name('rehearsal')\n"
-        "history = lambda r: {m.step: m.value for m in client.get_metric_history(r.info.run_id, 'loss/loss')}\n"
-        "print(json.dumps({r.info.run_name.split('-')[0]: history(r) for r in client.search_runs([exp.experiment_id])}))")
+    losses = {kind: run["loss"] for kind, run in runs_by_kind(cluster).items()}
     gaps = {step: abs(losses["cut"][step] - value) / value for step, value in losses["unbroken"].items()}
     assert len(gaps) == MAX_ITER // 2 and max(gaps.values()) < 1e-6, gaps
     # The cut-off host learned it was declared dead and left the cluster.
