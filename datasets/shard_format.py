@@ -15,6 +15,8 @@ from .vocab import Vocabulary
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Beside the manifest: each image's classes, what repeat-factor sampling is computed from.
+IMAGE_CLASSES_NAME = "image_classes.json"
 # No manifest is written when more of the listed images than this were skipped. Real releases lose
 # an image or two (VG has a few unreadable ones); a wrong --images folder loses them all.
 DEFAULT_MAX_SKIPPED_FRACTION = 0.02
@@ -76,6 +78,9 @@ class Manifest:
     counts: dict
     vocabulary: dict
     skipped: list[Skipped] = field(default_factory=list)
+    # Its images' classes (`IMAGE_CLASSES_NAME`, relative like shard urls); None in manifests written
+    # before maskx wrote it.
+    image_classes: Optional[str] = None
     # Where the manifest was read from; shard urls are relative to its folder.
     location: Optional[str] = None
 
@@ -84,8 +89,17 @@ class Manifest:
         return sum(s.samples for s in self.shards)
 
     def shard_urls(self) -> list[str]:
-        base = storage.parent(self.location) if self.location else "."
-        return [storage.resolve(base, s.url) for s in self.shards]
+        return [self._resolve(s.url) for s in self.shards]
+
+    def _resolve(self, url: str) -> str:
+        return storage.resolve(storage.parent(self.location) if self.location else ".", url)
+
+    def load_image_classes(self) -> dict[str, list[int]]:
+        """Sample key -> the labels of its (non-crowd) objects, as `maskx prepare` wrote them."""
+        if self.image_classes is None:
+            raise FileNotFoundError(f"manifest {self.location}: lists no {IMAGE_CLASSES_NAME} (prepared by an older "
+                                    "maskx); run the same `maskx prepare` again: complete shards are kept")
+        return json.loads(storage.read_bytes(self._resolve(self.image_classes)))["labels"]
 
     def vocab(self) -> Vocabulary:
         return Vocabulary.from_json(self.vocabulary)
@@ -129,5 +143,5 @@ def load_manifest(url) -> Manifest:
     return Manifest(
         format=obj["format"], source=obj["source"], shards=[ShardEntry(**s) for s in obj["shards"]],
         counts=obj["counts"], vocabulary=obj["vocabulary"], skipped=[Skipped(**s) for s in obj["skipped"]],
-        location=url,
+        image_classes=obj.get("image_classes"), location=url,
     )

@@ -1,7 +1,8 @@
 """The training stream: one rank's share of each step, read through the run's canonical partitions
 (`partitions.py`), with each partition's position after every step for the checkpoint.
 
-Each partition: its shards (shuffled by seed, epoch, pass) -> tar samples -> shuffle buffer ->
+Each partition: its shards (shuffled by seed, epoch, pass) -> tar samples -> each read as many
+times as its repeat factor says (`repeat_factors.py`; once without repeat-factor sampling) -> shuffle buffer ->
 sources mixed by weight -> decode -> each image's resize/flip drawn, all seeded by (seed, epoch,
 partition), never by rank or loader worker. A rank's loader workers read its partitions and yield a
 chunk per step; `TrainStream.steps` joins a step's chunks in epoch order and cuts the micro-batches,
@@ -22,6 +23,7 @@ from webdataset.filters import shuffle
 
 from .batch import Batch
 from .partitions import EpochLayout, PartitionPosition, StreamPosition
+from .repeat_factors import RepeatFactors
 from .stream import SkipCounter, Source, loader_slot, seeded_rng, shard_samples, slot_assignment
 from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
 from .vocab import Vocabulary
@@ -108,6 +110,7 @@ class TrainStream(IterableDataset):
         flip_prob: float = 0.5,
         shuffle_buffer: int = 256,
         start: Optional[StreamPosition] = None,
+        repeat_factors: Optional[RepeatFactors] = None,
     ):
         if not sources:
             raise ValueError("data.train: no sources")
@@ -120,6 +123,7 @@ class TrainStream(IterableDataset):
         self.epoch, self.seed = epoch, seed
         self.min_sizes, self.max_size, self.flip_prob = list(min_sizes), max_size, flip_prob
         self.shuffle_buffer = shuffle_buffer
+        self.repeat_factors = repeat_factors
         self.start = start if start is not None and start.epoch == epoch else StreamPosition(epoch=epoch)
         for partition in layout.rank_partitions(rank):
             expected = self.plan.taken_before(partition, self.start.steps)
@@ -129,7 +133,8 @@ class TrainStream(IterableDataset):
                                  f"{self.start.steps} of epoch {epoch}, the run's data plan says {expected}")
 
     def raw_samples(self, source: Source, partition: int, skips: SkipCounter) -> Iterator[dict]:
-        """Endless shuffled samples of one source for one partition; each pass reshuffles the shards."""
+        """Endless shuffled samples of one source for one partition; each pass reshuffles the shards
+        and draws each sample's repeats. A resume replays this to where the partition stood."""
         for pass_index in range(ENDLESS_PASSES):
             order = list(range(len(source.shard_urls)))
             seeded_rng(self.seed, self.epoch, source.name, pass_index).shuffle(order)
@@ -140,12 +145,18 @@ class TrainStream(IterableDataset):
                 for shard, every, offset in slot_assignment(len(order), partition, self.plan.partitions, order):
                     for sample in shard_samples(source.shard_urls[shard], source.shard_samples[shard], skips, every, offset):
                         produced += 1
-                        yield sample
+                        # The copies go through the shuffle buffer: each is its own sample, with its own augmentation.
+                        yield from itertools.repeat(sample, self.copies(sample, pass_index))
 
             rng = seeded_rng(self.seed, self.epoch, source.name, pass_index, partition, "shuffle")
             yield from shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())
             if produced == 0:
                 raise RuntimeError(f"source {source.name}: no readable sample for partition {partition} in any of its shards")
+
+    def copies(self, sample: dict, pass_index: int) -> int:
+        if self.repeat_factors is None:
+            return 1
+        return self.repeat_factors.copies(sample["__key__"], seed=self.seed, epoch=self.epoch, pass_index=pass_index)
 
     def reader(self, partition: int) -> PartitionReader:
         position = self.start.partitions.get(partition, PartitionPosition())

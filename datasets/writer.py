@@ -23,7 +23,7 @@ from webdataset import TarWriter
 
 from . import storage
 from .image_files import read_image_file
-from .shard_format import FORMAT_VERSION, MANIFEST_NAME, ImageRecord, Manifest, ShardEntry, Skipped
+from .shard_format import FORMAT_VERSION, IMAGE_CLASSES_NAME, MANIFEST_NAME, ImageRecord, Manifest, ShardEntry, Skipped
 from .vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -178,12 +178,22 @@ def write_shards(
     entries = [results[name][0] for name, _ in plan]
     skipped = list(reader_skipped) + [s for name, _ in plan for s in results[name][1]]
     skipped_images = {s.input for s in skipped}
+    written = [r for r in records if r.image_path not in skipped_images]
+    write_image_classes(written, vocab, storage.join(out, IMAGE_CLASSES_NAME))
     manifest = Manifest(
         format=FORMAT_VERSION, source=source, shards=entries,
         counts={source: {"images": sum(e.samples for e in entries),
-                         "instances": sum(len(r.annotations) for r in records if r.image_path not in skipped_images),
+                         "instances": sum(len(r.annotations) for r in written),
                          "skipped": len(skipped)}},
-        vocabulary=vocab.to_json(), skipped=skipped,
+        vocabulary=vocab.to_json(), skipped=skipped, image_classes=IMAGE_CLASSES_NAME,
         location=storage.join(out, MANIFEST_NAME),
     )
     return manifest
+
+
+def write_image_classes(records: list[ImageRecord], vocab: Vocabulary, url: str) -> None:
+    """Each written image's classes (labels of its non-crowd objects, as training sees them): the
+    class frequencies of repeat-factor sampling, known without reading a shard."""
+    labels = {r.key: sorted({vocab.label(a["category"]) for a in r.annotations if not a.get("iscrowd", 0)})
+              for r in records}
+    storage.write_bytes(url, json.dumps({"format": FORMAT_VERSION, "labels": labels}, separators=(",", ":")).encode())

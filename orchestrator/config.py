@@ -48,11 +48,20 @@ class DataConfig:
     partitions: Optional[int] = None
     # Default: one pass over the training samples (their count // the global batch).
     steps_per_epoch: Optional[int] = None
+    # Repeat-factor sampling (LVIS; detectron2's RepeatFactorTrainingSampler, whose LVIS configs use
+    # 0.001): an image whose rarest class is in fewer than this fraction of the images read is read
+    # sqrt(threshold / frequency) times a pass. Off (null) by default; docs/training.md says when to use it.
+    repeat_threshold: Optional[float] = None
     # Fail the run when more than this fraction of drawn samples was unusable.
     max_skipped_fraction: float = 0.01
     # Refuse VG training manifests prepared without `--exclude-coco` (VG images that are COCO images
     # of the evaluation split would be trained on). On in the configs that evaluate on COCO val.
     require_vg_coco_exclusion: bool = False
+
+    def __post_init__(self):
+        if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
+            raise ValueError(f"data.repeat_threshold: a fraction of images in (0, 1] (0.001 in detectron2's LVIS "
+                             f"configs), or null for off; got {self.repeat_threshold}")
 
 
 @dataclass

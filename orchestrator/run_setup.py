@@ -17,6 +17,7 @@ from typing import Optional
 
 from maskx.datasets import storage
 from maskx.datasets.partitions import DataPlan, EpochLayout, StreamPosition
+from maskx.datasets.repeat_factors import RepeatFactors, SourceImages, class_frequency, repeat_factors
 from maskx.datasets.shard_format import Manifest, load_manifest
 from maskx.datasets.stream import Source, sources_of
 from maskx.datasets.train_stream import TrainStream
@@ -54,6 +55,14 @@ class ManifestUse:
 
 
 @dataclass(frozen=True)
+class ClassFrequency:
+    """label -> the fraction of the images a run reads that contain the class, without and with its
+    repeat factors (the run's `data/class_frequency.png`)."""
+    before: dict[int, float]
+    after: dict[int, float]
+
+
+@dataclass(frozen=True)
 class RunSetup:
     config: TrainConfig  # paths absolute, the model bound to the vocabulary
     vocab: Vocabulary
@@ -62,6 +71,8 @@ class RunSetup:
     plan: Optional[DataPlan]  # the run's global batch and partitions; None for an evaluation alone
     steps_per_epoch: int
     manifests: list[ManifestUse]
+    repeat_factors: Optional[RepeatFactors] = None  # `data.repeat_threshold`
+    class_frequency: Optional[ClassFrequency] = None  # with repeat factors: what they change
 
     @property
     def set_a(self) -> list[int]:
@@ -80,7 +91,8 @@ class RunSetup:
             if asked is not None and asked != kept:
                 raise ValueError(f"{key}={asked}, but this run started with {kept}, which fixes its sample order; "
                                  f"leave {key} unset to continue it")
-        return dataclasses.replace(self, plan=saved, steps_per_epoch=steps_per_epoch(self.config, self.sources, saved))
+        return dataclasses.replace(self, plan=saved, steps_per_epoch=steps_per_epoch(self.config, self.sources, saved,
+                                                                                      self.repeat_factors))
 
     def layout(self, world_size: int) -> EpochLayout:
         return EpochLayout(self.plan, world_size, self.config.data.batch_size)
@@ -93,7 +105,7 @@ class RunSetup:
                            layout=self.layout(world_size), steps_per_epoch=self.steps_per_epoch, rank=rank,
                            epoch=epoch, seed=self.config.seed, min_sizes=tuple(data.min_sizes),
                            max_size=data.max_size, flip_prob=data.flip_prob, shuffle_buffer=data.shuffle_buffer,
-                           start=start)
+                           start=start, repeat_factors=self.repeat_factors)
 
     def lineage(self) -> list[TrainingData]:
         """Each manifest the run reads, with a digest of its shards' checksums."""
@@ -108,6 +120,9 @@ class RunSetup:
         for i, manifest in enumerate(train):
             params[f"data.train.{i}.source"] = manifest.source
             params.update({f"data.train.{i}.{key}": str(value) for key, value in manifest.counts[manifest.source].items()})
+        if self.repeat_factors is not None:
+            params["data.repeat.images_above_one"] = str(len(self.repeat_factors.above_one))
+            params["data.repeat.extra_samples_per_pass"] = f"{self.repeat_factors.extra_samples:.1f}"
         return params
 
 
@@ -135,19 +150,36 @@ def set_up_run(cfg: TrainConfig, train: bool = True) -> RunSetup:
     bind_to_vocabulary(cfg, vocab)
     if train:
         check_init_from_parts(cfg, vocab)
-    plan = None
+    plan, factors, frequency = None, None, None
     if train:
         plan = DataPlan(global_batch=data.global_batch_size or data.batch_size * cfg.scaling.max_workers,
                         partitions=data.partitions or cfg.scaling.max_workers * max(1, data.loader_workers))
         EpochLayout(plan, cfg.scaling.max_workers, data.batch_size)  # the most workers fit the plan
+        if data.repeat_threshold is not None:
+            factors, frequency = plan_repeats([use for use in manifests if use.context == "train"], data.repeat_threshold)
     return RunSetup(config=cfg, vocab=vocab, sources=sources, val_sources=val_sources, plan=plan,
-                    steps_per_epoch=steps_per_epoch(cfg, sources, plan) if train else 0, manifests=manifests)
+                    steps_per_epoch=steps_per_epoch(cfg, sources, plan, factors) if train else 0, manifests=manifests,
+                    repeat_factors=factors, class_frequency=frequency)
 
 
-def steps_per_epoch(cfg: TrainConfig, sources: list[Source], plan: DataPlan) -> int:
-    """`data.steps_per_epoch`, else one pass over the sources that take part in the mix."""
-    samples = sum(s.num_samples for s in sources if s.weight > 0)
-    return cfg.data.steps_per_epoch or max(1, samples // plan.global_batch)
+def plan_repeats(train: list[ManifestUse], threshold: float) -> tuple[RepeatFactors, ClassFrequency]:
+    """The training images' repeat factors from their manifests' classes, and what they change."""
+    images = []
+    for i, use in enumerate(train):
+        try:
+            images.append(SourceImages(use.manifest.load_image_classes(), use.weight))
+        except FileNotFoundError as exc:
+            raise ValueError(f"data.repeat_threshold needs each image's classes; data.train.{i}: {exc}") from None
+    factors = repeat_factors(images, threshold)
+    return factors, ClassFrequency(class_frequency(images), class_frequency(images, factors))
+
+
+def steps_per_epoch(cfg: TrainConfig, sources: list[Source], plan: DataPlan,
+                    factors: Optional[RepeatFactors] = None) -> int:
+    """`data.steps_per_epoch`, else one pass over the sources that take part in the mix, each image as
+    many times as its repeat factor says."""
+    samples = sum(s.num_samples for s in sources if s.weight > 0) + (factors.extra_samples if factors else 0)
+    return cfg.data.steps_per_epoch or max(1, int(samples) // plan.global_batch)
 
 
 def bind_to_vocabulary(cfg: TrainConfig, vocab: Vocabulary) -> TrainConfig:

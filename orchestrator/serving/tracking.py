@@ -231,6 +231,9 @@ class TrackedRun:
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
     def log_table(self, table: dict, artifact_file: str) -> None:
         self.client.log_table(self.run_id, table, artifact_file)
 

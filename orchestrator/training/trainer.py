@@ -17,6 +17,7 @@ from ..run_setup import RunSetup, set_up_run
 from ..serving.model_logging import log_finished_run
 from ..serving.redaction import error_summary
 from ..serving.tracking import TrackedRun, Tracking, connection_errors
+from .class_frequency import log_class_frequency
 from .cluster_checks import check_paths_reach_every_node, spans_several_hosts
 from .train_loop import train_loop_per_worker
 from .worker import WorkerJob
@@ -121,6 +122,8 @@ def _mlflow_run(setup: RunSetup, run_name: str, folder: str, tracking: Tracking,
     mlflow_run = tracking.start_run(cfg.mlflow.experiment, run_name, cfg.to_dict(), dump_config(cfg),
                                     tags=run_tags(cfg, folder, parent_run_id), extra_params=setup.manifest_params())
     mlflow_run.log_datasets(setup.lineage())
+    if setup.class_frequency is not None:
+        log_class_frequency(mlflow_run, setup.class_frequency, cfg.data.repeat_threshold, setup.vocab)
     run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
     return mlflow_run
 

@@ -100,3 +100,11 @@ def test_elastic_worker_counts():
     for bad in ("[3, 1]", "[0, 2]", "[1, 2, 3]", "0"):
         with pytest.raises(ConfigError, match="scaling.num_workers"):
             load_config(TINY, [f"scaling.num_workers={bad}"])
+
+
+def test_a_repeat_threshold_outside_0_1_is_an_error_naming_it():
+    assert load_config(TINY).data.repeat_threshold is None  # off unless asked for
+    assert load_config(TINY, ["data.repeat_threshold=0.001"]).data.repeat_threshold == 0.001
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match=r"data.repeat_threshold: a fraction of images in \(0, 1\]"):
+            load_config(TINY, [f"data.repeat_threshold={bad}"])

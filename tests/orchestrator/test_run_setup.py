@@ -120,3 +120,38 @@ def test_a_val_set_of_another_vocabulary_is_refused_before_anything_starts(synth
     cfg = load_config(TINY, [f"data.train=[{{manifest: {synth_shards['coco_train']}}}]", f"data.val={other}"])
     with pytest.raises(ValueError, match=f"data.val: {other} was prepared with another vocabulary than data.train"):
         set_up_run(cfg)
+
+
+def test_repeat_factors_come_from_the_manifests_and_lengthen_the_epoch(synth_shards, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    train = [f"data.train=[{{manifest: {synth_shards['coco_train']}}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
+             "data.val=null", "data.batch_size=2", "scaling.num_workers=2"]
+    plain = set_up_run(load_config(TINY, train))
+    assert plain.repeat_factors is None and plain.steps_per_epoch == (24 + 12) // 4
+    setup = set_up_run(load_config(TINY, train + ["data.repeat_threshold=0.5"]))
+    factors = setup.repeat_factors
+    assert factors.threshold == 0.5 and 0 < len(factors.above_one) <= 36
+    assert setup.steps_per_epoch == int(24 + 12 + factors.extra_samples) // 4 > plain.steps_per_epoch
+    assert setup.continuing(setup.plan).steps_per_epoch == setup.steps_per_epoch
+    rarest = min(setup.class_frequency.before, key=setup.class_frequency.before.get)
+    assert setup.class_frequency.after[rarest] > setup.class_frequency.before[rarest]
+    params = setup.manifest_params()
+    assert params["data.repeat.images_above_one"] == str(len(factors.above_one))
+    assert setup.train_stream(world_size=1, rank=0, epoch=0).repeat_factors is factors
+    # Shards prepared before image_classes.json existed: a clear error naming the key, the manifest and the fix.
+    old = tmp_path / "vg-old"
+    shutil.copytree(synth_shards["vg"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["image_classes"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "image_classes.json").unlink()
+    with pytest.raises(ValueError, match=r"data.repeat_threshold needs each image's classes; data.train.1: manifest "
+                                         r".*vg-old/manifest.json: lists no image_classes.json .* run the same `maskx "
+                                         r"prepare` again"):
+        set_up_run(load_config(TINY, [f"data.train=[{{manifest: {synth_shards['coco_train']}}}, {{manifest: {old}}}]",
+                                      "data.val=null", "data.repeat_threshold=0.5"]))
+    set_up_run(load_config(TINY, [f"data.train=[{{manifest: {old}}}]", "data.val=null"]))  # without repeats: fine
