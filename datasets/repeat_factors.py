@@ -54,7 +54,7 @@ class RepeatFactors:
 def repeat_factors(sources: list[SourceImages], threshold: float) -> RepeatFactors:
     if not 0 < threshold <= 1:
         raise ValueError(f"repeat threshold: a fraction of images in (0, 1], got {threshold}")
-    class_factor = {label: max(1.0, math.sqrt(threshold / f)) for label, f in class_frequency(sources).items()}
+    class_factor = {label: class_repeat_factor(f, threshold) for label, f in class_frequency(sources).items()}
     above_one = {}
     for source in sources:
         if source.weight <= 0:
@@ -64,6 +64,11 @@ def repeat_factors(sources: list[SourceImages], threshold: float) -> RepeatFacto
             if factor > 1:
                 above_one[key] = factor
     return RepeatFactors(threshold, above_one)
+
+
+def class_repeat_factor(frequency: float, threshold: float) -> float:
+    """r_c of a class in this fraction of the images read."""
+    return max(1.0, math.sqrt(threshold / frequency))
 
 
 def class_frequency(sources: list[SourceImages], factors: Optional[RepeatFactors] = None) -> dict[int, float]:

@@ -3,8 +3,7 @@ class's frequency (the fraction of the images read that contain it) without and 
 as a picture (`data/class_frequency.png`) and a table (`data/class_frequency.json`)."""
 from __future__ import annotations
 
-import math
-
+from maskx.datasets.repeat_factors import class_repeat_factor
 from maskx.datasets.vocab import Vocabulary
 
 from ..run_setup import ClassFrequency
@@ -16,7 +15,7 @@ def log_class_frequency(run: TrackedRun, frequency: ClassFrequency, threshold: f
     run.log_table({"class": [vocab.name(label) for label in labels],
                    "frequency": [frequency.before[label] for label in labels],
                    "frequency_with_repeats": [frequency.after[label] for label in labels],
-                   "class_repeat_factor": [max(1.0, math.sqrt(threshold / frequency.before[label])) for label in labels]},
+                   "class_repeat_factor": [class_repeat_factor(frequency.before[label], threshold) for label in labels]},
                   "data/class_frequency.json")
     run.log_figure(plot_class_frequency(frequency, threshold, labels), "data/class_frequency.png")
 
