@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# `ray start` / `ray stop` act on every Ray process of the machine: `make test` runs these alone, last.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "<!-- test: runs after make demo (tests/test_readme.py) -->"

@@ -14,7 +14,8 @@ import torch
 
 from ..conftest import free_port
 
-pytestmark = pytest.mark.integration
+# `ray start` / `ray stop` act on every Ray process of the machine: `make test` runs these alone, last.
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
