@@ -196,6 +196,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     eval_every: Optional[int] = None
+    # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
+    # docs/benchmarks.md) or pycocotools' own.
+    eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)

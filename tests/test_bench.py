@@ -31,3 +31,12 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
                 "JPEG decode + resize to 128 px on cpu"):
         assert row in result.stdout
     assert "failed:" not in result.stdout, result.stdout
+
+
+def test_coco_eval_bench_runs_and_its_backends_agree(tmp_path):
+    result = subprocess.run([sys.executable, "-P", str(BENCH / "coco_eval.py"), "--images", "20"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "faster-coco-eval / pycocotools time:" in result.stdout
+    gap = float(result.stdout.split("largest difference between their figures: ")[1].split()[0])
+    assert gap < 1e-6, result.stdout

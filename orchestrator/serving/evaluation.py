@@ -1,5 +1,9 @@
-"""A model over shards, and COCO evaluation of what it found: pycocotools' COCOeval, bbox and segm
-AP overall, on set A and on set B (the paper's metric is set-B mask AP), and per-class AP tables.
+"""A model over shards, and COCO evaluation of what it found: COCOeval, bbox and segm AP overall, on
+set A and on set B (the paper's metric is set-B mask AP), and per-class AP tables.
+
+COCOeval is faster-coco-eval's (its evaluation and accumulation in C++, pycocotools' API and
+numbers: `tests/orchestrator/serving/test_evaluation.py` holds every figure equal to 1e-6) by
+default, pycocotools' where `eval_backend: pycocotools` says so or faster-coco-eval is not installed.
 
 `evaluate_on_shards` is the one way maskx evaluates a model: during training (every rank runs its
 share of the val shards and rank 0 scores them all), `maskx eval` and the sweep's champion check
@@ -8,6 +12,8 @@ share of the val shards and rank 0 scores them all), `maskx eval` and the sweep'
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -24,7 +30,10 @@ from maskx.datasets.shard_format import rle_from_json, rle_to_json
 from maskx.datasets.stream import EvalStream, Source, make_loader
 from maskx.datasets.vocab import Vocabulary
 
+log = logging.getLogger(__name__)
+
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+COCOEVAL_BACKENDS = ("faster-coco-eval", "pycocotools")
 MASK_THRESHOLD = 0.5  # a pixel belongs to the mask where the predicted probability exceeds this
 
 # One rank's records: COCO image entries, ground-truth annotations, detections (category id = label).
@@ -66,7 +75,8 @@ def predict_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary
 
 def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, set_a: list[int], *,
                        batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                       gather: Optional[Callable[[object], Optional[list]]] = None) -> Optional[Evaluation]:
+                       gather: Optional[Callable[[object], Optional[list]]] = None,
+                       backend: str = "faster-coco-eval") -> Optional[Evaluation]:
     """Each rank predicts its share; `gather` brings every rank's share to rank 0 (None on the
     others), which runs COCOeval. In one process (`gather` None) the share is everything."""
     share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device, rank=rank,
@@ -79,7 +89,7 @@ def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabular
         images += imgs
         annotations += anns
         detections += dets
-    metrics, tables = evaluate(images, annotations, detections, vocab.num_classes, set_a)
+    metrics, tables = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend)
     metrics["eval/images"] = float(len(images))
     metrics["data/eval_skipped_samples"] = float(sum(skipped for _, skipped in shares))
     named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
@@ -141,21 +151,46 @@ def _quiet_pycocotools():
             del module.print
 
 
-def _coco(images: list[dict], annotations: list[dict], labels: list[int]) -> COCO:
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": [dict(a, id=i + 1) for i, a in enumerate(annotations)],
+@functools.cache
+def coco_api(backend: str = "faster-coco-eval") -> tuple[type, Callable]:
+    """The backend's (COCO, COCOeval); pycocotools' when faster-coco-eval is asked for but not installed."""
+    if backend not in COCOEVAL_BACKENDS:
+        raise ValueError(f"eval_backend: {backend!r} is not one of {', '.join(COCOEVAL_BACKENDS)}")
+    if backend == "faster-coco-eval":
+        try:
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster
+        except ImportError as exc:
+            log.warning("faster-coco-eval is not installed (%s): evaluating with pycocotools, the same numbers "
+                        "more slowly", exc)
+        else:
+            return FasterCOCO, functools.partial(COCOeval_faster, print_function=lambda *args, **kwargs: None)
+    return COCO, COCOeval
+
+
+def _own_copy(record: dict) -> dict:
+    """A record COCOeval may change: faster-coco-eval turns RLE counts into bytes in place, and the
+    caller's records go on to JSON (`maskx eval --json`)."""
+    return dict(record, segmentation=dict(record["segmentation"])) if isinstance(record.get("segmentation"), dict) \
+        else dict(record)
+
+
+def _coco(images: list[dict], annotations: list[dict], labels: list[int], backend: str) -> COCO:
+    coco = coco_api(backend)[0]()
+    coco.dataset = {"images": [dict(image) for image in images],
+                    "annotations": [dict(_own_copy(a), id=i + 1) for i, a in enumerate(annotations)],
                     "categories": [{"id": label} for label in labels]}
     with _quiet_pycocotools():
         coco.createIndex()
     return coco
 
 
-def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int]) -> Optional[COCOeval]:
+def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int], backend: str) -> Optional[COCOeval]:
     if not detections:
         return None
     with _quiet_pycocotools():
-        dt = gt.loadRes(detections)
-        evaluator = COCOeval(gt, dt, iou_type)
+        dt = gt.loadRes([_own_copy(d) for d in detections])
+        evaluator = coco_api(backend)[1](gt, dt, iou_type)
         evaluator.params.catIds = cat_ids
         evaluator.evaluate()
         evaluator.accumulate()
@@ -175,7 +210,7 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, float]:
 
 
 def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
-             set_a: list[int]) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+             set_a: list[int], backend: str = "faster-coco-eval") -> tuple[dict[str, float], dict[str, dict[int, float]]]:
     """Metrics named like `segm/setB/AP` and per-class AP tables keyed by iou type.
 
     Mask AP is computed over the classes and instances that have ground-truth masks."""
@@ -186,11 +221,11 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
     for iou_type in ("bbox", "segm"):
         annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
         dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
-        gt = _coco(images, annotations, labels)
+        gt = _coco(images, annotations, labels, backend)
         present = sorted({a["category_id"] for a in annotations})
         for subset, cat_ids in (("all", present), ("setA", [c for c in present if c in set(set_a)]),
                                 ("setB", [c for c in present if c in set(set_b)])):
-            evaluator = _run(gt, dets, iou_type, cat_ids) if cat_ids else None
+            evaluator = _run(gt, dets, iou_type, cat_ids, backend) if cat_ids else None
             stats = evaluator.stats[:len(STAT_NAMES)] if evaluator is not None else [0.0] * len(STAT_NAMES)
             for name, value in zip(STAT_NAMES, stats):
                 metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)

@@ -155,7 +155,8 @@ class PeriodicEvaluation(Hook):
             return
         evaluation = evaluate_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab, worker.setup.set_a,
                                         batch_size=cfg.data.batch_size, device=worker.device, rank=worker.rank,
-                                        world_size=worker.world_size, gather=worker.gather_to_rank0)
+                                        world_size=worker.world_size, gather=worker.gather_to_rank0,
+                                        backend=cfg.eval_backend)
         if evaluation is None:  # not rank 0
             return
         worker.evaluation = evaluation
