@@ -7,15 +7,6 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs 2 processes), each process its own Ray temp folder: Ray
-    writes the address of the last cluster started there (`ray_current_cluster`), and `ray.init()`
-    with no address joins that cluster, which would be another process's."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        os.environ["RAY_TMPDIR"] = f"/tmp/ray-{worker}"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# `ray start` / `ray stop` act on every Ray process of the machine: `make test` runs these alone, last.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "<!-- test: runs after make demo (tests/test_readme.py) -->"

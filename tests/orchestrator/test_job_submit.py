@@ -14,8 +14,7 @@ import torch
 
 from ..conftest import free_port
 
-# `ray start` / `ray stop` act on every Ray process of the machine: `make test` runs these alone, last.
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
