@@ -51,10 +51,13 @@ class RepeatFactors:
         return sum(factor - 1 for factor in self.above_one.values())
 
 
-def repeat_factors(sources: list[SourceImages], threshold: float) -> RepeatFactors:
+def repeat_factors(sources: list[SourceImages], threshold: float,
+                   frequency: Optional[dict[int, float]] = None) -> RepeatFactors:
+    """Each image's factor; `frequency`: the sources' `class_frequency`, when the caller has it."""
     if not 0 < threshold <= 1:
         raise ValueError(f"repeat threshold: a fraction of images in (0, 1], got {threshold}")
-    class_factor = {label: class_repeat_factor(f, threshold) for label, f in class_frequency(sources).items()}
+    frequency = class_frequency(sources) if frequency is None else frequency
+    class_factor = {label: class_repeat_factor(f, threshold) for label, f in frequency.items()}
     above_one = {}
     for source in sources:
         if source.weight <= 0:

@@ -170,8 +170,9 @@ def plan_repeats(train: list[ManifestUse], threshold: float) -> tuple[RepeatFact
             images.append(SourceImages(use.manifest.load_image_classes(), use.weight))
         except FileNotFoundError as exc:
             raise ValueError(f"data.repeat_threshold needs each image's classes; data.train.{i}: {exc}") from None
-    factors = repeat_factors(images, threshold)
-    return factors, ClassFrequency(class_frequency(images), class_frequency(images, factors))
+    before = class_frequency(images)
+    factors = repeat_factors(images, threshold, before)
+    return factors, ClassFrequency(before, class_frequency(images, factors))
 
 
 def steps_per_epoch(cfg: TrainConfig, sources: list[Source], plan: DataPlan,

@@ -185,11 +185,16 @@ def _coco(images: list[dict], annotations: list[dict], labels: list[int], backen
     return coco
 
 
-def _run(gt: COCO, detections: list[dict], iou_type: str, cat_ids: list[int], backend: str) -> Optional[COCOeval]:
+def _results(gt: COCO, detections: list[dict]) -> Optional[COCO]:
+    """The detections as COCO results against `gt`, once for every subset scored; None without any."""
     if not detections:
         return None
     with _quiet_pycocotools():
-        dt = gt.loadRes([_own_copy(d) for d in detections])
+        return gt.loadRes([_own_copy(d) for d in detections])
+
+
+def _run(gt: COCO, dt: COCO, iou_type: str, cat_ids: list[int], backend: str) -> COCOeval:
+    with _quiet_pycocotools():
         evaluator = coco_api(backend)[1](gt, dt, iou_type)
         evaluator.params.catIds = cat_ids
         evaluator.evaluate()
@@ -222,10 +227,11 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
         annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
         dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
         gt = _coco(images, annotations, labels, backend)
+        dt = _results(gt, dets)
         present = sorted({a["category_id"] for a in annotations})
         for subset, cat_ids in (("all", present), ("setA", [c for c in present if c in set(set_a)]),
                                 ("setB", [c for c in present if c in set(set_b)])):
-            evaluator = _run(gt, dets, iou_type, cat_ids, backend) if cat_ids else None
+            evaluator = _run(gt, dt, iou_type, cat_ids, backend) if cat_ids and dt is not None else None
             stats = evaluator.stats[:len(STAT_NAMES)] if evaluator is not None else [0.0] * len(STAT_NAMES)
             for name, value in zip(STAT_NAMES, stats):
                 metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)
