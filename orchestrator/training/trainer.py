@@ -89,8 +89,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     try:
         result = trainer.fit()
     except Exception as exc:
-        # Only if still open: a sweep marks a trial its scheduler stopped KILLED.
-        mlflow_run.close_if_open("FAILED", f"training failed: {type(exc).__name__}")
+        try:  # only if still open: a sweep marks a trial its scheduler stopped KILLED
+            mlflow_run.close_if_open("FAILED", f"training failed: {type(exc).__name__}")
+        except connection_errors() as unreachable:  # the training failure is the news, not the tracking server
+            log.warning("MLflow run %s left open: %s unreachable (%s)", mlflow_run.run_id, tracking.redacted_uri,
+                        error_summary(unreachable))
         raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {folder}; "
                            f"continue it with `maskx train --config ... --resume {run_name}`") from exc
 

@@ -39,7 +39,9 @@ def train_args(shards, name, keys, overrides=()):
             f"data.train=[{{manifest: {shards['coco-train']}, weight: 1.0}}, {{manifest: {shards['vg']}, weight: 0.5}}]",
             # Micro-batches of one image (global batch 4): padding that depends on the layout plays no part.
             "data.val=null", "data.batch_size=1", "data.global_batch_size=4", "data.loader_workers=0",
-            f"solver.max_iter={MAX_ITER}",
+            # Repeat-factor sampling on: every restart, resize and resume must also read each image's
+            # repeats exactly (the copies come from S3 shards' image_classes.json).
+            "data.repeat_threshold=0.3", f"solver.max_iter={MAX_ITER}",
             "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
             "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "checkpoint.storage_path=s3://maskx/runs",
             "mlflow.experiment=rehearsal", "mlflow.registered_model=null", f"name={name}", *overrides]
@@ -204,7 +206,8 @@ def test_an_elastic_run_loses_a_host_goes_on_alone_and_grows_back_on_a_new_one(r
     assert (replacement.tmp / "keys-elastic").exists()
     cfg = load_config(TINY, [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, "
                              f"{{manifest: {synth_shards['vg']}, weight: 0.5}}]", "data.batch_size=1",
-                             "data.global_batch_size=4", "data.loader_workers=0", "scaling.num_workers=[1, 2]"])
+                             "data.global_batch_size=4", "data.loader_workers=0", "data.repeat_threshold=0.3",
+                             "scaling.num_workers=[1, 2]"])
     assert final == canonical_keys(cfg, ELASTIC_ITER)
     assert sorted(run["steps"]["loss/loss"]) == list(range(2, ELASTIC_ITER + 1, 2))
     details = runs_by_kind(cluster)

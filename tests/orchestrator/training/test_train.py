@@ -210,55 +210,6 @@ def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpo
     assert min(iterations) == newest_complete + 1 and max(iterations) == 8
 
 
-def test_mlflow_down_at_the_end_fails_clearly_and_resume_only_logs_and_registers(local_ray, synth_shards, tmp_path,
-                                                                                 monkeypatch):
-    """The tracking server dies right after the last checkpoint: the run ends with a message naming the
-    checkpoint and the --resume command, and that command, once the server is back, trains nothing and
-    logs the evaluation and the model and registers it, in the same MLflow run."""
-    import signal
-    import time
-
-    import mlflow
-    import ray.train
-
-    from ...conftest import free_port, start_mlflow_server, stop_mlflow_server
-
-    class StopServerAtLastReport(ray.train.UserCallback):  # runs in Ray Train's controller, after the report
-        def __init__(self, pid: int, iteration: int):
-            self.pid, self.iteration = pid, iteration
-
-        def after_report(self, run_context, metrics, checkpoint):
-            if checkpoint is not None and metrics[0].get("iteration") == self.iteration:
-                os.killpg(self.pid, signal.SIGTERM)
-                while os.path.exists(f"/proc/{self.pid}") and open(f"/proc/{self.pid}/stat").read().split()[2] != "Z":
-                    time.sleep(0.1)
-
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not after minutes of retries
-    store, port = tmp_path / "mlflow", free_port()
-    store.mkdir()
-    server = start_mlflow_server(store, port)
-    overrides = tiny_overrides(synth_shards, tmp_path, 4) + [f"mlflow.tracking_uri=http://127.0.0.1:{port}",
-                                                             "mlflow.registered_model=maskx-end-test"]
-    with pytest.raises(RuntimeError, match=r"trained to the end \(checkpoint .*checkpoint_00000004\).*could not be logged "
-                                           r"to MLflow.*`maskx train --config \.\.\. --resume test-tiny-") as failure:
-        train(load_config(TINY, overrides), callbacks=[StopServerAtLastReport(server.pid, 4)])
-    server.wait()
-    run_name = str(failure.value).split("--resume ")[1].split("`")[0]
-
-    server = start_mlflow_server(store, port)
-    try:
-        resumed = train(load_config(TINY, overrides), resume=run_name, record_keys_to=str(tmp_path / "keys"))
-        trained = [line for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
-        assert trained == []  # nothing trained again: only logged
-        assert resumed.model_version == "1"
-        run = mlflow.MlflowClient(f"http://127.0.0.1:{port}").get_run(resumed.mlflow_run_id)
-        assert run.info.status == "FINISHED" and run.info.run_name == run_name
-        assert "segm/setB/AP" in run.data.metrics
-        assert mlflow.MlflowClient(f"http://127.0.0.1:{port}").get_model_version("maskx-end-test", "1").run_id == run.info.run_id
-    finally:
-        stop_mlflow_server(server)
-
-
 def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synth_shards, tmp_path):
     """One rank blocks for good (its shard is a pipe nobody writes); the other reaches the gradient
     all-reduce and gives up after scaling.collective_timeout_s instead of torch's 30 minutes."""
