@@ -130,6 +130,15 @@ class CheckpointConfig:
     num_to_keep: int = 3
     storage_path: str = "./ray_results"  # local folder or s3://
     max_failures: int = 3
+    # `async`: rank 0 writes the checkpoint to local disk, hands its upload to storage to a thread and
+    # trains on (Ray Train's CheckpointUploadMode.ASYNC); `sync`: it waits for the upload. The last
+    # checkpoint is uploaded before the run ends either way.
+    upload: Literal["async", "sync"] = "async"
+    # A node's preemption notice (a spot reclaim, seen by Ray as a drain): the ranks commit a checkpoint
+    # at once, so the restart redoes at most the iterations since the notice. Every rank asks Ray every
+    # `preemption_check_every` iterations (the question is a barrier: cheap, not free); 0 turns it off.
+    # Restarts after a preemption are not counted against max_failures.
+    preemption_check_every: int = 5
 
 
 DEFAULT_TRACKING_STORE = "mlflow.db"  # sqlite, in the config's root
@@ -196,6 +205,14 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     eval_every: Optional[int] = None
+    # Where COCOeval of the evaluations every `eval_every` iterations runs: `background`, in a Ray task
+    # beside training (the ranks predict, then train on: orchestrator/training/background_evaluation.py),
+    # or `inline`, in rank 0 while the others wait. The last iteration's is inline either way: a run
+    # ends evaluated. A sweep whose scheduler decides on a COCO metric at each report runs inline.
+    eval_mode: Literal["background", "inline"] = "background"
+    # CPUs a background COCOeval reserves: 0, a core Ray has not handed out (it runs one thread); where
+    # training holds every CPU of the cluster, a task asking for one waits until training ends.
+    eval_cpus: float = 0.0
     # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
     # docs/benchmarks.md) or pycocotools' own.
     eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
@@ -206,6 +223,10 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def __post_init__(self):
+        if self.eval_cpus < 0:
+            raise ValueError(f"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got {self.eval_cpus}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,9 +5,11 @@ COCOeval is faster-coco-eval's (its evaluation and accumulation in C++, pycocoto
 numbers: `tests/orchestrator/serving/test_evaluation.py` holds every figure equal to 1e-6) by
 default, pycocotools' where `eval_backend: pycocotools` says so or faster-coco-eval is not installed.
 
-`evaluate_on_shards` is the one way maskx evaluates a model: during training (every rank runs its
-share of the val shards and rank 0 scores them all), `maskx eval` and the sweep's champion check
-(one process). `predict_on_shards` is its first half, which `maskx predict --shards` uses alone.
+A model is evaluated in two halves: `predict_on_shards` (one rank's share of the val shards; alone,
+`maskx predict --shards`) and `score_shares` (COCOeval over every rank's share). A training run's
+evaluation predicts on every rank and scores in rank 0 or beside training
+(`orchestrator/training/hooks.py`); `evaluate_on_shards` does both in one process (`maskx eval`,
+the sweep's champion check).
 """
 from __future__ import annotations
 
@@ -74,16 +76,15 @@ def predict_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary
 
 
 def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, set_a: list[int], *,
-                       batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                       gather: Optional[Callable[[object], Optional[list]]] = None,
-                       backend: str = "faster-coco-eval") -> Optional[Evaluation]:
-    """Each rank predicts its share; `gather` brings every rank's share to rank 0 (None on the
-    others), which runs COCOeval. In one process (`gather` None) the share is everything."""
-    share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device, rank=rank,
-                              world_size=world_size)
-    shares = gather(share) if gather else [share]
-    if shares is None:
-        return None
+                       batch_size: int, device: torch.device, backend: str = "faster-coco-eval") -> Evaluation:
+    """The model over every val shard, then COCOeval, in this process."""
+    share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device)
+    return score_shares([share], vocab, set_a, backend)
+
+
+def score_shares(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int],
+                 backend: str = "faster-coco-eval") -> Evaluation:
+    """COCOeval over every rank's share (records, skipped samples): `evaluate_on_shards`' second half."""
     images, annotations, detections = [], [], []
     for (imgs, anns, dets), _ in shares:
         images += imgs

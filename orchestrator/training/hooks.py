@@ -1,5 +1,6 @@
 """The concerns of the train loop besides the step, one object each, as detectron2's `engine/hooks.py`:
-the keys log, the metrics and console line, periodic evaluation, checkpoints, system metrics.
+the keys log, the metrics and console line, periodic evaluation, checkpoints, the checkpoint on a
+preemption notice, system metrics.
 
 Every rank runs every hook in the same order, so the collectives inside them (the metrics'
 all-reduce, the evaluation's gather, the checkpoint's report) meet; what only rank 0 does (MLflow,
@@ -16,6 +17,7 @@ from typing import Optional
 
 import ray
 import ray.train
+from ray.train import CheckpointUploadMode
 import torch
 import torch.distributed as dist
 
@@ -23,7 +25,8 @@ from maskx.datasets.partitions import StreamPosition
 
 from .. import run_folder
 from ..config import dump_config
-from ..serving.evaluation import evaluate_on_shards
+from ..serving.evaluation import predict_on_shards, score_shares
+from .background_evaluation import BackgroundScoring, log_line
 from .progress import Window, console_line, peak_memory_mb
 from .step import lr_of
 from .worker import Worker, WorkerJob
@@ -51,7 +54,7 @@ class Hook:
 def build_hooks(job: WorkerJob) -> list[Hook]:
     """In the order they run after a step: the evaluation's metrics join the checkpoint it reports."""
     hooks: list[Hook] = [KeysLog(job.record_keys_to)] if job.record_keys_to else []
-    return hooks + [TrainingMetrics(), PeriodicEvaluation(), CheckpointReport(), SystemMetrics()]
+    return hooks + [TrainingMetrics(), PeriodicEvaluation(), CheckpointReport(), PreemptionCheckpoint(), SystemMetrics()]
 
 
 class KeysLog(Hook):
@@ -144,58 +147,108 @@ def check_skipped(metrics: dict, max_fraction: float) -> None:
 
 
 class PeriodicEvaluation(Hook):
-    """Every `eval_every` iterations and at the last, with `data.val`: every rank evaluates its share
-    of the val shards, rank 0 runs COCOeval over all of them and logs the metrics; the evaluation
-    travels with the checkpoint reported after it."""
+    """Every `eval_every` iterations and at the last, with `data.val`: every rank predicts its share
+    of the val shards and rank 0 gathers them. COCOeval over them runs beside training
+    (`eval_mode: background`, `background_evaluation.py`) or in rank 0 while the others wait
+    (`inline`, and always at the last iteration, whose evaluation travels with the last checkpoint).
+    Rank 0 logs each evaluation's metrics at the iteration it evaluated."""
+
+    def __init__(self):
+        self.background: Optional[BackgroundScoring] = None
+
+    def before_train(self, worker: Worker) -> None:
+        cfg, setup = worker.config, worker.setup
+        if worker.rank == 0 and cfg.data.val and cfg.eval_every and cfg.eval_mode == "background":
+            self.background = BackgroundScoring(vocab=setup.vocab, set_a=setup.set_a, backend=cfg.eval_backend,
+                                                cpus=cfg.eval_cpus)
 
     def after_step(self, worker: Worker) -> None:
         worker.evaluation = None
         cfg = worker.config
+        if self.background:
+            for iteration, metrics in self.background.finished(wait=worker.last):
+                self.log(worker, metrics, iteration, log_line(metrics, iteration))
         if not (cfg.data.val and worker.due(cfg.eval_every)):
             return
-        evaluation = evaluate_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab, worker.setup.set_a,
-                                        batch_size=cfg.data.batch_size, device=worker.device, rank=worker.rank,
-                                        world_size=worker.world_size, gather=worker.gather_to_rank0,
-                                        backend=cfg.eval_backend)
-        if evaluation is None:  # not rank 0
+        share = predict_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab,
+                                  batch_size=cfg.data.batch_size, device=worker.device, rank=worker.rank,
+                                  world_size=worker.world_size)
+        shares = worker.gather_to_rank0(share)
+        if shares is None:  # not rank 0
             return
-        worker.evaluation = evaluation
-        m = evaluation.metrics
-        log.info("eval: box AP %.3f (set A %.3f, set B %.3f), mask AP %.3f (set A %.3f, set B %.3f)",
-                 m["bbox/all/AP"], m["bbox/setA/AP"], m["bbox/setB/AP"],
-                 m["segm/all/AP"], m["segm/setA/AP"], m["segm/setB/AP"])
+        if self.background and not worker.last:
+            self.background.submit(shares, worker.iteration)
+            return
+        worker.evaluation = score_shares(shares, worker.setup.vocab, worker.setup.set_a, cfg.eval_backend)
+        self.log(worker, worker.evaluation.metrics, worker.iteration, log_line(worker.evaluation.metrics))
+
+    @staticmethod
+    def log(worker: Worker, metrics: dict[str, float], iteration: int, line: str) -> None:
+        log.info("%s", line)
         if worker.metric_logger:
-            worker.metric_logger.log(m, worker.iteration)
+            worker.metric_logger.log(metrics, iteration)
 
 
 class CheckpointReport(Hook):
     """Every `checkpoint.every` iterations and at the last: rank 0 writes the checkpoint, with the data
-    positions of every rank's partitions; every rank reports (the call is a barrier). The reported
-    metrics (latest losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
+    positions of every rank's partitions, and its upload to storage overlaps training
+    (`checkpoint.upload`); every rank reports (the call is a barrier). The reported metrics (latest
+    losses, eval metrics when just evaluated) are what Ray Tune's schedulers see."""
 
     def after_step(self, worker: Worker) -> None:
+        if worker.due(worker.config.checkpoint.every):
+            report_checkpoint(worker)
+
+
+class PreemptionCheckpoint(Hook):
+    """Every `checkpoint.preemption_check_every` iterations every rank asks Ray Train whether a node of
+    the run is being preempted (`ray.train.get_preemption_info`, one answer for all ranks); on the
+    first notice they commit a checkpoint of this iteration unless it has one, and train on until the
+    node goes. Ray Train then restarts the group from it, counting the restart apart from failures."""
+
+    def __init__(self):
+        self.noticed = False
+
+    def after_step(self, worker: Worker) -> None:
+        every = worker.config.checkpoint.preemption_check_every
+        if self.noticed or not every or worker.iteration % every or worker.last:
+            return
+        notice = ray.train.get_preemption_info()
+        if notice is None:
+            return
+        self.noticed = True
+        log.warning("preemption notice at iteration %d: nodes %s (ranks %s) go%s; checkpointing now",
+                    worker.iteration, notice.preempted_node_ids, notice.preempted_ranks,
+                    f" in {notice.deadline_ms / 1000 - time.time():.0f} s" if notice.deadline_ms else "")
         if not worker.due(worker.config.checkpoint.every):
-            return
-        positions = worker.gather_to_rank0(worker.own_position().to_json())
-        metrics = dict(worker.latest_metrics, mlflow_run_id=worker.job.mlflow_run_id or "", iteration=worker.iteration)
-        if worker.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        # Metrics MLflow could not take yet travel with the last checkpoint; the driver sends them.
-        logger = worker.metric_logger
-        unsent = logger.unsent() if worker.last and logger and not logger.flush() else []
-        merged = StreamPosition.merged([StreamPosition.from_json(p) for p in positions])
-        evaluation = None
-        if worker.evaluation:
-            metrics.update(worker.evaluation.metrics)
-            evaluation = {"metrics": worker.evaluation.metrics, "per_class_ap": worker.evaluation.per_class_ap}
-        with tempfile.TemporaryDirectory() as folder:
-            contents = run_folder.checkpoint_contents(worker.model, worker.optimizer, worker.scheduler,
-                                                      dataclasses.replace(worker.state, position=merged))
-            run_folder.write_checkpoint(folder, contents, dump_config(worker.config), worker.setup.vocab, evaluation,
-                                        unsent)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=run_folder.checkpoint_name(worker.iteration))
+            report_checkpoint(worker)
+
+
+def report_checkpoint(worker: Worker) -> None:
+    """Rank 0 writes the checkpoint of this iteration; every rank reports (a barrier)."""
+    positions = worker.gather_to_rank0(worker.own_position().to_json())
+    metrics = dict(worker.latest_metrics, mlflow_run_id=worker.job.mlflow_run_id or "", iteration=worker.iteration)
+    if worker.rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    # Metrics MLflow could not take yet travel with the last checkpoint; the driver sends them.
+    logger = worker.metric_logger
+    unsent = logger.unsent() if worker.last and logger and not logger.flush() else []
+    merged = StreamPosition.merged([StreamPosition.from_json(p) for p in positions])
+    evaluation = None
+    if worker.evaluation:
+        metrics.update(worker.evaluation.metrics)
+        evaluation = {"metrics": worker.evaluation.metrics, "per_class_ap": worker.evaluation.per_class_ap}
+    # Ray Train deletes the local folder once it is uploaded (by a thread, with checkpoint.upload: async).
+    folder = tempfile.mkdtemp(prefix="maskx-checkpoint-")
+    contents = run_folder.checkpoint_contents(worker.model, worker.optimizer, worker.scheduler,
+                                              dataclasses.replace(worker.state, position=merged))
+    run_folder.write_checkpoint(folder, contents, dump_config(worker.config), worker.setup.vocab, evaluation, unsent)
+    upload = CheckpointUploadMode.ASYNC if worker.config.checkpoint.upload == "async" and not worker.last \
+        else CheckpointUploadMode.SYNC
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                     checkpoint_dir_name=run_folder.checkpoint_name(worker.iteration), checkpoint_upload_mode=upload,
+                     delete_local_checkpoint_after_upload=True)
 
 
 class SystemMetrics(Hook):

@@ -157,10 +157,12 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
     if coco_metric and not cfg.data.val:
         raise ValueError(f"sweep.metric: {sw.metric} needs data.val")
     # ASHA and Optuna read the metric from every report; a grid or random sweep without early stopping
-    # only needs the final evaluation, which every run does.
+    # only needs the final evaluation, which every run does. The report must carry it: an evaluation
+    # scored beside training would reach MLflow after the report, and ASHA would cut or keep a trial
+    # on a metric it does not have yet (docs/sweeps.md).
     metric_every_report = sw.scheduler == "asha" or sw.search == "optuna"
     if metric_every_report and coco_metric:
-        cfg.eval_every = cfg.checkpoint.every
+        cfg.eval_every, cfg.eval_mode = cfg.checkpoint.every, "inline"
     if sw.storage_path is None:
         sw.storage_path = storage.join(cfg.checkpoint.storage_path, "sweeps")
     param_space = search_space(sw)

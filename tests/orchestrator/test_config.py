@@ -86,7 +86,8 @@ def test_a_sweep_file_replaces_the_sweep_section_and_holds_nothing_else(tmp_path
 
 @pytest.mark.parametrize("override, key", [("sweep.mode=maximize", "sweep.mode"), ("sweep.scheduler=median", "sweep.scheduler"),
                                            ("sweep.search=bayes", "sweep.search"),
-                                           ("scaling.placement_strategy=spread", "scaling.placement_strategy")])
+                                           ("scaling.placement_strategy=spread", "scaling.placement_strategy"),
+                                           ("eval_mode=later", "eval_mode")])
 def test_a_choice_outside_its_options_is_an_error_naming_the_key_and_the_options(override, key):
     # Free strings let `mode: maximize` minimize and `scheduler: median` run FIFO without a word.
     with pytest.raises(ConfigError, match=rf"{key}: Input should be '\w+'"):
@@ -108,3 +109,11 @@ def test_a_repeat_threshold_outside_0_1_is_an_error_naming_it():
     for bad in ("0", "1.5", "-0.1"):
         with pytest.raises(ConfigError, match=r"data.repeat_threshold: a fraction of images in \(0, 1\]"):
             load_config(TINY, [f"data.repeat_threshold={bad}"])
+
+
+def test_periodic_evaluation_is_scored_beside_training_unless_asked_otherwise():
+    cfg = load_config(TINY)
+    assert cfg.eval_mode == "background" and cfg.eval_cpus == 0
+    assert load_config(TINY, ["eval_mode=inline"]).eval_mode == "inline"
+    with pytest.raises(ConfigError, match=r"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got -1"):
+        load_config(TINY, ["eval_cpus=-1"])

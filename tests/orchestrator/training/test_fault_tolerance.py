@@ -31,6 +31,7 @@ def cluster():
     # As cluster/runtime_env_elastic.yaml: an attempt to start a group the cluster can no longer place
     # (Ray's resource view refreshes every ~20 s) gives up after 20 s, not 60, and the run shrinks.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
+    os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] = "1"  # Ray Train's watcher of node drains (default 5)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -38,7 +39,7 @@ def cluster():
     yield cluster, workers
     ray.shutdown()
     cluster.shutdown()
-    del os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
+    del os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"], os.environ["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"]
 
 
 def spread_config(synth_shards, tmp, name, overrides=()):
@@ -334,6 +335,48 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
     # A step's gradient, its reported losses and each image's sampled anchors and RoIs do not depend on the
     # layout (docs/training.md): what is left is the order of floating-point sums (was < 0.2 before).
     assert max(gaps) < 1e-3, timeline
+
+
+PREEMPTED_ITER = 20
+
+
+def test_a_preemption_notice_commits_a_checkpoint_and_the_restart_goes_on_from_it(cluster, synth_shards, tmp_path):
+    """A worker node gets a preemption notice: Ray's drain of the node with a deadline, what the
+    autoscaler sends for a spot reclaim (`ray drain-node`). The ranks commit a checkpoint at the next
+    check although `checkpoint.every` is far off; the node goes; at the deadline Ray Train restarts the
+    group (on a new node) from that checkpoint: the restart's first iteration is the one after it,
+    and every iteration trained on the run's canonical samples."""
+    import subprocess
+    import sys
+
+    ray_cluster, workers = cluster
+    overrides = ["checkpoint.every=100", "checkpoint.preemption_check_every=1", f"solver.max_iter={PREEMPTED_ITER}"]
+    cfg = spread_config(synth_shards, tmp_path, "preempted", overrides)
+    runner, outcome = train_in_background(cfg, tmp_path / "keys")
+    rank1 = tmp_path / "keys" / "rank1.txt"
+    wait_until(lambda: rank1.exists() and len(rank1.read_text().splitlines()) > 3, "rank 1 training",
+               runner.is_alive, lambda: outcome)
+    node_id = rank1.read_text().split()[1]
+    drained_after = max(int(line.split()[0]) for line in rank1.read_text().splitlines() if not line.startswith("node"))
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run([ray, "drain-node", "--address", ray_cluster.address, "--node-id", node_id,
+                    "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
+                    "--deadline-remaining-seconds", "20"], check=True, capture_output=True, timeout=60)
+    committed = wait_until(lambda: list((tmp_path / "ray_results").glob("preempted-*/checkpoint_*/complete.json")),
+                           "the checkpoint on the notice", runner.is_alive, lambda: outcome, timeout=120, interval=0.2)
+    noticed = int(committed[0].parent.name.removeprefix("checkpoint_"))
+    lost = next(i for i, w in enumerate(workers) if w.node_id == node_id)
+    ray_cluster.remove_node(workers[lost], allow_graceful=False)  # the reclaim
+    workers[lost] = ray_cluster.add_node(num_cpus=1)  # the autoscaler's replacement
+    runner.join(timeout=600)
+    assert "result" in outcome, outcome
+
+    final, starts = final_passes((tmp_path / "keys").glob("*.txt"))
+    print(f"preemption: drained after iteration {drained_after}, checkpoint at {noticed}, "
+          f"restart trained {starts[-1][1][0]}..{starts[-1][1][-1]}")
+    assert [w for (_, w), _ in starts] == [2, 2], starts
+    assert noticed < PREEMPTED_ITER and starts[1][1][0] == noticed + 1, (noticed, starts)
+    assert final == canonical_keys(spread_config(synth_shards, tmp_path, "preempted"), PREEMPTED_ITER)
 
 
 def test_a_two_worker_checkpoint_resumes_exactly_at_three_workers(cluster, unbroken_run, synth_shards, tmp_path):

@@ -49,7 +49,7 @@ def first_run(local_ray, synth_shards, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(shards_folder)
     try:
-        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4))
+        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4) + ["eval_every=2"])  # eval_mode: background
         result = train(cfg, record_keys_to=str(tmp / "keys-first"))
     finally:
         os.chdir(cwd)
@@ -78,6 +78,29 @@ def test_two_workers_train_checkpoint_and_evaluate(first_run):
     keys = keys_per_rank(str(tmp / "keys-first"))
     assert sorted(keys) == ["rank0.txt", "rank1.txt"] and all(len(k) == 4 * 2 for k in keys.values())
     assert not set(keys["rank0.txt"]) & set(keys["rank1.txt"])  # ranks stream different samples
+
+
+def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_iteration(first_run, synth_shards):
+    """eval_every=2 of 4 (eval_mode: background): COCOeval of iteration 2 ran in a Ray task, not in
+    rank 0 (its checkpoint carries no evaluation; its metrics say how long COCOeval took there), and
+    its metrics, logged at step 2, are that checkpoint's model's. The last evaluation is inline."""
+    import mlflow
+
+    from maskx.orchestrator.run_setup import set_up_run
+    from maskx.orchestrator.serving.inference import evaluate_model
+
+    _, result = first_run
+    second = os.path.join(result.run_folder, "checkpoint_00000002")
+    assert run_folder.read_evaluation(second) is None and run_folder.read_evaluation(result.checkpoint) is not None
+    client = mlflow.MlflowClient(result.tracking_uri)
+    history = {key: {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, key)}
+               for key in ("segm/setB/AP", "bbox/all/AP", "eval/images", "eval/cocoeval_seconds")}
+    assert sorted(history["segm/setB/AP"]) == [2, 4] and list(history["eval/cocoeval_seconds"]) == [2]
+    cfg = load_config(TINY, tiny_overrides(synth_shards, os.path.dirname(os.path.dirname(result.run_folder)), 4))
+    alone = evaluate_model(set_up_run(cfg, train=False), second).metrics
+    assert history["eval/images"][2] == alone["eval/images"] == 10
+    for key in ("segm/setB/AP", "bbox/all/AP"):
+        assert history[key][2] == pytest.approx(alone[key], abs=1e-6), key
 
 
 def test_resume_continues_at_the_saved_iteration(first_run, synth_shards):
