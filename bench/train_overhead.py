@@ -35,11 +35,12 @@ WAYS = ("bare", "background", "inline")
 def make_shards(root: Path, val_images: int) -> dict[str, str]:
     from maskx.datasets.prepare import prepare_coco, prepare_vocabulary
     from maskx.datasets.synth import write_synthetic
+    from maskx.datasets.vocab import Vocabulary
 
-    raw = write_synthetic(str(root / "raw"), train_images=64, val_images=val_images, vg_images=0, seed=0)
+    raw = write_synthetic(str(root / "raw"), train_images=64, val_images=val_images, vg_images=12, seed=0)
     vocab = str(root / "vocab.json")
     prepare_vocabulary(raw["coco_train_annotations"], raw["vg_objects"]).save(vocab)
-    shards = {}
+    shards = {"num_classes": str(Vocabulary.load(vocab).num_classes)}
     for split in ("train", "val"):
         shards[split] = str(root / f"coco-{split}")
         prepare_coco(raw[f"coco_{split}_annotations"], raw[f"coco_{split}_images"], shards[split], vocab,
@@ -50,7 +51,7 @@ def make_shards(root: Path, val_images: int) -> dict[str, str]:
 def overrides(way: str, args, shards: dict[str, str], tmp: Path) -> list[str]:
     common = [f"data.train=[{{manifest: {shards['train']}}}]", "data.batch_size=2", "data.loader_workers=1",
               f"solver.max_iter={args.iters}", "solver.warmup_iters=2", "log_every=1",
-              "model.box_score_thresh=0.0", "model.detections_per_img=100",
+              f"model.num_classes={shards['num_classes']}", "model.box_score_thresh=0.0", "model.detections_per_img=100",
               f"checkpoint.storage_path={tmp}/runs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
               "mlflow.registered_model=null", f"mlflow.experiment=overhead", f"name={way}"]
     if way == "bare":

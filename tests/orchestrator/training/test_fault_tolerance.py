@@ -240,7 +240,7 @@ def damaged_shards(synth_shards, tmp_path):
     return str(folder)
 
 
-def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(cluster, damaged_shards, tmp_path):
+def test_damaged_shards_mid_run_are_skipped_and_counted(cluster, damaged_shards, tmp_path):
     import mlflow
 
     source = [f"data.train=[{{manifest: {damaged_shards}, weight: 1.0}}]", "checkpoint.max_failures=0"]
@@ -249,11 +249,8 @@ def test_damaged_shards_mid_run_are_counted_and_a_ceiling_fails_the_run_clearly(
     assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
     skipped = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(result.mlflow_run_id, "data/skipped_samples")
     assert skipped and max(m.value for m in skipped) > 0
-
-    strict = spread_config({}, tmp_path, "strict", source + ["data.max_skipped_fraction=0.0"])
-    with pytest.raises(RuntimeError, match=r"unusable .*> data.max_skipped_fraction=0.0") as failure:
-        train(strict)
-    assert "--resume strict-" in str(failure.value)
+    # Above the ceiling the step raises (tests/orchestrator/training/test_hooks.py); a worker's error
+    # ends the run with its message and the --resume command (the hung-rank test in test_train.py).
 
 
 
@@ -337,7 +334,7 @@ def test_an_elastic_run_goes_on_with_one_worker_and_grows_back(cluster, unbroken
     assert max(gaps) < 1e-3, timeline
 
 
-PREEMPTED_ITER = 20
+PREEMPTED_ITER = 14
 
 
 def test_a_preemption_notice_commits_a_checkpoint_and_the_restart_goes_on_from_it(cluster, synth_shards, tmp_path):

@@ -103,18 +103,6 @@ def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_itera
         assert history[key][2] == pytest.approx(alone[key], abs=1e-6), key
 
 
-def test_resume_continues_at_the_saved_iteration(first_run, synth_shards):
-    tmp, first = first_run
-    cfg = load_config(TINY, tiny_overrides(synth_shards, tmp, 6))
-    resumed = train(cfg, resume=first.run_name, record_keys_to=str(tmp / "keys-resumed"))
-    assert resumed.run_folder == first.run_folder and resumed.mlflow_run_id == first.mlflow_run_id
-    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 6
-    # Only iterations 5 and 6 ran: two batches of two images per rank.
-    assert all(len(k) == 2 * 2 for k in keys_per_rank(str(tmp / "keys-resumed")).values())
-    with open(os.path.join(first.run_folder, MLFLOW_RUN_FILE)) as f:
-        assert json.load(f)["run_id"] == first.mlflow_run_id
-
-
 def test_resume_of_an_unknown_run_names_it(local_ray, synth_shards, tmp_path):
     cfg = load_config(TINY, tiny_overrides(synth_shards, tmp_path, 2))
     with pytest.raises(FileNotFoundError, match="--resume no-such-run: no run of that name"):
@@ -192,8 +180,9 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_
 def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpoint(local_ray, synth_shards, tmp_path):
     """`maskx train` killed (SIGKILL) the moment its checkpoint folder at iteration 4 appears, as a lost
     job driver is: that checkpoint may be whole, half-written or only a folder, and Ray's own record
-    may not know it yet. `--resume RUN_NAME` continues, in the same MLflow run, from exactly the
-    newest complete checkpoint in the run folder: never from scratch, never from an older one."""
+    may not know it yet. `--resume RUN_NAME` continues, in the same MLflow run and run folder, from
+    exactly the newest complete checkpoint in the run folder: never from scratch, never from an older
+    one; here with a longer schedule (solver.max_iter 8 -> 10), as a user extends a run."""
     import subprocess
     import sys
     import time
@@ -225,12 +214,15 @@ def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpo
     newest_complete = run_folder.resume_state(str(folder))[1]["iteration"]
     recorded = json.loads((folder / MLFLOW_RUN_FILE).read_text())["run_id"]
 
-    resumed = train(load_config(TINY, overrides), resume=folder.name, record_keys_to=str(tmp_path / "keys"))
-    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 8
-    assert resumed.mlflow_run_id == recorded
+    longer = tiny_overrides(synth_shards, tmp_path, 10)
+    resumed = train(load_config(TINY, longer), resume=folder.name, record_keys_to=str(tmp_path / "keys"))
+    assert run_folder.load_state(resumed.checkpoint)["iteration"] == 10
+    assert resumed.mlflow_run_id == recorded and resumed.run_folder == str(folder)
+    keys = keys_per_rank(str(tmp_path / "keys"))
     iterations = [int(line.split()[0]) for line in open(tmp_path / "keys" / "rank0.txt") if not line.startswith("node")]
     assert newest_complete in (2, 4)
-    assert min(iterations) == newest_complete + 1 and max(iterations) == 8
+    assert sorted(set(iterations)) == list(range(newest_complete + 1, 11))  # each once, from the one after it
+    assert all(len(k) == 2 * (10 - newest_complete) for k in keys.values())  # two images a rank an iteration
 
 
 def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synth_shards, tmp_path):
@@ -253,8 +245,10 @@ def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synt
         "scaling.collective_timeout_s=10"]
     try:
         # gloo's words for its timeout: the waiting side's, or the pair it closed.
-        with pytest.raises(RuntimeError, match=r"(?s)failed.*(Timed out waiting 10000ms|Application timeout caused pair closure)"):
+        with pytest.raises(RuntimeError, match=r"(?s)failed.*(Timed out waiting 10000ms|Application timeout caused pair closure)") \
+                as failure:
             train(load_config(TINY, overrides))
+        assert "continue it with `maskx train --config ... --resume test-tiny-" in str(failure.value)
     finally:
         try:  # release a reader still blocked on the pipe, if its worker outlived the run
             os.close(os.open(hanging, os.O_WRONLY | os.O_NONBLOCK))
