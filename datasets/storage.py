@@ -125,6 +125,20 @@ def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = Non
     os.remove(local_path)
 
 
+def remove_folder(url: str) -> None:
+    """A folder and everything under it, or every object under an S3 prefix; nothing there is no error."""
+    if not is_s3(url):
+        shutil.rmtree(url, ignore_errors=True)
+        return
+    bucket, prefix = split_s3(url.rstrip("/") + "/")
+    keys = sorted(prefix + key for key in list_keys(url))
+    try:
+        for start in range(0, len(keys), 1000):  # delete_objects takes at most 1000 keys
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+    except Exception as exc:
+        raise s3_error(url, exc) from None
+
+
 def list_folder(url: str) -> tuple[list[str], list[str]]:
     """(subfolder names, file names) directly under a folder or an S3 prefix; empty where nothing is."""
     if not is_s3(url):

@@ -139,6 +139,10 @@ class CheckpointConfig:
     # `preemption_check_every` iterations (the question is a barrier: cheap, not free); 0 turns it off.
     # Restarts after a preemption are not counted against max_failures.
     preemption_check_every: int = 5
+    # A COCO metric (`segm/setB/AP`, ...; higher is better): the model of the best evaluation by it is
+    # kept in the run folder beside the newest `num_to_keep` checkpoints (`best_<iteration>/`), and is
+    # the one registered at the end; the model card says which iteration it is. Needs `data.val`.
+    keep_best: Optional[str] = None
 
 
 DEFAULT_TRACKING_STORE = "mlflow.db"  # sqlite, in the config's root

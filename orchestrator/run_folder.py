@@ -12,6 +12,10 @@
             eval.json                           metrics and per-class AP, when it evaluated there
             unsent_metrics.json                 metric values MLflow could not take yet (last one only)
             complete.json                       written last: the size and sha256 of every file above
+        best_00000800/                          with checkpoint.keep_best: the model of the best
+                                                evaluation so far (state.pt holds its weights and
+                                                iteration; config, vocabulary, eval.json, complete.json)
+        best.json                               which best_* folder that is, by which metric, its value
 
 A checkpoint is complete when its complete.json is there and every file it lists has the size and
 checksum it records; resuming (`--resume` or Ray's restart after a failure) continues from the newest
@@ -32,7 +36,7 @@ import logging
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -55,6 +59,7 @@ WEIGHTS_FILE = "weights.pt"
 MLFLOW_RUN_FILE = "mlflow_run.json"
 COMPLETE_FILE = "complete.json"
 CHECKPOINT_PREFIX = "checkpoint_"
+BEST_FILE = "best.json"
 
 
 def run_folder(storage_path: str, run_name: str) -> str:
@@ -139,6 +144,54 @@ def write_checkpoint(folder: str, contents: dict, config_yaml: str, vocab: Vocab
              for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, COMPLETE_FILE), "w") as f:
         json.dump({"iteration": contents["iteration"], "files": files}, f, indent=1)
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """`best.json`: the run's best evaluation so far by `checkpoint.keep_best` (higher is better)."""
+    iteration: int
+    metric: str
+    value: float
+
+    @property
+    def folder_name(self) -> str:
+        return f"best_{self.iteration:08d}"
+
+
+def write_best(folder: str, best: BestModel, *, weights: dict, config_yaml: str, vocab: Vocabulary,
+               evaluation: dict) -> None:
+    """The model of the best evaluation into `<run folder>/best_<iteration>/`, then `best.json` naming
+    it, then the previous best's folder removed: a crash at any point leaves best.json naming a whole
+    folder. The folder loads as a checkpoint does (`maskx eval --model`, `model.init_from`), but holds no
+    solver state: runs resume from checkpoints, not from it."""
+    previous = read_best(folder)
+    target = storage.join(folder, best.folder_name)
+    with tempfile.TemporaryDirectory(prefix="maskx-best-") as local:
+        write_checkpoint(local, {"model": weights, "iteration": best.iteration}, config_yaml, vocab, evaluation)
+        for name in sorted(os.listdir(local)):
+            storage.put_file(os.path.join(local, name), storage.join(target, name))
+    storage.write_bytes(storage.join(folder, BEST_FILE), json.dumps(asdict(best)).encode())
+    if previous is not None and previous.folder_name != best.folder_name:
+        storage.remove_folder(storage.join(folder, previous.folder_name))
+
+
+def read_best(folder: str) -> Optional[BestModel]:
+    """The best model recorded in a run folder (local or s3://), or None before its first evaluation."""
+    record = storage.join(folder, BEST_FILE)
+    if storage.stat(record) is None:
+        return None
+    return BestModel(**json.loads(storage.read_bytes(record)))
+
+
+def local_best(folder: str, best: BestModel, scratch: str) -> str:
+    """A local folder holding the best model's files: its own where the run folder is local, else a
+    copy in `scratch`."""
+    url = storage.join(folder, best.folder_name)
+    if not storage.is_s3(url):
+        return url
+    for name in storage.list_folder(url)[1]:
+        storage.write_bytes(os.path.join(scratch, name), storage.read_bytes(storage.join(url, name)))
+    return scratch
 
 
 def load_state(folder: str) -> dict:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 COCOEVAL_BACKENDS = ("faster-coco-eval", "pycocotools")
+IOU_TYPES = ("bbox", "segm")
+CLASS_SUBSETS = ("all", "setA", "setB")  # all classes; those trained with masks; those with boxes only
 MASK_THRESHOLD = 0.5  # a pixel belongs to the mask where the predicted probability exceeds this
 
 # One rank's records: COCO image entries, ground-truth annotations, detections (category id = label).
@@ -215,6 +217,11 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, float]:
     return result
 
 
+def coco_metric_names() -> list[str]:
+    """The names `evaluate` gives its metrics: `segm/setB/AP`, `bbox/all/AP50`, ..."""
+    return [f"{iou_type}/{subset}/{name}" for iou_type in IOU_TYPES for subset in CLASS_SUBSETS for name in STAT_NAMES]
+
+
 def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
              set_a: list[int], backend: str = "faster-coco-eval") -> tuple[dict[str, float], dict[str, dict[int, float]]]:
     """Metrics named like `segm/setB/AP` and per-class AP tables keyed by iou type.
@@ -224,14 +231,14 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
     set_b = [label for label in labels if label not in set(set_a)]
     metrics: dict[str, float] = {}
     tables: dict[str, dict[int, float]] = {}
-    for iou_type in ("bbox", "segm"):
+    for iou_type in IOU_TYPES:
         annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
         dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
         gt = _coco(images, annotations, labels, backend)
         dt = _results(gt, dets)
         present = sorted({a["category_id"] for a in annotations})
-        for subset, cat_ids in (("all", present), ("setA", [c for c in present if c in set(set_a)]),
-                                ("setB", [c for c in present if c in set(set_b)])):
+        subsets = [present, [c for c in present if c in set(set_a)], [c for c in present if c in set(set_b)]]
+        for subset, cat_ids in zip(CLASS_SUBSETS, subsets):
             evaluator = _run(gt, dt, iou_type, cat_ids, backend) if cat_ids and dt is not None else None
             stats = evaluator.stats[:len(STAT_NAMES)] if evaluator is not None else [0.0] * len(STAT_NAMES)
             for name, value in zip(STAT_NAMES, stats):

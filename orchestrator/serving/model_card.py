@@ -8,6 +8,7 @@ from typing import Optional
 from maskx.datasets.vocab import Vocabulary
 
 from ..config import TrainConfig
+from ..run_folder import BestModel
 from ..run_setup import TrainingData
 
 
@@ -17,7 +18,9 @@ def _ap(metrics: dict, key: str) -> str:
 
 
 def model_card(cfg: TrainConfig, vocab: Vocabulary, metrics: dict, data: list[TrainingData], run_name: str,
-               run_id: str, iterations: int, model_uri: Optional[str] = None) -> str:
+               run_id: str, iterations: int, model_uri: Optional[str] = None, best: Optional[BestModel] = None) -> str:
+    """`metrics`: the evaluation of the model the card is about; `best`: set where that is the run's
+    best evaluation (`checkpoint.keep_best`) rather than its last iteration."""
     set_a = cfg.model.mask_classes or []
     set_b = vocab.num_classes - 1 - len(set_a)
     mask_head = cfg.model.mask_head.mode
@@ -35,6 +38,9 @@ def model_card(cfg: TrainConfig, vocab: Vocabulary, metrics: dict, data: list[Tr
     ]
     lines += [f"| {d.context} `{d.url}` | {d.source} | {d.samples} | {d.digest} | {'' if d.weight is None else d.weight} |"
               for d in data]
+    if best is not None:
+        lines += ["", f"This model is the run's best evaluation by `{best.metric}` ({best.value:.4f}): the weights of "
+                      f"iteration {best.iteration} of {iterations} (`checkpoint.keep_best`), not the last iteration's."]
     if any(k.startswith(("bbox/", "segm/")) for k in metrics):
         lines += ["", f"Evaluation on `{cfg.data.val}` ({int(metrics.get('eval/images', 0))} images), COCO AP:", "",
                   "| | box AP | mask AP |", "|---|---:|---:|"]

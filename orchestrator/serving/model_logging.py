@@ -22,15 +22,17 @@ OVERLAY_IMAGES = 4  # val images drawn with the final model's detections
 PYFUNC_MODEL_CODE = os.path.join(os.path.dirname(__file__), "pyfunc_model.py")
 
 
-def log_finished_run(setup: RunSetup, checkpoint_folder: str, mlflow_run: TrackedRun,
-                     run_name: str) -> tuple[dict, Optional[str]]:
-    """Eval tables, overlays and the model (registered) from the run's last checkpoint; returns the
-    final metrics and the registered version."""
+def log_finished_run(setup: RunSetup, checkpoint_folder: str, mlflow_run: TrackedRun, run_name: str,
+                     best: Optional[tuple[run_folder.BestModel, str]] = None) -> tuple[dict, Optional[str]]:
+    """Eval tables from the run's last checkpoint; overlays and the model (registered) from it too, or
+    from `best` (the best model by `checkpoint.keep_best` and its local folder). Returns the last
+    evaluation's metrics and the registered version."""
     cfg = setup.config
     unsent = run_folder.read_unsent_metrics(checkpoint_folder)
     if unsent:
         mlflow_run.log_unsent(unsent)
-    loaded = load_model(checkpoint_folder)
+    model_folder = best[1] if best else checkpoint_folder
+    loaded = load_model(model_folder)
     metrics = {}
     evaluation = run_folder.read_evaluation(checkpoint_folder)
     if evaluation:
@@ -38,6 +40,7 @@ def log_finished_run(setup: RunSetup, checkpoint_folder: str, mlflow_run: Tracke
         set_a = [loaded.vocab.name(label) for label in loaded.config.model.mask_classes or []]
         mlflow_run.log_evaluation(evaluation["per_class_ap"], set_a)
         mlflow_run.log_artifact(run_folder.eval_path(checkpoint_folder), "eval")
+    model_evaluation = run_folder.read_evaluation(model_folder) or {"metrics": {}}
     example = None
     if setup.val_sources:
         with tempfile.TemporaryDirectory() as folder:
@@ -52,22 +55,25 @@ def log_finished_run(setup: RunSetup, checkpoint_folder: str, mlflow_run: Tracke
     if example is None:
         size = loaded.config.model.min_size
         example = encode_jpeg(torch.zeros(3, size, size, dtype=torch.uint8)).numpy().tobytes()
+    chosen = {} if best is None else {"maskx.iteration": str(best[0].iteration), "maskx.best_by": best[0].metric,
+                                       "maskx.best_value": str(best[0].value)}
     with tempfile.TemporaryDirectory() as folder:
-        files = run_folder.model_files(checkpoint_folder, loaded.model, os.path.join(folder, run_folder.MODEL_FILES_ARTIFACT))
-        version = log_model(mlflow_run, files, example, cfg.mlflow.registered_model)
+        files = run_folder.model_files(model_folder, loaded.model, os.path.join(folder, run_folder.MODEL_FILES_ARTIFACT))
+        version = log_model(mlflow_run, files, example, cfg.mlflow.registered_model, tags=chosen)
     model_uri = f"models:/{cfg.mlflow.registered_model}/{version}" if version else f"runs:/{mlflow_run.run_id}/model"
-    card = model_card(cfg, loaded.vocab, metrics, setup.lineage(), run_name, mlflow_run.run_id, cfg.solver.max_iter,
-                      model_uri)
+    card = model_card(cfg, loaded.vocab, model_evaluation["metrics"], setup.lineage(), run_name, mlflow_run.run_id,
+                      cfg.solver.max_iter, model_uri, best=best[0] if best else None)
     mlflow_run.set_description(card)
     if version:
         mlflow_run.tracking.describe(cfg.mlflow.registered_model, version, card)
     return metrics, version
 
 
-def log_model(mlflow_run: TrackedRun, model_files: str, example_image: bytes,
-              registered_model: Optional[str]) -> Optional[str]:
+def log_model(mlflow_run: TrackedRun, model_files: str, example_image: bytes, registered_model: Optional[str],
+              tags: Optional[dict[str, str]] = None) -> Optional[str]:
     """Log the serving model (`pyfunc.py`: a pyfunc from code, artifacts `model_files`) with its
-    signature and a real image as input example; register it. Returns the version."""
+    signature and a real image as input example; register it, with `tags` on the version. Returns
+    the version."""
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -85,7 +91,7 @@ def log_model(mlflow_run: TrackedRun, model_files: str, example_image: bytes,
             pip_requirements=_pip_requirements())
     if not registered_model:
         return None
-    return mlflow_run.tracking.register(info.model_uri, registered_model, {"run_id": mlflow_run.run_id})
+    return mlflow_run.tracking.register(info.model_uri, registered_model, {"run_id": mlflow_run.run_id, **(tags or {})})
 
 
 def _pip_requirements() -> list[str]:

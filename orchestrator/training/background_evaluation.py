@@ -13,6 +13,7 @@ Ray knows of, a task asking for one would wait for training to end.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Optional
@@ -21,16 +22,17 @@ import ray
 
 from maskx.datasets.vocab import Vocabulary
 
-from ..serving.evaluation import Records, score_shares
+from ..serving.evaluation import Evaluation, Records, score_shares
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote(max_retries=0)
-def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int], backend: str) -> dict[str, float]:
+def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int], backend: str) -> Evaluation:
     started = time.perf_counter()
-    metrics = score_shares(shares, vocab, set_a, backend).metrics
-    return {**metrics, "eval/cocoeval_seconds": time.perf_counter() - started}
+    evaluation = score_shares(shares, vocab, set_a, backend)
+    evaluation.metrics["eval/cocoeval_seconds"] = time.perf_counter() - started
+    return dataclasses.replace(evaluation, detections=[])  # rank 0 has them; only the scores travel back
 
 
 class BackgroundScoring:
@@ -48,9 +50,9 @@ class BackgroundScoring:
             shares, vocab=self.vocab, set_a=self.set_a, backend=self.backend)
         self.pending.append((iteration, task))
 
-    def finished(self, wait: bool = False) -> list[tuple[int, dict[str, float]]]:
-        """(iteration, metrics) of the tasks done (all of them with `wait`), in iteration order; a
-        task that failed is logged and dropped: training does not stop for an evaluation."""
+    def finished(self, wait: bool = False) -> list[tuple[int, Optional[Evaluation]]]:
+        """(iteration, evaluation) of the tasks done (all of them with `wait`), in iteration order; a
+        task that failed is logged and gives None: training does not stop for an evaluation."""
         tasks = [task for _, task in self.pending]
         done, _ = ray.wait(tasks, num_returns=len(tasks), timeout=None if wait else 0) if tasks else ([], [])
         results = []
@@ -59,6 +61,7 @@ class BackgroundScoring:
                 results.append((iteration, ray.get(task)))
             except Exception as exc:
                 log.warning("evaluation of iteration %d failed in its COCOeval task: %s", iteration, exc)
+                results.append((iteration, None))
         self.pending = [p for p in self.pending if p[1] not in done]
         return sorted(results, key=lambda result: result[0])
 

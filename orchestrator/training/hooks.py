@@ -1,6 +1,6 @@
 """The concerns of the train loop besides the step, one object each, as detectron2's `engine/hooks.py`:
-the keys log, the metrics and console line, periodic evaluation, checkpoints, the checkpoint on a
-preemption notice, system metrics.
+the keys log, the metrics and console line, periodic evaluation, the best model, checkpoints, the
+checkpoint on a preemption notice, system metrics.
 
 Every rank runs every hook in the same order, so the collectives inside them (the metrics'
 all-reduce, the evaluation's gather, the checkpoint's report) meet; what only rank 0 does (MLflow,
@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import ray
@@ -54,7 +55,8 @@ class Hook:
 def build_hooks(job: WorkerJob) -> list[Hook]:
     """In the order they run after a step: the evaluation's metrics join the checkpoint it reports."""
     hooks: list[Hook] = [KeysLog(job.record_keys_to)] if job.record_keys_to else []
-    return hooks + [TrainingMetrics(), PeriodicEvaluation(), CheckpointReport(), PreemptionCheckpoint(), SystemMetrics()]
+    return hooks + [TrainingMetrics(), PeriodicEvaluation(), KeepBest(), CheckpointReport(), PreemptionCheckpoint(),
+                     SystemMetrics()]
 
 
 class KeysLog(Hook):
@@ -163,13 +165,16 @@ class PeriodicEvaluation(Hook):
                                                 cpus=cfg.eval_cpus)
 
     def after_step(self, worker: Worker) -> None:
-        worker.evaluation = None
+        worker.evaluation, worker.evaluated, worker.scored = None, False, []
         cfg = worker.config
         if self.background:
-            for iteration, metrics in self.background.finished(wait=worker.last):
-                self.log(worker, metrics, iteration, log_line(metrics, iteration))
+            worker.scored = self.background.finished(wait=worker.last)
+            for iteration, evaluation in worker.scored:
+                if evaluation is not None:
+                    self.log(worker, evaluation.metrics, iteration, log_line(evaluation.metrics, iteration))
         if not (cfg.data.val and worker.due(cfg.eval_every)):
             return
+        worker.evaluated = True
         share = predict_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab,
                                   batch_size=cfg.data.batch_size, device=worker.device, rank=worker.rank,
                                   world_size=worker.world_size)
@@ -180,6 +185,7 @@ class PeriodicEvaluation(Hook):
             self.background.submit(shares, worker.iteration)
             return
         worker.evaluation = score_shares(shares, worker.setup.vocab, worker.setup.set_a, cfg.eval_backend)
+        worker.scored.append((worker.iteration, worker.evaluation))
         self.log(worker, worker.evaluation.metrics, worker.iteration, log_line(worker.evaluation.metrics))
 
     @staticmethod
@@ -187,6 +193,60 @@ class PeriodicEvaluation(Hook):
         log.info("%s", line)
         if worker.metric_logger:
             worker.metric_logger.log(metrics, iteration)
+
+
+class KeepBest(Hook):
+    """`checkpoint.keep_best: METRIC`: rank 0 keeps the model of the best evaluation so far in the run
+    folder (`run_folder.write_best`), beside the newest checkpoints Ray Train keeps. At each evaluation
+    it copies the weights to host memory and holds them until that evaluation's score arrives (at once
+    when inline, later from the background); a new best is written by a thread while training goes on,
+    and the run ends after the last write."""
+
+    def __init__(self):
+        self.metric: Optional[str] = None
+        self.best: Optional[run_folder.BestModel] = None
+        self.candidates: dict[int, dict[str, torch.Tensor]] = {}  # iteration -> weights awaiting its score
+        self.writer: Optional[ThreadPoolExecutor] = None
+
+    def before_train(self, worker: Worker) -> None:
+        if worker.rank != 0 or not worker.config.checkpoint.keep_best:
+            return
+        self.metric = worker.config.checkpoint.keep_best
+        kept = run_folder.read_best(worker.job.run_folder)  # a resumed run goes on from its best so far
+        self.best = kept if kept is not None and kept.metric == self.metric else None
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maskx-keep-best")
+
+    def after_step(self, worker: Worker) -> None:
+        if self.metric is None:
+            return
+        if worker.evaluated:
+            self.candidates[worker.iteration] = {name: value.detach().to("cpu", copy=True)
+                                                 for name, value in worker.model.state_dict().items()}
+        for iteration, evaluation in worker.scored:
+            weights = self.candidates.pop(iteration, None)
+            if evaluation is None or weights is None:
+                continue
+            value = evaluation.metrics[self.metric]
+            if self.best is not None and value <= self.best.value:
+                continue
+            self.best = run_folder.BestModel(iteration=iteration, metric=self.metric, value=value)
+            log.info("best so far by %s: iteration %d (%.4f); writing %s", self.metric, iteration, value,
+                     self.best.folder_name)
+            self.writer.submit(_write_best, worker.job.run_folder, self.best, weights=weights,
+                               config_yaml=dump_config(worker.config), vocab=worker.setup.vocab,
+                               evaluation={"metrics": evaluation.metrics, "per_class_ap": evaluation.per_class_ap})
+
+    def after_train(self, worker: Worker) -> None:
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+
+def _write_best(folder: str, best: run_folder.BestModel, **contents) -> None:
+    try:
+        run_folder.write_best(folder, best, **contents)
+    except Exception as exc:  # training goes on; a later, better evaluation is written again
+        log.error("best model of iteration %d not written to %s (%s: %s); best.json still names the one before",
+                  best.iteration, folder, type(exc).__name__, exc)
 
 
 class CheckpointReport(Hook):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -15,6 +16,7 @@ from ..config import TrainConfig, dump_config
 from ..ray_cluster import connect
 from ..run_setup import RunSetup, set_up_run
 from ..serving.model_logging import log_finished_run
+from ..serving.evaluation import coco_metric_names
 from ..serving.redaction import error_summary
 from ..serving.tracking import TrackedRun, Tracking, connection_errors
 from .class_frequency import log_class_frequency
@@ -55,6 +57,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     setup = set_up_run(cfg)
     cfg = setup.config
+    if cfg.checkpoint.keep_best:
+        check_keep_best(cfg)
     tracking = Tracking(cfg.mlflow.tracking_uri)
     connect()
     if spans_several_hosts(cfg):
@@ -101,8 +105,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     metrics, version = {}, None
     try:
         if result.checkpoint is not None:
-            with result.checkpoint.as_directory() as checkpoint_folder:
-                metrics, version = log_finished_run(setup, checkpoint_folder, mlflow_run, run_name)
+            best = run_folder.read_best(folder) if cfg.checkpoint.keep_best else None
+            with result.checkpoint.as_directory() as checkpoint_folder, tempfile.TemporaryDirectory() as scratch:
+                chosen = (best, run_folder.local_best(folder, best, scratch)) if best else None
+                metrics, version = log_finished_run(setup, checkpoint_folder, mlflow_run, run_name, best=chosen)
         mlflow_run.end()
     except connection_errors() as exc:
         raise RuntimeError(
@@ -111,6 +117,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
             f"({type(exc).__name__}: {error_summary(exc)}); once the server is back, "
             f"`maskx train --config ... --resume {run_name}` logs them") from None
     return TrainingResult(run_name, folder, checkpoint, metrics, mlflow_run.run_id, tracking.uri, version)
+
+
+def check_keep_best(cfg: TrainConfig) -> None:
+    names = coco_metric_names()
+    if cfg.checkpoint.keep_best not in names:
+        raise ValueError(f"checkpoint.keep_best: {cfg.checkpoint.keep_best!r} is not a COCO metric maskx computes; one "
+                         f"of {', '.join(names)}")
+    if not cfg.data.val:
+        raise ValueError(f"checkpoint.keep_best: {cfg.checkpoint.keep_best} needs data.val to evaluate on")
 
 
 def _mlflow_run(setup: RunSetup, run_name: str, folder: str, tracking: Tracking,

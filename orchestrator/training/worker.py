@@ -72,11 +72,15 @@ class Worker:
         self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs={"find_unused_parameters": False})
         self.metric_logger = MetricLogger(self.mlflow_run, in_training_process=True) if self.rank == 0 else None
         # What the current step did, for the hooks: the step, its losses, the latest logged training
-        # metrics, and an evaluation when one ran after it.
+        # metrics; whether the model was evaluated after it, the evaluation when scored at once (it
+        # travels with the checkpoint), and on rank 0 the evaluations whose scores arrived after it
+        # (iteration, evaluation; None where scoring failed).
         self.step: Optional[Step] = None
         self.losses: dict[str, float] = {}
         self.latest_metrics: dict[str, float] = {}
+        self.evaluated = False
         self.evaluation: Optional[Evaluation] = None
+        self.scored: list[tuple[int, Optional[Evaluation]]] = []
 
     @property
     def config(self) -> TrainConfig:

@@ -2,6 +2,7 @@
 the moments a driver can die (a checkpoint folder just created, cut off mid-write or mid-upload,
 between two checkpoints) laid out on disk and on S3, deterministically."""
 import logging
+import os
 import shutil
 
 import pytest
@@ -117,3 +118,24 @@ def test_the_run_folder_on_s3_resumes_the_same_way(tmp_path, s3_endpoint):
             storage.put_file(str(shutil.copy(path, tmp_path / "upload")), f"s3://runs/r/{path.relative_to(tmp_path / 'run')}")
     url, state = run_folder.resume_state("s3://runs/r")
     assert url == "s3://runs/r/checkpoint_00000004" and state["iteration"] == 4
+
+
+def test_the_best_model_on_s3_replaces_the_one_before_and_loads_as_a_checkpoint(tmp_path, s3_endpoint):
+    """`best.json` names a whole `best_*` folder; a new best removes the old one; the driver's local
+    copy holds a model's files; resuming never takes it (it holds no solver state)."""
+    from maskx.datasets import storage
+
+    storage.s3_client().create_bucket(Bucket="best")
+    folder, vocab, config_yaml = "s3://best/r", build_vocabulary(COCO_CATEGORIES), dump_config(TrainConfig())
+    for iteration, value in ((2, 0.1), (6, 0.3)):
+        weights = {"weight": torch.full((2, 2), float(iteration))}
+        run_folder.write_best(folder, run_folder.BestModel(iteration, "segm/setB/AP", value), weights=weights,
+                              config_yaml=config_yaml, vocab=vocab, evaluation={"metrics": {"segm/setB/AP": value}})
+    best = run_folder.read_best(folder)
+    assert best == run_folder.BestModel(6, "segm/setB/AP", 0.3)
+    assert storage.list_folder(folder) == (["best_00000006"], ["best.json"])
+    local = run_folder.local_best(folder, best, str(tmp_path))
+    assert sorted(os.listdir(local)) == ["complete.json", "config.yaml", "eval.json", "state.pt", "vocab.json"]
+    assert torch.equal(run_folder.load_state(local)["model"]["weight"], torch.full((2, 2), 6.0))
+    assert run_folder.load_complete_state(f"{folder}/best_00000006")["iteration"] == 6
+    assert run_folder.resume_state(folder) is None

@@ -6,13 +6,19 @@ import ray
 import ray.train
 
 from maskx.orchestrator.training import hooks
-from maskx.orchestrator.training.hooks import CheckpointReport, KeysLog, PeriodicEvaluation, PreemptionCheckpoint, \
-    SystemMetrics, TrainingMetrics, build_hooks, check_skipped
+from maskx.datasets.vocab import Vocabulary, VocabClass
+from maskx.orchestrator import run_folder
+from maskx.orchestrator.config import TrainConfig
+from maskx.orchestrator.serving.evaluation import Evaluation
+from maskx.orchestrator.training.hooks import CheckpointReport, KeepBest, KeysLog, PeriodicEvaluation, \
+    PreemptionCheckpoint, SystemMetrics, TrainingMetrics, build_hooks, check_skipped
 
 
 def test_after_a_step_metrics_come_before_the_evaluation_and_both_before_the_checkpoint_that_carries_them():
+    # KeepBest between the evaluation and the checkpoint: it reads the scores the evaluation hands on.
     kinds = [type(hook) for hook in build_hooks(SimpleNamespace(record_keys_to="/tmp/keys"))]
-    assert kinds == [KeysLog, TrainingMetrics, PeriodicEvaluation, CheckpointReport, PreemptionCheckpoint, SystemMetrics]
+    assert kinds == [KeysLog, TrainingMetrics, PeriodicEvaluation, KeepBest, CheckpointReport, PreemptionCheckpoint,
+                     SystemMetrics]
     assert KeysLog not in [type(hook) for hook in build_hooks(SimpleNamespace(record_keys_to=None))]
 
 
@@ -57,3 +63,47 @@ def test_a_preemption_notice_is_asked_for_every_n_iterations_and_checkpointed_on
     for worker.iteration in range(1, 12):
         hook.after_step(worker)
     assert asked == ([2, 4, 6] if notice_at else [2, 4, 6, 8, 10]) and reported == expected
+
+
+def test_the_best_evaluation_is_kept_with_its_own_weights_whenever_its_score_arrives(tmp_path):
+    """Evaluations at 2, 4, 6, 8 scored in the background one step late (6's COCOeval fails), the
+    last one inline: the best (4) is written with the weights it had at 4, not later ones; the
+    previous best's folder goes; a restart keeps it until something beats it."""
+    import torch
+
+    metric = "segm/setB/AP"
+    config = TrainConfig()
+    config.checkpoint.keep_best = metric
+    model = torch.nn.Linear(2, 1)
+    worker = SimpleNamespace(rank=0, config=config, job=SimpleNamespace(run_folder=str(tmp_path)), model=model,
+                             setup=SimpleNamespace(vocab=Vocabulary([VocabClass("kite", 38)])))
+    scores = {2: 0.1, 4: 0.3, 8: 0.2}
+
+    def scored(iteration):
+        return (iteration, Evaluation({metric: scores[iteration]}, {"segm": {}}, []) if iteration in scores else None)
+
+    hook = KeepBest()
+    hook.before_train(worker)
+    weights_at = {}
+    for worker.iteration in (2, 4, 6, 8):
+        torch.nn.init.constant_(model.weight, float(worker.iteration))
+        weights_at[worker.iteration] = model.weight.clone()
+        worker.evaluated = True
+        worker.scored = [scored(worker.iteration - 2)] if worker.iteration > 2 else []
+        if worker.iteration == 8:
+            worker.scored.append(scored(8))
+        hook.after_step(worker)
+    hook.after_train(worker)
+    best = run_folder.read_best(str(tmp_path))
+    assert best == run_folder.BestModel(iteration=4, metric=metric, value=0.3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best_00000004"] and not hook.candidates
+    kept = run_folder.load_complete_state(str(tmp_path / "best_00000004"))
+    assert torch.equal(kept["model"]["weight"], weights_at[4]) and kept["iteration"] == 4
+    assert run_folder.read_evaluation(str(tmp_path / "best_00000004"))["metrics"] == {metric: 0.3}
+
+    restarted = KeepBest()
+    restarted.before_train(worker)
+    worker.iteration, worker.evaluated, worker.scored = 10, True, [(10, Evaluation({metric: 0.25}, {}, []))]
+    restarted.after_step(worker)
+    restarted.after_train(worker)
+    assert run_folder.read_best(str(tmp_path)).iteration == 4

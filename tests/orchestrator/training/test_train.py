@@ -8,13 +8,14 @@ from maskx.orchestrator import run_folder
 from maskx.orchestrator.cli import main
 from maskx.orchestrator.config import load_config
 from maskx.orchestrator.run_folder import MLFLOW_RUN_FILE
-from maskx.orchestrator.training.trainer import train
+from maskx.orchestrator.training.trainer import check_keep_best, train
 
 from ...conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
+BEST_BY = "bbox/all/AP"  # first_run's checkpoint.keep_best
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def first_run(local_ray, synth_shards, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(shards_folder)
     try:
-        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4) + ["eval_every=2"])  # eval_mode: background
+        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4) + ["eval_every=2", f"checkpoint.keep_best={BEST_BY}"])
         result = train(cfg, record_keys_to=str(tmp / "keys-first"))
     finally:
         os.chdir(cwd)
@@ -101,6 +102,40 @@ def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_itera
     assert history["eval/images"][2] == alone["eval/images"] == 10
     for key in ("segm/setB/AP", "bbox/all/AP"):
         assert history[key][2] == pytest.approx(alone[key], abs=1e-6), key
+
+
+def test_the_model_logged_at_the_end_is_the_best_evaluation_s_and_its_card_says_so(first_run):
+    """checkpoint.keep_best: the best evaluation by it (the first of equals) is kept in the run folder
+    beside the newest checkpoints, and its weights, not the last iteration's unless it is the best,
+    are the logged model's."""
+    import mlflow
+    import torch
+
+    from maskx.orchestrator.serving.inference import model_weights
+
+    _, result = first_run
+    client = mlflow.MlflowClient(result.tracking_uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(result.mlflow_run_id, BEST_BY))
+    top = max(value for _, value in history)
+    best = run_folder.read_best(result.run_folder)
+    assert best == run_folder.BestModel(iteration=next(step for step, value in history if value == top), metric=BEST_BY,
+                                        value=pytest.approx(top))
+    assert [name for name in os.listdir(result.run_folder) if name.startswith("best_")] == [best.folder_name]
+    kept = run_folder.load_complete_state(os.path.join(result.run_folder, best.folder_name))["model"]
+    logged = model_weights(f"runs:/{result.mlflow_run_id}/model", result.tracking_uri)[2]
+    assert kept.keys() == logged.keys() and all(torch.equal(kept[name], logged[name]) for name in kept)
+    last = run_folder.load_state(result.checkpoint)["model"]
+    assert (best.iteration == 4) == all(torch.equal(last[name], logged[name]) for name in last)
+    card = client.get_run(result.mlflow_run_id).data.tags["mlflow.note.content"]
+    assert f"best evaluation by `{BEST_BY}` ({top:.4f}): the weights of iteration {best.iteration} of 4" in card
+
+
+@pytest.mark.parametrize("metric, problem", [("segm/setB/AR", "is not a COCO metric maskx computes; one of bbox/all/AP"),
+                                             ("segm/setB/AP", "needs data.val")])
+def test_keep_best_names_a_metric_maskx_computes_and_needs_a_val_set(metric, problem):
+    cfg = load_config(TINY, ["data.val=null", f"checkpoint.keep_best={metric}"])
+    with pytest.raises(ValueError, match=f"checkpoint.keep_best: .*{problem}"):
+        check_keep_best(cfg)
 
 
 def test_resume_of_an_unknown_run_names_it(local_ray, synth_shards, tmp_path):
