@@ -139,6 +139,18 @@ def remove_folder(url: str) -> None:
         raise s3_error(url, exc) from None
 
 
+def download(url: str, local_path: str) -> None:
+    """The whole object at an s3:// url into a local file (parallel ranged GETs for a large one)."""
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(url)
+    try:
+        s3_client().download_file(bucket, key, local_path,
+                                  Config=TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20))
+    except Exception as exc:
+        raise s3_error(url, exc) from None
+
+
 def list_folder(url: str) -> tuple[list[str], list[str]]:
     """(subfolder names, file names) directly under a folder or an S3 prefix; empty where nothing is."""
     if not is_s3(url):

@@ -108,10 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
 
-    server = sub.add_parser("mlflow-server", help="run an MLflow tracking server (sqlite + artifacts under --store); localhost only unless --host")
-    server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts (default mlflow-server)")
+    server = sub.add_parser("mlflow-server", help="run an MLflow tracking server: sqlite and artifacts under --store for one "
+                                                   "person; PostgreSQL, S3 and logins for a team (docs/cluster.md)")
+    server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts when no others are "
+                                                                 "given, and the login config (default mlflow-server)")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: not reachable from other machines)")
     server.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    server.add_argument("--backend-store-uri", metavar="URI",
+                        help="runs and registry: postgresql://USER@HOST:PORT/DB, its password in PGPASSWORD or ~/.pgpass "
+                             "(default $MLFLOW_BACKEND_STORE_URI, else sqlite in --store)")
+    server.add_argument("--artifacts-destination", metavar="URL",
+                        help="where artifacts go, e.g. s3://BUCKET/PREFIX with this host's AWS credentials; clients "
+                             "upload through the server and need none (default a folder in --store)")
+    server.add_argument("--auth", action="store_true",
+                        help="logins and permissions (MLflow's basic-auth app); the admin's first password from "
+                             "MLFLOW_AUTH_ADMIN_PASSWORD or --admin-password-file")
+    server.add_argument("--admin-password-file", metavar="FILE", help="with --auth: a file holding the admin's first password")
+    server.add_argument("--auth-database-uri", metavar="URI", help="with --auth: users and permissions (default the "
+                                                                   "--backend-store-uri database)")
+    server.add_argument("--default-permission", default="READ", help="with --auth: what a user may do with others' "
+                                                                     "experiments and models (READ, EDIT, MANAGE, NO_PERMISSIONS)")
+    server.add_argument("--workers", type=int, default=1, help="server processes (default 1; more with PostgreSQL)")
 
     demo = sub.add_parser("demo", help="the embedded end-to-end demo: synthetic data, local Ray, local MLflow")
     demo.add_argument("--out", default="demo-out", help="folder for data, shards and checkpoints (default demo-out)")
@@ -246,12 +263,15 @@ def run_predict(args) -> int:
 def run_mlflow_server(args) -> int:
     import os
 
-    from maskx.orchestrator.serving.tracking import server_command
+    from maskx.orchestrator.serving.tracking_server import ServerSetup, describe, server_command
 
-    os.makedirs(args.store, exist_ok=True)
-    command = server_command(args.store, args.host, args.port)
-    print(f"MLflow tracking server at http://{args.host}:{args.port} (store {os.path.abspath(args.store)})", flush=True)
-    os.execv(command[0], command)
+    setup = ServerSetup(store=args.store, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+                        artifacts_destination=args.artifacts_destination, auth=args.auth,
+                        admin_password_file=args.admin_password_file, auth_database_uri=args.auth_database_uri,
+                        default_permission=args.default_permission, workers=args.workers)
+    command, environment = server_command(setup)
+    print(describe(setup), flush=True)
+    os.execve(command[0], command, {**os.environ, **environment})
 
 
 def run_demo_command(args) -> int:

@@ -1,5 +1,6 @@
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -112,15 +113,86 @@ def stop_mlflow_server(process):
     process.wait(timeout=30)
 
 
+@dataclass
+class TeamServer:
+    """`maskx mlflow-server` as a team runs it: runs and registry in PostgreSQL, artifacts proxied to
+    S3, logins. The session's clients are `user`; `other_user` has the default permission (READ)."""
+    uri: str
+    user: tuple[str, str]
+    other_user: tuple[str, str]
+    admin: tuple[str, str]
+    postgres: "Postgres"
+    artifacts_bucket: str
+    s3_endpoint: str
+    log: str
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 for the session; yields its URI."""
-    port = free_port()
-    process = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), port)
+def team_server(tmp_path_factory):
+    """The team set-up, every part real: PostgreSQL 15 (its own data folder, a free port, a password),
+    moto's S3 server for the artifacts, the MLflow server with MLflow's basic-auth app. The session's
+    MLflow clients (this process, Ray workers started after it, `mlflow models serve`) log in as a user
+    through MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD, as a team member would."""
+    import secrets
+    import subprocess
+    import sys
+
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from .postgres import Postgres, available
+
+    if not available():
+        pytest.skip("PostgreSQL 15 is not installed here (/usr/lib/postgresql/15/bin)")
+    s3_port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port)
+    moto.start()
+    s3 = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "server-key",
+          "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8), "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1").create_bucket(Bucket="team")
+    database_password = secrets.token_hex(12)
+    postgres = Postgres(free_port(), database_password).start()
+    database = postgres.create_database("mlflow")
+    store = tmp_path_factory.mktemp("team-mlflow-server")
+    port, admin = free_port(), ("admin", secrets.token_hex(12))
+    log_path = str(store / "server.log")
+    # The server's own secrets come through its environment; none goes on the command line.
+    environment = {**os.environ, **s3, "PGPASSWORD": database_password, "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        environment.pop(name, None)
+    process = subprocess.Popen([str(Path(sys.executable).parent / "maskx"), "mlflow-server", "--store", str(store),
+                                "--port", str(port), "--backend-store-uri", database,
+                                "--artifacts-destination", "s3://team/artifacts", "--auth"],
+                               env=environment, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_for_http(f"{uri}/health", process)
+        users = [("alice", secrets.token_hex(12)), ("bob", secrets.token_hex(12))]
+        for username, password in users:
+            requests.post(f"{uri}/api/2.0/mlflow/users/create", json={"username": username, "password": password},
+                          auth=admin, timeout=30).raise_for_status()
+        os.environ.update(MLFLOW_TRACKING_USERNAME=users[0][0], MLFLOW_TRACKING_PASSWORD=users[0][1])
+        yield TeamServer(uri=uri, user=users[0], other_user=users[1], admin=admin, postgres=postgres,
+                         artifacts_bucket="team", s3_endpoint=s3["AWS_ENDPOINT_URL"], log=log_path)
     finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         stop_mlflow_server(process)
+        postgres.remove()
+        moto.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(team_server):
+    """The session's MLflow tracking server (the team set-up), as its URI; clients log in as its user."""
+    return team_server.uri
 
 
 def final_passes(paths):

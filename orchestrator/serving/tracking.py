@@ -36,18 +36,6 @@ def mlflow_at(tracking_uri: str):
     return mlflow
 
 
-def server_command(store: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """`mlflow server` on a sqlite store and a local artifact folder under `store`, proxying artifacts
-    (clients need no access to the folder)."""
-    import shutil
-    import sys
-
-    store = os.path.abspath(store)
-    mlflow_bin = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    return [mlflow_bin, "server", "--host", host, "--port", str(port), "--backend-store-uri",
-            f"sqlite:///{store}/mlflow.db", "--artifacts-destination", os.path.join(store, "artifacts"), "--workers", "1"]
-
-
 def connection_errors() -> tuple[type[Exception], ...]:
     """What the MLflow client raises when the tracking server cannot be reached (after its retries)."""
     import requests

@@ -35,6 +35,9 @@ def test_aws_cluster_is_token_authenticated_with_a_local_dashboard_and_spot_gpus
     config = read("aws.yaml")
     head, workers = " ".join(config["head_start_ray_commands"]), " ".join(config["worker_start_ray_commands"])
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in workers
+    # The MLflow user's credentials reach every node from a file, into Ray's environment, not a config.
+    assert config["file_mounts"]["~/.maskx/mlflow.env"] == "~/.maskx/mlflow.env"
+    assert all(". ~/.maskx/mlflow.env" in commands for commands in (head, workers))
     assert "--dashboard-host=127.0.0.1" in head
     assert config["file_mounts"]["~/.ray/auth_token"]  # the same token on every node
     types = config["available_node_types"]
@@ -66,11 +69,37 @@ def test_kuberay_rayjob_runs_maskx_train_on_an_authenticated_gpu_cluster():
             env = {e["name"]: e for e in container["env"]}
             assert env["RAY_AUTH_MODE"]["value"] == "token"
             assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "maskx-ray-token"
+            for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # MLflow's own variables
+                assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "maskx-mlflow-user"
     gpu = cluster["workerGroupSpecs"][0]
     assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(limits["nvidia.com/gpu"]) >= 1
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"]
+
+
+def test_the_team_mlflow_server_runs_maskx_on_postgres_and_s3_with_logins_and_every_secret_from_a_secret():
+    from maskx.orchestrator.serving.tracking_server import ServerSetup, server_command
+
+    with open(os.path.join(CLUSTER, "mlflow-server.yaml")) as f:
+        documents = {d["kind"]: d for d in yaml.safe_load_all(f)}
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    assert server["command"][:2] == ["maskx", "mlflow-server"]
+    args = build_parser().parse_args(server["command"][1:])
+    assert args.backend_store_uri.startswith("postgresql://") and args.artifacts_destination.startswith("s3://")
+    assert args.auth and args.host == "0.0.0.0" and documents["Service"]["spec"]["type"] == "ClusterIP"
+    server_command(ServerSetup(store="/tmp/maskx-test-store", backend_store_uri=args.backend_store_uri))  # no password in it
+    [upgrade] = pod["initContainers"]
+    assert upgrade["command"][:3] == ["mlflow", "db", "upgrade"] and upgrade["command"][3] == args.backend_store_uri
+    for container in (server, upgrade):
+        env = {e["name"]: e for e in container["env"]}
+        assert set(env) == {"PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+        assert all("secretKeyRef" in e["valueFrom"] for e in env.values())
+    job = read("kuberay-rayjob.yaml")
+    tracking = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"]
+    service = documents["Service"]["metadata"]
+    assert tracking == f"http://{service['name']}.{service['namespace']}.svc.cluster.local:5000"
 
 
 @pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env_elastic.yaml"])

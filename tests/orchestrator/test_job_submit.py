@@ -22,9 +22,11 @@ PLANTED_SECRET = "FAKEplantedSECRETvalue0123456789"
 
 
 @pytest.fixture(scope="module")
-def ray_head():
+def ray_head(team_server):
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
                PATH=f"{BIN}:{os.environ['PATH']}")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the job brings its user's own
+        env.pop(name, None)
     dashboard = free_port()
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}",
                     "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=3",
@@ -35,27 +37,36 @@ def ray_head():
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth_shards, synth_paths, tmp_path):
+def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_shards, synth_paths, tmp_path):
+    """Through the team's server (PostgreSQL, S3, logins) as its user, whose credentials the job
+    carries in MLflow's own variables; the database is killed and restarted mid-run."""
     env, address = ray_head
-    # The planted secret sits where maskx could leak it: in the tracking URI's credentials (the server
-    # ignores them) and in the job's environment.
-    tracking_uri = mlflow_server.replace("http://", f"http://maskx:{PLANTED_SECRET}@")
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET}}
+    mlflow_server = team_server.uri
+    user, password = team_server.user
+    # The user's password, and a planted secret, sit where maskx could leak them: in the job's
+    # environment. (Credentials in the tracking URI would replace MLflow's variables in every request.)
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "AWS_SECRET_ACCESS_KEY": PLANTED_SECRET,
+                                "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}}
     overrides = [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
                  f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
                  "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
                  f"checkpoint.storage_path={tmp_path}/ray_results", "mlflow.experiment=job-submit",
                  "mlflow.registered_model=maskx-job-test", "mlflow.system_metrics_every_s=1"]
-    submitted = subprocess.run(
+    job = subprocess.Popen(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--",
          # The uploaded working dir is on sys.path there (as on the workers): no top-level package of
          # maskx's may come with it to shadow an installed one (Hugging Face's `datasets`).
          "sh", "-c", "python -c 'import importlib.util as u; print(\"uploaded datasets:\", u.find_spec(\"datasets\"))' && "
          "maskx train --config configs/tiny-cpu.yaml " + " ".join(shlex.quote(o) for o in overrides)],
-        env=env, capture_output=True, text=True, timeout=900)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    restarted_mid_run = kill_the_database_once_the_run_logs(team_server, "job-submit", job)
+    stdout, stderr = job.communicate(timeout=900)
+    submitted = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
     assert submitted.returncode == 0, submitted.stdout[-5000:] + submitted.stderr[-3000:]
+    assert restarted_mid_run, "the run ended before its first metrics reached the database"
     assert PLANTED_SECRET not in submitted.stdout + submitted.stderr  # the job's whole log
+    assert password not in submitted.stdout + submitted.stderr
     assert "succeeded" in submitted.stdout.lower()
     assert "uploaded datasets: None" in submitted.stdout
     # The console: maskx's line per log_every, not Ray's record of every report.
@@ -84,10 +95,11 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     # No secret from the job's environment reaches params, tags or the saved config.
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     logged += Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml")).read_text()
-    assert PLANTED_SECRET not in logged
+    assert PLANTED_SECRET not in logged and password not in logged
     for path in Path(tmp_path / "ray_results").rglob("*"):  # run folder: checkpoints' config, run records
         if path.is_file() and path.suffix in (".json", ".yaml", ".txt", ".log"):
-            assert PLANTED_SECRET not in path.read_text(errors="replace"), path
+            text = path.read_text(errors="replace")
+            assert PLANTED_SECRET not in text and password not in text, path
 
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
@@ -128,3 +140,34 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, mlflow_server, synth
     detection = predict(loaded.model, read_image(image))
     assert torch.allclose(detection["scores"], torch.tensor(answer["scores"]), atol=1e-4)
     assert loaded.vocab.num_classes == loaded.config.model.num_classes
+
+    # `maskx eval` of the registered model, through the server as its user, scores what the run did.
+    from maskx.orchestrator.cli import main
+
+    out = tmp_path / "eval" / "eval.json"
+    assert main(["eval", "--config", str(REPO / "configs" / "tiny-cpu.yaml"), f"data.val={synth_shards['coco_val']}",
+                 f"mlflow.tracking_uri={mlflow_server}", "--model", "models:/maskx-job-test/1", "--json", str(out)]) == 0
+    scored = json.loads(out.read_text())["metrics"]
+    for key in ("segm/setB/AP", "bbox/all/AP", "eval/images"):
+        assert scored[key] == pytest.approx(run.data.metrics[key], abs=1e-6), key
+
+
+def kill_the_database_once_the_run_logs(team_server, experiment, job) -> bool:
+    """Once the run's first losses are in, SIGKILL PostgreSQL and start it again on its folder 3 s
+    later, while the job trains on (its MLflow calls retry, or wait in maskx's buffer). Returns
+    whether that happened before the job ended."""
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(team_server.uri)
+    while job.poll() is None:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        if runs and "loss/loss" in runs[0].data.metrics:
+            team_server.postgres.stop(kill=True)
+            time.sleep(3)
+            team_server.postgres.start()
+            return True
+        time.sleep(0.5)
+    return False
