@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from typing import IO, Callable, Iterator, Optional
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from . import storage
 from .batch import Batch
+from .shard_cache import CachedShard, CacheSettings, cache_for
 from .shard_format import Manifest, load_manifest
 from .transforms import BadSample, decode_sample
 from .vocab import Vocabulary
@@ -32,10 +33,13 @@ class Source:
     shard_urls: list[str]
     shard_samples: list[int]
     weight: float = 1.0
+    shard_checksums: list[tuple[int, str]] = field(default_factory=list)  # (bytes, sha256) per shard
+    cache: Optional[CacheSettings] = None  # where this node keeps the S3 shards it read (`shard_cache.py`)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, weight: float = 1.0, name: Optional[str] = None) -> "Source":
-        return cls(name or manifest.source, manifest.shard_urls(), [s.samples for s in manifest.shards], weight)
+        return cls(name or manifest.source, manifest.shard_urls(), [s.samples for s in manifest.shards], weight,
+                   [(s.bytes, s.sha256) for s in manifest.shards])
 
     @property
     def num_samples(self) -> int:
@@ -73,9 +77,32 @@ def slot_assignment(num_shards: int, slot: int, num_slots: int, order: list[int]
     return [(order[shard], sharing, slot // num_shards)]
 
 
-def shard_samples(url: str, expected: int, skips: SkipCounter, every: int = 1, offset: int = 0) -> Iterator[dict]:
-    """Samples of one shard. A truncated or non-tar shard ends early, its missing samples counted;
-    a shard that cannot be reached at all (403/404) raises at once."""
+def open_shard(source: Source, index: int, upcoming: list[int] = ()) -> IO[bytes]:
+    """Shard `index` of a source: from the node's cache where it has one and the shard is on S3 (the
+    `upcoming` shards, the next this reader takes, fetched ahead), else straight from storage."""
+    url = source.shard_urls[index]
+    if source.cache is None or not storage.is_s3(url) or not source.shard_checksums:
+        return storage.open_read(url)
+
+    def cached(i: int) -> CachedShard:
+        return CachedShard(source.shard_urls[i], *source.shard_checksums[i])
+
+    return cache_for(source.cache).open(cached(index), [cached(i) for i in upcoming])
+
+
+def source_shards(source: Source, assignment: list[tuple[int, int, int]], skips: SkipCounter) -> Iterator[dict]:
+    """The samples of a reader's shards of one source, in its order: (shard index, keep-every, offset)."""
+    for position, (shard, every, offset) in enumerate(assignment):
+        upcoming = [following for following, _, _ in assignment[position + 1:]]
+        yield from shard_samples(source.shard_urls[shard], source.shard_samples[shard], skips, every, offset,
+                                 opened=lambda shard=shard, upcoming=upcoming: open_shard(source, shard, upcoming))
+
+
+def shard_samples(url: str, expected: int, skips: SkipCounter, every: int = 1, offset: int = 0,
+                  opened: Optional[Callable[[], IO[bytes]]] = None) -> Iterator[dict]:
+    """Samples of one shard (`opened` opens it: default, straight from storage). A truncated or
+    non-tar shard ends early, its missing samples counted; a shard that cannot be reached at all
+    (403/404) raises at once."""
     seen = 0
     errors: list[Exception] = []
 
@@ -83,7 +110,7 @@ def shard_samples(url: str, expected: int, skips: SkipCounter, every: int = 1, o
         errors.append(exc)
         return False
 
-    with storage.open_read(url) as shard:  # local or s3://; one that cannot be opened raises here
+    with (opened or (lambda: storage.open_read(url)))() as shard:  # one that cannot be opened raises here
         samples = group_by_keys(tar_file_expander([{"url": url, "stream": shard}], handler=keep_going),
                                 handler=keep_going)
         try:
@@ -120,19 +147,18 @@ class EvalStream(IterableDataset):
         images, targets, keys = [], [], []
         for source in self.sources:
             order = list(range(len(source.shard_urls)))
-            for shard, every, offset in slot_assignment(len(order), slot, num_slots, order):
-                for sample in shard_samples(source.shard_urls[shard], source.shard_samples[shard], self.skips, every, offset):
-                    try:
-                        image, target = decode_sample(sample, self.vocab, None, train=False)
-                    except BadSample as exc:
-                        self.skips.skip(f"{exc} in shard {sample.get('__url__')}")
-                        continue
-                    images.append(image)
-                    targets.append(target)
-                    keys.append(sample["__key__"])
-                    if len(images) == self.batch_size:
-                        yield Batch(images, targets, keys, skipped=self.skips.count)
-                        images, targets, keys = [], [], []
+            for sample in source_shards(source, slot_assignment(len(order), slot, num_slots, order), self.skips):
+                try:
+                    image, target = decode_sample(sample, self.vocab, None, train=False)
+                except BadSample as exc:
+                    self.skips.skip(f"{exc} in shard {sample.get('__url__')}")
+                    continue
+                images.append(image)
+                targets.append(target)
+                keys.append(sample["__key__"])
+                if len(images) == self.batch_size:
+                    yield Batch(images, targets, keys, skipped=self.skips.count)
+                    images, targets, keys = [], [], []
         if images:
             yield Batch(images, targets, keys, skipped=self.skips.count)
 

@@ -24,7 +24,7 @@ from webdataset.filters import shuffle
 from .batch import Batch
 from .partitions import EpochLayout, PartitionPosition, StreamPosition
 from .repeat_factors import RepeatFactors
-from .stream import SkipCounter, Source, loader_slot, seeded_rng, shard_samples, slot_assignment
+from .stream import SkipCounter, Source, loader_slot, seeded_rng, slot_assignment, source_shards
 from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
 from .vocab import Vocabulary
 
@@ -142,11 +142,10 @@ class TrainStream(IterableDataset):
 
             def samples():
                 nonlocal produced
-                for shard, every, offset in slot_assignment(len(order), partition, self.plan.partitions, order):
-                    for sample in shard_samples(source.shard_urls[shard], source.shard_samples[shard], skips, every, offset):
-                        produced += 1
-                        # The copies go through the shuffle buffer: each is its own sample, with its own augmentation.
-                        yield from itertools.repeat(sample, self.copies(sample, pass_index))
+                for sample in source_shards(source, slot_assignment(len(order), partition, self.plan.partitions, order), skips):
+                    produced += 1
+                    # The copies go through the shuffle buffer: each is its own sample, with its own augmentation.
+                    yield from itertools.repeat(sample, self.copies(sample, pass_index))
 
             rng = seeded_rng(self.seed, self.epoch, source.name, pass_index, partition, "shuffle")
             yield from shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples())

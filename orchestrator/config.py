@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, Union
 import pydantic
 import yaml
 
+from maskx.datasets.shard_cache import CacheSettings
 from maskx.models.config import ModelConfig
 
 _STRICT = {"extra": "forbid"}
@@ -57,11 +58,23 @@ class DataConfig:
     # Refuse VG training manifests prepared without `--exclude-coco` (VG images that are COCO images
     # of the evaluation split would be trained on). On in the configs that evaluate on COCO val.
     require_vg_coco_exclusion: bool = False
+    # A folder on each node's local disk where the s3:// shards read are kept (checked against their
+    # manifest's sha256), so each crosses the network once per node rather than once per epoch; the
+    # least recently used go past cache_limit_gb, and each reader fetches its next shards ahead. Every
+    # process of a node shares it. Off (null) by default; local shards are always read in place.
+    cache_dir: Optional[str] = None
+    cache_limit_gb: float = 100.0
 
     def __post_init__(self):
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
             raise ValueError(f"data.repeat_threshold: a fraction of images in (0, 1] (0.001 in detectron2's LVIS "
                              f"configs), or null for off; got {self.repeat_threshold}")
+        if self.cache_limit_gb <= 0:
+            raise ValueError(f"data.cache_limit_gb: the most disk the shard cache takes on a node, in GB, above 0; "
+                             f"got {self.cache_limit_gb}")
+
+    def cache_settings(self) -> Optional[CacheSettings]:
+        return CacheSettings(self.cache_dir, int(self.cache_limit_gb * 1e9)) if self.cache_dir else None
 
 
 @dataclass

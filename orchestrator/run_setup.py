@@ -147,6 +147,8 @@ def set_up_run(cfg: TrainConfig, train: bool = True) -> RunSetup:
             vocab = val_vocab
         vocab.require_same(val_vocab, f"data.val: {data.val}", "data.train")
         manifests.append(ManifestUse(data.val, val_manifest, "val"))
+    for source in sources + (val_sources or []):
+        source.cache = data.cache_settings()
     bind_to_vocabulary(cfg, vocab)
     if train:
         check_init_from_parts(cfg, vocab)
@@ -238,6 +240,8 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.val:
         cfg.data.val = absolute_storage_path(cfg.data.val, cfg.root)
     cfg.checkpoint.storage_path = absolute_storage_path(cfg.checkpoint.storage_path, cfg.root)
+    if cfg.data.cache_dir:
+        cfg.data.cache_dir = absolute_storage_path(cfg.data.cache_dir, cfg.root)
     if cfg.sweep.storage_path:
         cfg.sweep.storage_path = absolute_storage_path(cfg.sweep.storage_path, cfg.root)
     if cfg.model.backbone.weights:

@@ -64,6 +64,23 @@ def s3_endpoint():
     storage.s3_client.cache_clear()
 
 
+@pytest.fixture
+def s3_proxy(s3_endpoint):
+    """The S3 client's requests go through a proxy in front of moto that records them and injects the
+    faults a test asks for (`s3_fault_proxy.py`)."""
+    from maskx.datasets import storage
+
+    from .s3_fault_proxy import FaultProxy
+
+    proxy = FaultProxy(s3_endpoint)
+    os.environ["AWS_ENDPOINT_URL"] = proxy.start()
+    storage.s3_client.cache_clear()
+    yield proxy
+    os.environ["AWS_ENDPOINT_URL"] = s3_endpoint
+    storage.s3_client.cache_clear()
+    proxy.stop()
+
+
 def wait_until(ready, what: str, still_running=lambda: True, details=lambda: "", timeout: float = 300.0,
                interval: float = 0.2):
     """Poll `ready()` until it returns something true, and return that. Fail, saying `what` and

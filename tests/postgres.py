@@ -1,7 +1,9 @@
-"""A real PostgreSQL 15 server for a test: its own data folder, 127.0.0.1 at a free port, password
-(scram) authentication over TCP, stopped (or killed) and started again on the same folder.
+"""A real PostgreSQL 15 server for a test: its own data folder, a free port, password (scram)
+authentication over TCP, stopped (or killed) and started again on the same folder.
 
-PostgreSQL refuses to run as root, and CI is root: there it runs as `nobody`, in a folder it owns."""
+PostgreSQL refuses to run as root, and CI is root: there it runs as `nobody`, in a folder it owns.
+By default it listens on 127.0.0.1 of this machine; `on_host` (a rehearsal host's `command`) runs it
+on a test host of tests/multihost, listening on that host's address."""
 from __future__ import annotations
 
 import os
@@ -9,10 +11,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 BIN = "/usr/lib/postgresql/15/bin"
 USER = "mlflow"  # the database role the MLflow server connects as
+# Runs a command as `nobody` without a fork in between (signals reach the server itself) and after
+# entering a test host's namespaces, which takes root.
+AS_SERVER_USER = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def available() -> bool:
@@ -20,45 +25,40 @@ def available() -> bool:
 
 
 class Postgres:
-    def __init__(self, port: int, password: str):
-        self.port, self.password = port, password
-        self.folder = tempfile.mkdtemp(prefix="maskx-postgres-")
+    def __init__(self, port: int, password: str, address: str = "127.0.0.1",
+                 on_host: Callable[[list[str]], list[str]] = lambda command: command):
+        self.port, self.password, self.address, self.on_host = port, password, address, on_host
+        # Not under /tmp: a rehearsal host has a private /tmp, and /var/tmp is the same path on every host.
+        self.folder = tempfile.mkdtemp(prefix="maskx-postgres-", dir="/var/tmp")
         self.data = os.path.join(self.folder, "data")
         self.log = os.path.join(self.folder, "server.log")
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "nobody", "nogroup")
         password_file = os.path.join(self.folder, "password")
         with open(password_file, "w") as f:
             f.write(password)
         if os.geteuid() == 0:
-            shutil.chown(password_file, "nobody", "nogroup")
+            for path in (self.folder, password_file):
+                shutil.chown(path, "nobody", "nogroup")
         self._run(["initdb", "-D", self.data, "-U", USER, f"--pwfile={password_file}", "--auth-host=scram-sha-256",
                    "--auth-local=trust", "--encoding=UTF8", "--no-sync"])
         os.remove(password_file)
         self.process: Optional[subprocess.Popen] = None
 
     def _command(self, tool: str, args: list[str]) -> list[str]:
-        return [os.path.join(BIN, tool), *args]
-
-    @staticmethod
-    def _as_server_user() -> dict:
-        """Popen arguments that run a command as `nobody` where this is root (no fork in between, so
-        signals reach the server itself)."""
-        return {"user": "nobody", "group": "nogroup", "extra_groups": []} if os.geteuid() == 0 else {}
+        as_server_user = AS_SERVER_USER if os.geteuid() == 0 else []
+        return self.on_host([*as_server_user, os.path.join(BIN, tool), *args])
 
     def _run(self, command: list[str]) -> None:
-        subprocess.run(self._command(command[0], command[1:]), check=True, capture_output=True, cwd=self.folder,
-                       **self._as_server_user())
+        subprocess.run(self._command(command[0], command[1:]), check=True, capture_output=True, cwd=self.folder)
 
     def start(self) -> "Postgres":
         """The server in the foreground of its own process group (killable as a whole), once it answers."""
         log = open(self.log, "a")
         self.process = subprocess.Popen(
-            self._command("postgres", ["-D", self.data, "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+            self._command("postgres", ["-D", self.data, "-p", str(self.port), "-c", f"listen_addresses={self.address}",
                                        "-c", f"unix_socket_directories={self.folder}"]),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder, **self._as_server_user())
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.folder)
         deadline = time.monotonic() + 60
-        while subprocess.run(self._command("pg_isready", ["-h", "127.0.0.1", "-p", str(self.port)]),
+        while subprocess.run(self._command("pg_isready", ["-h", self.address, "-p", str(self.port)]),
                              capture_output=True).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"postgres did not start: {open(self.log).read()[-2000:]}")
@@ -68,7 +68,7 @@ class Postgres:
     def create_database(self, name: str) -> str:
         """A database owned by the MLflow role; returns its URI (the password goes in PGPASSWORD)."""
         self._run(["createdb", "-h", self.folder, "-p", str(self.port), "-U", USER, name])
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://{USER}@{self.address}:{self.port}/{name}"
 
     def stop(self, kill: bool = False) -> None:
         """A fast shutdown (SIGINT), or with `kill` SIGKILL to the server and all its backends: a crash

@@ -1,16 +1,16 @@
 """S3 faults while streaming shards, injected by a proxy in front of the moto server on 127.0.0.1:
 throttling, 5xx and connections reset mid-body are retried and resumed at the right byte; a
-permanent 403/404 fails at once, naming the url."""
-import os
-
+permanent 403/404 fails at once, naming the url. The streams' cases run with the node's shard cache
+on and off."""
 import pytest
 
 from maskx.datasets import storage
 from maskx.datasets.storage import READ_CHUNK
 from maskx.datasets.prepare import prepare_coco
+from maskx.datasets.shard_cache import CacheSettings
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
-from ..s3_fault_proxy import Fault, FaultProxy
+from ..s3_fault_proxy import Fault
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +27,8 @@ def shards_on_s3(s3_endpoint, synth_paths):
 
 
 @pytest.fixture
-def proxy(s3_endpoint, shards_on_s3):
-    proxy = FaultProxy(s3_endpoint)
-    os.environ["AWS_ENDPOINT_URL"] = proxy.start()
-    storage.s3_client.cache_clear()
-    yield proxy
-    os.environ["AWS_ENDPOINT_URL"] = s3_endpoint
-    storage.s3_client.cache_clear()
-    proxy.stop()
+def proxy(shards_on_s3, s3_proxy):
+    return s3_proxy
 
 
 def test_throttling_5xx_and_resets_are_retried_and_resumed_at_the_right_byte(proxy, shards_on_s3, caplog):
@@ -57,11 +51,20 @@ def test_throttling_5xx_and_resets_are_retried_and_resumed_at_the_right_byte(pro
     assert all(f"read broke at byte {b}" in caplog.text for b in resumed_at)
 
 
-def test_a_stream_over_flaky_s3_yields_every_sample(proxy, shards_on_s3):
+def sources_read(cache_folder):
+    """The manifest's sources, read through a shard cache in `cache_folder` (None: straight from S3)."""
+    sources, vocab = load_sources([(SHARDS, 1.0)])
+    for source in sources:
+        source.cache = CacheSettings(str(cache_folder), 10**9) if cache_folder else None
+    return sources, vocab
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["streamed", "cached"])
+def test_a_stream_over_flaky_s3_yields_every_sample(proxy, shards_on_s3, cached, tmp_path):
     for url in shards_on_s3:
         key = url.split("maskx-faults", 1)[1]
         proxy.faults += [Fault("GET", key, status=503), Fault("GET", key, reset_after=READ_CHUNK + 3000)]
-    sources, vocab = load_sources([(SHARDS, 1.0)])
+    sources, vocab = sources_read(tmp_path if cached else None)
     stream = EvalStream(sources, vocab, batch_size=4)
     keys = [k for batch in stream for k in batch.keys]
     assert sorted(keys) == sorted(f"coco-{i:012d}" for i in range(1, 25))
@@ -69,14 +72,15 @@ def test_a_stream_over_flaky_s3_yields_every_sample(proxy, shards_on_s3):
     assert all(f.times == 0 for f in proxy.faults)  # every fault was hit
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["streamed", "cached"])
 @pytest.mark.parametrize("status, error", [(403, PermissionError), (404, FileNotFoundError)])
-def test_a_permanent_error_fails_at_once_naming_the_url(proxy, shards_on_s3, status, error):
+def test_a_permanent_error_fails_at_once_naming_the_url(proxy, shards_on_s3, status, error, cached, tmp_path):
     url = next(iter(shards_on_s3))
     key = url.split("maskx-faults", 1)[1]
     proxy.faults = [Fault("GET", key, times=100, status=status)]
     with pytest.raises(error, match=url):
         storage.open_read(url).read()
     assert len(proxy.requests_for(key)) == 1  # not retried
-    sources, vocab = load_sources([(SHARDS, 1.0)])
+    sources, vocab = sources_read(tmp_path if cached else None)
     with pytest.raises(error, match=url):
         list(EvalStream(sources, vocab, batch_size=4))

@@ -34,6 +34,9 @@ def rehearsal(synth_shards, tmp_path_factory):
     assert all(os.path.exists(os.path.join(synth_shards[key], "manifest.json")) for key in ("coco_train", "coco_val", "vg"))
 
 
+SHARD_CACHE = "/tmp/maskx-shard-cache"  # on each host's own /tmp
+
+
 def train_args(shards, name, keys, overrides=()):
     return ["train", "--config", "configs/tiny-cpu.yaml", "--record-keys-to", f"/tmp/{keys}",
             f"data.train=[{{manifest: {shards['coco-train']}, weight: 1.0}}, {{manifest: {shards['vg']}, weight: 0.5}}]",
@@ -42,6 +45,8 @@ def train_args(shards, name, keys, overrides=()):
             # Repeat-factor sampling on: every restart, resize and resume must also read each image's
             # repeats exactly (the copies come from S3 shards' image_classes.json).
             "data.repeat_threshold=0.3", f"solver.max_iter={MAX_ITER}",
+            # Each host keeps the S3 shards it read on its own disk: restarts and resizes read them there.
+            f"data.cache_dir={SHARD_CACHE}",
             "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2", "checkpoint.num_to_keep=2",
             "scaling.num_workers=2", "scaling.placement_strategy=SPREAD", "checkpoint.storage_path=s3://maskx/runs",
             "mlflow.experiment=rehearsal", "mlflow.registered_model=null", f"name={name}", *overrides]
@@ -135,6 +140,9 @@ def test_two_worker_hosts_train_evaluate_and_register(rehearsal, unbroken):
     assert sorted(seen) == ["rank0", "rank1"]
     hosts_used = [h.name for h in cluster.workers if (h.tmp / "keys-unbroken").exists()]
     assert len(hosts_used) == 2  # one worker per host: each read its shards from S3, not a shared disk
+    for host in cluster.workers:  # ... into its own shard cache
+        if host.name in hosts_used:
+            assert list((host.tmp / SHARD_CACHE.removeprefix("/tmp/")).glob("*.tar")), host.name
     [run] = run_of(cluster, "unbroken")
     assert_logged_once(run)
     assert "segm/setB/AP" in run["steps"] and "bbox/setA/AP" in run["steps"]

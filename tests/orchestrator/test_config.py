@@ -111,6 +111,14 @@ def test_a_repeat_threshold_outside_0_1_is_an_error_naming_it():
             load_config(TINY, [f"data.repeat_threshold={bad}"])
 
 
+def test_the_shard_cache_is_off_unless_given_a_folder_and_its_limit_must_be_positive():
+    assert load_config(TINY).data.cache_settings() is None
+    settings = load_config(TINY, ["data.cache_dir=/mnt/nvme/shards", "data.cache_limit_gb=2.5"]).data.cache_settings()
+    assert (settings.folder, settings.limit_bytes) == ("/mnt/nvme/shards", 2_500_000_000)
+    with pytest.raises(ConfigError, match=r"data.cache_limit_gb: the most disk the shard cache takes on a node"):
+        load_config(TINY, ["data.cache_dir=/tmp/c", "data.cache_limit_gb=0"])
+
+
 def test_periodic_evaluation_is_scored_beside_training_unless_asked_otherwise():
     cfg = load_config(TINY)
     assert cfg.eval_mode == "background" and cfg.eval_cpus == 0

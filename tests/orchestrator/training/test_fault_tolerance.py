@@ -151,11 +151,12 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(unbroken_r
     assert "resuming from" in caplog.text and "Ray offered checkpoint_00000008" in caplog.text
 
 
-def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, tmp_path, monkeypatch):
+def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, damaged_shards, tmp_path, monkeypatch):
     """The tracking server goes down mid-run: training goes on and, once it is back, what it missed
     catches up. It dies again right after the last checkpoint: the run ends with a message naming the
     checkpoint and the --resume command, and that command, once the server is back, trains nothing,
-    logs the evaluation and the model and registers it, in the same MLflow run."""
+    logs the evaluation and the model and registers it, in the same MLflow run. One of the run's shards
+    is damaged mid-way: its lost samples are skipped, counted and logged like every other metric."""
     import signal
 
     import mlflow
@@ -186,8 +187,9 @@ def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, tm
     store.mkdir()
     server = start_server()
     uri = f"http://127.0.0.1:{port}"
-    cfg = spread_config(synth_shards, tmp_path, "outage", [f"mlflow.tracking_uri={uri}", "log_every=1",
-                                                          f"data.val={synth_shards['coco_val']}", "mlflow.registered_model=maskx-outage"])
+    cfg = spread_config({**synth_shards, "coco_train": damaged_shards}, tmp_path, "outage",
+                        [f"mlflow.tracking_uri={uri}", "log_every=1", f"data.val={synth_shards['coco_val']}",
+                         "mlflow.registered_model=maskx-outage", "data.max_skipped_fraction=0.5"])
     runner, outcome = train_in_background(cfg, tmp_path / "keys", [StopServerAtLastReport(str(tmp_path / "server.pid"), MAX_ITER)])
     client = mlflow.MlflowClient(uri)
 
@@ -223,6 +225,7 @@ def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, tm
         assert "segm/setB/AP" in run.data.metrics
         steps = sorted({m.step for m in client.get_metric_history(run_id, "loss/loss")})
         assert steps == list(range(1, MAX_ITER + 1))  # the values logged while it was down caught up
+        assert max(m.value for m in client.get_metric_history(run_id, "data/skipped_samples")) > 0
         assert client.get_model_version("maskx-outage", "1").run_id == run_id
     finally:
         stop_mlflow_server(server)
@@ -238,20 +241,6 @@ def damaged_shards(synth_shards, tmp_path):
     shard = sorted(folder.glob("*.tar"))[1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
     return str(folder)
-
-
-def test_damaged_shards_mid_run_are_skipped_and_counted(cluster, damaged_shards, tmp_path):
-    import mlflow
-
-    source = [f"data.train=[{{manifest: {damaged_shards}, weight: 1.0}}]", "checkpoint.max_failures=0"]
-    cfg = spread_config({}, tmp_path, "damaged", source + ["data.max_skipped_fraction=0.5"])
-    result = train(cfg)
-    assert run_folder.load_state(result.checkpoint)["iteration"] == MAX_ITER
-    skipped = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_metric_history(result.mlflow_run_id, "data/skipped_samples")
-    assert skipped and max(m.value for m in skipped) > 0
-    # Above the ceiling the step raises (tests/orchestrator/training/test_hooks.py); a worker's error
-    # ends the run with its message and the --resume command (the hung-rank test in test_train.py).
-
 
 
 def all_ranks(samples):
