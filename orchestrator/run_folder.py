@@ -20,7 +20,10 @@
 A checkpoint is complete when its complete.json is there and every file it lists has the size and
 checksum it records; resuming (`--resume` or Ray's restart after a failure) continues from the newest
 complete checkpoint in the folder itself, whatever Ray's own record says (its snapshot can lag the
-folders on storage when the driver dies).
+folders on storage when the driver dies). complete.json is written last on the worker's disk, but
+Ray's upload copies a folder's files in parallel: on storage it can arrive before state.pt, and a
+host cut off mid-upload leaves it beside a missing file. Such a checkpoint never finished; one whose
+files are there but wrong was finished and then damaged.
 
 A logged MLflow model carries config.yaml, vocab.json and weights.pt (the state dict alone, which
 loads with `torch.load(weights_only=True)`) as its artifact `model_files/` (`extra_files/` in models
@@ -295,23 +298,30 @@ def load_weights(folder: str) -> dict:
     return torch.load(os.path.join(folder, WEIGHTS_FILE), map_location="cpu", weights_only=True)
 
 
+class UnfinishedCheckpoint(ValueError):
+    """A checkpoint cut off before all its files were written: no complete.json, or a file it lists
+    is not there."""
+
+
 def resume_state(folder: str, offered: Optional[str] = None) -> Optional[tuple[str, dict]]:
     """(checkpoint url, its state) of the newest complete checkpoint in the run folder `folder` (a
-    local folder or s3://), or None when it holds no checkpoint yet (a new run). `offered` is the
-    checkpoint Ray would restore, named in the log. Checkpoints that are incomplete (cut off mid-write
-    or mid-upload) or unreadable are passed over with a warning; a folder whose checkpoints all are is
-    an error listing them, never a silent start from scratch."""
+    local folder or s3://), or None when it holds no checkpoint yet (a new run) or only ones that never
+    finished (the run starts over, with a warning naming them). `offered` is the checkpoint Ray would
+    restore, named in the log. Checkpoints that are unfinished or damaged (a file of the wrong size or
+    checksum, or unreadable) are passed over with a warning; a folder whose checkpoints are all
+    unusable and one of them damaged is an error listing them, never a silent start from scratch."""
     names = sorted((n for n in storage.list_folder(folder)[0] if checkpoint_iteration(n) is not None),
                    key=checkpoint_iteration, reverse=True)
     # A folder with no completion record at all was written by a maskx from before them.
     legacy = not any(storage.stat(storage.join(storage.join(folder, name), COMPLETE_FILE)) for name in names)
-    problems = []
+    problems, damaged = [], False
     for name in names:
         url = storage.join(folder, name)
         try:
             state = load_complete_state(url, legacy)
         except (ValueError, OSError) as exc:
             problems.append(f"{name}: {exc}")
+            damaged = damaged or not isinstance(exc, UnfinishedCheckpoint)
             log.warning("checkpoint %s passed over: %s", url, exc)
             continue
         offered_name = os.path.basename(offered.rstrip("/")) if offered else None
@@ -322,9 +332,12 @@ def resume_state(folder: str, offered: Optional[str] = None) -> Optional[tuple[s
             why += f"; passed over {len(problems)} newer"
         log.info("resuming from %s (iteration %d): %s", url, state["iteration"], why)
         return url, state
-    if names:
+    if names and damaged:
         raise ValueError(f"run folder {folder}: none of its {len(names)} checkpoints is complete and readable ("
                          + "; ".join(problems) + "); refusing to start the run over")
+    if names:
+        log.warning("run folder %s: none of its %d checkpoints finished (%s); the run starts over", folder,
+                    len(names), "; ".join(problems))
     return None
 
 
@@ -335,11 +348,11 @@ def load_complete_state(url: str, legacy: bool = False) -> dict:
     record_path = storage.join(url, COMPLETE_FILE)
     record = json.loads(storage.read_bytes(record_path)) if storage.stat(record_path) else None
     if record is None and not legacy:
-        raise ValueError(f"no {COMPLETE_FILE}: cut off before it was complete")
+        raise UnfinishedCheckpoint(f"no {COMPLETE_FILE}: cut off before it was complete")
     for name, expected in (record or {"files": {}})["files"].items():
         found = storage.stat(storage.join(url, name))
         if found is None:
-            raise ValueError(f"{name} is missing ({COMPLETE_FILE} lists it)")
+            raise UnfinishedCheckpoint(f"{name} is missing ({COMPLETE_FILE} lists it)")
         if found[0] != expected["bytes"]:
             raise ValueError(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}")
     with tempfile.TemporaryDirectory(prefix="maskx-checkpoint-") as scratch:

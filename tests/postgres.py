@@ -41,6 +41,9 @@ class Postgres:
         self._run(["initdb", "-D", self.data, "-U", USER, f"--pwfile={password_file}", "--auth-host=scram-sha-256",
                    "--auth-local=trust", "--encoding=UTF8", "--no-sync"])
         os.remove(password_file)
+        if address != "127.0.0.1":  # initdb lets in loopback only: the hosts on the server's own subnet too
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                f.write("host all all samenet scram-sha-256\n")
         self.process: Optional[subprocess.Popen] = None
 
     def _command(self, tool: str, args: list[str]) -> list[str]:

@@ -91,8 +91,9 @@ class TrainingMetrics(Hook):
     def before_train(self, worker: Worker) -> None:
         self.window = Window()
         if worker.metric_logger:
-            if worker.resumed:
-                worker.metric_logger.resume_after(worker.iteration)
+            # Also without a checkpoint to resume: a restart whose checkpoints never finished starts
+            # over in the same MLflow run (run_folder.resume_state), redoing steps it may hold.
+            worker.metric_logger.resume_after(worker.iteration)
             worker.metric_logger.log_world_size(worker.iteration, worker.previous_world_size, worker.layout)
 
     def before_step(self, worker: Worker) -> None:

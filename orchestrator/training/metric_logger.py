@@ -47,8 +47,8 @@ class MetricLogger:
         try:
             self.already_logged = self.run.logged_steps(after=iteration)
         except Exception as exc:  # the server is down: redone steps may then be logged twice
-            log.warning("MLflow at %s unreachable (%s): metrics of iterations redone after %d may appear twice",
-                        self.run.tracking.redacted_uri, type(exc).__name__, iteration)
+            log.warning("MLflow at %s unreachable (%s): if this pass redoes iterations after %d, their metrics may "
+                        "appear twice", self.run.tracking.redacted_uri, type(exc).__name__, iteration)
         redone = sorted(set().union(*self.already_logged.values())) if self.already_logged else []
         if redone:
             log.info("steps %s were logged before the restart; their metrics are not logged again", redone)

@@ -95,6 +95,23 @@ def test_a_folder_whose_checkpoints_are_all_broken_is_an_error_listing_them(tmp_
         run_folder.resume_state(str(tmp_path))
 
 
+def test_a_folder_whose_checkpoints_never_finished_starts_over(tmp_path, caplog):
+    """Ray's upload copies a folder's files in parallel: a host cut off mid-upload can leave
+    complete.json on storage without state.pt (the multi-host rehearsal's cut-off host did). Nothing
+    finished, nothing is lost by starting over; one damaged checkpoint among them is still an error."""
+    write_run(tmp_path, (2, 4))
+    (tmp_path / "checkpoint_00000004" / "state.pt").unlink()
+    (tmp_path / "checkpoint_00000002" / run_folder.COMPLETE_FILE).unlink()
+    with caplog.at_level(logging.WARNING):
+        assert run_folder.resume_state(str(tmp_path)) is None
+    assert "none of its 2 checkpoints finished (checkpoint_00000004: state.pt is missing" in caplog.text
+    assert "the run starts over" in caplog.text
+    write_run(tmp_path, (6,))
+    (tmp_path / "checkpoint_00000006" / "state.pt").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match="none of its 3 checkpoints is complete and readable"):
+        run_folder.resume_state(str(tmp_path))
+
+
 def test_a_run_from_before_completion_records_resumes_from_a_checkpoint_that_loads(tmp_path, caplog):
     write_run(tmp_path, (2, 4))
     for name in ("checkpoint_00000002", "checkpoint_00000004"):
