@@ -41,7 +41,8 @@ class MaskXRCNN(GeneralizedRCNN):
     (N,) bool with masks, uint8, either compact (M, h, w): one row per instance with has_mask, in
     order (what maskx's stream gives), or torchvision's full (N, h, w); images with boxes only omit
     masks. Masks cover the whole image at any resolution (the source's, typically), not necessarily
-    the input's. Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W).
+    the input's. Inference returns torchvision's dicts: boxes, labels, scores, masks (N, 1, H, W);
+    with `transform.paste_masks = False`, mask_probs (N, 1, M, M) instead of masks.
     """
 
     def __init__(self, backbone, rpn, roi_heads, transform, frozen: tuple[str, ...] = ()):
@@ -69,12 +70,30 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 class PreResizedTransform(GeneralizedRCNNTransform):
     """torchvision's transform (normalize, batch; resize at inference) for training images that the
-    step has resized already (`maskx.datasets.batch.Batch.to_device`, on the device)."""
+    step has resized already (`maskx.datasets.batch.Batch.to_device`, on the device).
+
+    `paste_masks = False` leaves each detection's mask at inference as the head's (1, M, M)
+    probabilities, under `mask_probs` instead of `masks` (the boxes are in the input's pixels either
+    way): torchvision pastes every detection's mask on the whole input as floats at once, N x H x W,
+    7.9 GB of peak memory for 100 detections on a 3000x3000 image. Whoever reads the detections then
+    pastes the ones it keeps, one at a time (torchvision's `paste_masks_in_image` on one mask)."""
+
+    paste_masks = True
 
     def resize(self, image: torch.Tensor, target: Optional[dict] = None) -> tuple[torch.Tensor, Optional[dict]]:
         if self.training:
             return image, target
         return super().resize(image, target)
+
+    def postprocess(self, result: list[dict], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict]:
+        if self.training or self.paste_masks:
+            return super().postprocess(result, image_shapes, original_image_sizes)
+        mask_probs = [r.pop("masks") for r in result]
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        for r, probs in zip(result, mask_probs):
+            r["mask_probs"] = probs
+        return result
 
 
 def build_mask_predictor(cfg: MaskHeadConfig, num_classes: int, box_head_dim: int) -> MaskXPredictor:

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from tqdm import tqdm
 
 from maskx.datasets.batch import Batch
@@ -63,7 +64,8 @@ def records_of(model: nn.Module, batches: Iterable[Batch], device: torch.device)
             entry, anns = ground_truth_records(target, tuple(image.shape[-2:]))
             images.append(entry)
             annotations += anns
-            detections += detection_records(target["image_id"], {k: v.cpu() for k, v in output.items()})
+            detections += detection_records(target["image_id"], {k: v.cpu() for k, v in output.items()},
+                                            tuple(image.shape[-2:]))
     return images, annotations, detections
 
 
@@ -116,10 +118,12 @@ def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dic
     return image, annotations
 
 
-def detection_records(image_id: int, detection: dict, mask_threshold: float = MASK_THRESHOLD) -> list[dict]:
-    """COCO result entries from one image's model output (boxes xyxy, labels, scores, masks (N, 1, H, W))."""
+def detection_records(image_id: int, detection: dict, image_size: tuple[int, int],
+                      mask_threshold: float = MASK_THRESHOLD) -> list[dict]:
+    """COCO result entries from one image's model output (boxes xyxy, labels, scores, and `masks` or
+    `mask_probs`: `binary_masks`); `image_size` is the (H, W) the model was given."""
     records = []
-    rles = mask_rles(detection.get("masks"), mask_threshold)
+    rles = mask_rles(detection, image_size, mask_threshold)
     for i, (box, label, score) in enumerate(zip(detection["boxes"].tolist(), detection["labels"].tolist(), detection["scores"].tolist())):
         x0, y0, x1, y1 = box
         entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
@@ -129,12 +133,24 @@ def detection_records(image_id: int, detection: dict, mask_threshold: float = MA
     return records
 
 
-def mask_rles(masks: Optional[torch.Tensor], threshold: float = MASK_THRESHOLD) -> Optional[list[dict]]:
-    """Mask probabilities (N, 1, H, W) -> COCO RLEs (`{"size": [H, W], "counts": str}`), or None without masks."""
-    if masks is None or not len(masks):
+def binary_masks(detection: dict, image_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> Iterator[torch.Tensor]:
+    """Each detection's mask on the whole image, (H, W) bool, one at a time: from probabilities pasted
+    already (`masks`, (N, 1, H, W)) or from the head's (`mask_probs`, (N, 1, M, M), pasted here one by
+    one, so that memory holds one full-size float mask, not N: `PreResizedTransform.paste_masks`)."""
+    if "masks" in detection:
+        for probs in detection["masks"]:
+            yield probs[0] > threshold
+        return
+    for probs, box in zip(detection["mask_probs"], detection["boxes"]):
+        yield paste_masks_in_image(probs[None], box[None], image_size)[0, 0] > threshold
+
+
+def mask_rles(detection: dict, image_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> Optional[list[dict]]:
+    """COCO RLEs (`{"size": [H, W], "counts": str}`) of `binary_masks`, or None without masks."""
+    if "masks" not in detection and "mask_probs" not in detection:
         return None
-    binary = (masks[:, 0] > threshold).to(torch.uint8).numpy()
-    return [rle_to_json(rle) for rle in mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))]
+    return [rle_to_json(mask_utils.encode(np.asfortranarray(mask.numpy(), dtype=np.uint8)))
+            for mask in binary_masks(detection, image_size, threshold)]
 
 
 @contextlib.contextmanager

@@ -2,17 +2,25 @@
 
 A model is named by a checkpoint folder (what `maskx train` writes: state.pt, config.yaml,
 vocab.json), or by an MLflow URI: `runs:/RUN_ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`.
+
+Images come from users, at any size: a loaded model leaves its masks unpasted
+(`PreResizedTransform.paste_masks`; `evaluation.binary_masks` pastes the kept ones one at a time),
+and an image over `max_image_pixels()` is refused from its header, before it is decoded (a small
+PNG can claim to be 30000 x 30000).
 """
 from __future__ import annotations
 
 import copy
+import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file, write_png
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image, write_png
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from maskx.datasets.vocab import Vocabulary
@@ -21,12 +29,19 @@ from maskx.models import MaskXRCNN, build_model
 from .. import run_folder
 from ..config import TrainConfig
 from ..run_setup import RunSetup
-from .evaluation import MASK_THRESHOLD, Evaluation, evaluate_on_shards
+from .evaluation import Evaluation, binary_masks, evaluate_on_shards
 from .tracking import Tracking
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 OVERLAY_MASK_ALPHA = 0.45
 OVERLAY_BOX_WIDTH = 2
+# A 48-megapixel phone photo passes; the memory a request takes: docs/benchmarks.md, "Memory per request".
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_PIXELS_VARIABLE = "MASKX_MAX_IMAGE_PIXELS"  # set by whoever runs the server, not by its clients
+
+
+class ImageTooLarge(ValueError):
+    pass
 
 
 @dataclass
@@ -63,31 +78,68 @@ def _built(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel
     architecture.backbone.weights = None  # what it started from; the state dict has what it learned
     model = build_model(architecture)
     model.load_state_dict(state_dict)
+    model.transform.paste_masks = False
     return LoadedModel(model.eval(), vocab, cfg)
 
 
-def read_image(path: str) -> torch.Tensor:
-    """(3, H, W) uint8; a file that is not an image is a ValueError naming it."""
+def max_image_pixels() -> int:
+    value = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE)
+    if value is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_VARIABLE}={value!r}: a positive number of pixels, e.g. 64000000")
+    return int(value)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: Optional[int] = None) -> torch.Tensor:
+    """(3, H, W) uint8 from JPEG or PNG bytes (or another format Pillow and torchvision both read).
+    ValueError naming `name` for bytes that are not an image; ImageTooLarge (a ValueError) where the
+    header's width x height is over `max_pixels` (default `max_image_pixels()`)."""
+    limit = max_pixels or max_image_pixels()
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size  # the header only
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit (179 megapixels)
+        raise ImageTooLarge(f"{name}: over the limit of {limit} pixels ({MAX_IMAGE_PIXELS_VARIABLE}): {exc}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{name}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+    if width * height > limit:
+        raise ImageTooLarge(f"{name}: over the limit of {limit} pixels ({MAX_IMAGE_PIXELS_VARIABLE}): "
+                            f"{width}x{height} is {width * height}")
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as exc:
-        raise ValueError(f"image {path}: cannot decode ({exc})") from None
+        raise ValueError(f"{name}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+
+
+def read_image(path: str, max_pixels: Optional[int] = None) -> torch.Tensor:
+    """(3, H, W) uint8 from an image file; ValueError naming it as `decode_image_bytes` says."""
+    with open(path, "rb") as f:
+        return decode_image_bytes(f.read(), f"image {path}", max_pixels)
 
 
 @torch.no_grad()
 def predict(model: MaskXRCNN, image: torch.Tensor) -> dict:
-    """Detections for one uint8 (3, H, W) image: boxes, labels, scores, masks (N, 1, H, W)."""
+    """Detections for one uint8 (3, H, W) image: boxes, labels, scores, and masks (N, 1, H, W) or, from
+    a loaded model, mask_probs (N, 1, M, M) (`evaluation.binary_masks` reads either)."""
     model.eval()
-    return model([image.float() / 255])[0]
+    return model([image.float().div_(255)])[0]
+
+
+def kept(detection: dict, keep: torch.Tensor) -> dict:
+    """The detections `keep` (a mask or indices) selects: every value is one row per detection."""
+    return {key: value[keep] for key, value in detection.items()}
 
 
 def draw_overlay(image: torch.Tensor, detection: dict, vocab: Vocabulary, score_threshold: float = 0.5) -> torch.Tensor:
     """Masks, boxes and class names over the image, for detections scoring at least the threshold."""
-    keep = detection["scores"] >= score_threshold
-    boxes, labels, scores = detection["boxes"][keep], detection["labels"][keep], detection["scores"][keep]
+    detection = kept(detection, detection["scores"] >= score_threshold)
+    boxes, labels, scores = detection["boxes"], detection["labels"], detection["scores"]
     canvas = image
-    if "masks" in detection and keep.any():
-        canvas = draw_segmentation_masks(canvas, detection["masks"][keep][:, 0] > MASK_THRESHOLD, alpha=OVERLAY_MASK_ALPHA)
+    if len(boxes) and ("masks" in detection or "mask_probs" in detection):
+        masks = torch.stack(list(binary_masks(detection, tuple(image.shape[-2:]))))
+        canvas = draw_segmentation_masks(canvas, masks, alpha=OVERLAY_MASK_ALPHA)
     names = [f"{vocab.name(int(label))} {score:.2f}" for label, score in zip(labels, scores)]
     return draw_bounding_boxes(canvas, boxes, labels=names, width=OVERLAY_BOX_WIDTH) if len(boxes) else canvas
 

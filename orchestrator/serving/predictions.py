@@ -91,9 +91,9 @@ def predict_images(loaded: LoadedModel, images: str, out: str, batch_size: int =
                 except ValueError as exc:
                     log.warning("%s; skipped", exc)
                     summary.unreadable.append(path)
-            outputs = loaded.model([image.float() / 255 for _, _, image in decoded]) if decoded else []
+            outputs = loaded.model([image.float().div_(255) for _, _, image in decoded]) if decoded else []
             for (position, path, image), output in zip(decoded, outputs):
-                records += detection_records(image_id_of(path, position), output)
+                records += detection_records(image_id_of(path, position), output, tuple(image.shape[-2:]))
                 if overlays:
                     name = os.path.splitext(os.path.basename(path))[0] + ".png"
                     write_png(draw_overlay(image, output, loaded.vocab, score_threshold), os.path.join(out, name))

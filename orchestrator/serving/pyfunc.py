@@ -8,35 +8,36 @@ signature, so over REST each is a base64 string), e.g.
 (default 0.5) and `max_detections` (default 100). The answer has one entry per image: `boxes`
 (xyxy, pixels), `class_ids` (the vocabulary's labels), `class_names`, `scores`, and `masks` as COCO
 RLE (`{"size": [H, W], "counts": "..."}`).
+
+An image whose header says it is over MASKX_MAX_IMAGE_PIXELS (the server's environment; default
+64 million) is refused with a 400 naming the limit, before it is decoded; masks are pasted and
+encoded one kept detection at a time (`inference.py`), so a request's memory stays bounded.
 """
 from typing import Optional
 
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from torchvision.io import ImageReadMode, decode_image
 
 from ..run_folder import MODEL_FILES_ARTIFACT
 from .evaluation import mask_rles
-from .inference import LoadedModel, load_model_files, predict
+from .inference import LoadedModel, decode_image_bytes, kept, load_model_files, predict
 
 INPUT_COLUMN = "image"
 DEFAULT_PARAMS = {"score_threshold": 0.5, "max_detections": 100}
 
 
 def detections_json(loaded: LoadedModel, image_bytes: bytes, score_threshold: float, max_detections: int) -> dict:
-    try:
-        image = decode_image(torch.frombuffer(bytearray(image_bytes), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as exc:
-        raise ValueError(f"{INPUT_COLUMN}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+    image = decode_image_bytes(image_bytes, INPUT_COLUMN)
     detection = predict(loaded.model, image)
-    keep = torch.where(detection["scores"] >= score_threshold)[0][:max_detections]  # sorted by score
-    detection = {k: v[keep] for k, v in detection.items()}
+    detection = kept(detection, torch.where(detection["scores"] >= score_threshold)[0][:max_detections])  # by score
     labels = detection["labels"].tolist()
     return {"boxes": [[round(v, 2) for v in box] for box in detection["boxes"].tolist()],
             "class_ids": labels, "class_names": [loaded.vocab.name(label) for label in labels],
             "scores": [round(score, 5) for score in detection["scores"].tolist()],
-            "masks": mask_rles(detection.get("masks")) or []}
+            "masks": mask_rles(detection, tuple(image.shape[-2:])) or []}
 
 
 class MaskXPyfunc(PythonModel):
@@ -45,5 +46,8 @@ class MaskXPyfunc(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> list[dict]:
         params = {**DEFAULT_PARAMS, **(params or {})}
-        return [detections_json(self.loaded, image, float(params["score_threshold"]), int(params["max_detections"]))
-                for image in model_input[INPUT_COLUMN]]
+        try:
+            return [detections_json(self.loaded, image, float(params["score_threshold"]), int(params["max_detections"]))
+                    for image in model_input[INPUT_COLUMN]]
+        except ValueError as exc:  # the request's fault: a 400 with this message, not MLflow's generic one
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None

@@ -34,7 +34,7 @@ def evaluate_val_split(synth_shards, detect, backend="faster-coco-eval"):
             entry, anns = ground_truth_records(target, tuple(image.shape[-2:]))
             images.append(entry)
             annotations += anns
-            detections += detection_records(target["image_id"], detect(target))
+            detections += detection_records(target["image_id"], detect(target), tuple(image.shape[-2:]))
     return evaluate(images, annotations, detections, vocab.num_classes, vocab.class_set("voc"), backend)
 
 

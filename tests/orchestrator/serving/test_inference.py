@@ -34,3 +34,63 @@ def test_models_logged_before_the_serving_package_still_load_their_class():
     from maskx.orchestrator.serving.pyfunc import MaskXPyfunc
 
     assert namespace["MaskXPyfunc"] is MaskXPyfunc
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of width x height black pixels: a few hundred KB that decode to width x height
+    x 3 bytes (a decompression bomb, where they are many)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, compressor = b"\0" * (1 + (width + 7) // 8), zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(monkeypatch):
+    import pytest
+
+    from maskx.orchestrator.serving.inference import ImageTooLarge, decode_image_bytes
+
+    over_ours = png_of_zeros(9000, 8000)  # 72 megapixels, under Pillow's own bomb limit
+    with pytest.raises(ImageTooLarge, match=r"image: over the limit of 64000000 pixels \(MASKX_MAX_IMAGE_PIXELS\): "
+                                            r"9000x8000 is 72000000"):
+        decode_image_bytes(over_ours, "image")
+    bomb = png_of_zeros(30000, 30000)  # 900 megapixels in ~100 KB
+    assert len(bomb) < 1_000_000
+    with pytest.raises(ImageTooLarge, match=r"over the limit of 64000000 pixels \(MASKX_MAX_IMAGE_PIXELS\): .*900000000"):
+        decode_image_bytes(bomb, "image")
+    monkeypatch.setenv("MASKX_MAX_IMAGE_PIXELS", "100")
+    assert decode_image_bytes(png_of_zeros(10, 10), "image").shape == (3, 10, 10)
+    with pytest.raises(ImageTooLarge, match="11x10 is 110"):
+        decode_image_bytes(png_of_zeros(11, 10), "image")
+    with pytest.raises(ValueError, match="image: not a JPEG or PNG"):
+        decode_image_bytes(b"GIF89a not really", "image")
+    monkeypatch.setenv("MASKX_MAX_IMAGE_PIXELS", "64M")
+    with pytest.raises(ValueError, match="MASKX_MAX_IMAGE_PIXELS='64M': a positive number of pixels"):
+        decode_image_bytes(png_of_zeros(10, 10), "image")
+
+
+def test_masks_pasted_one_at_a_time_are_torchvision_s():
+    """A loaded model leaves its masks unpasted; pasting each kept one alone gives the masks, boxes and
+    RLEs torchvision's all-at-once paste gives."""
+    from maskx.orchestrator.serving.evaluation import binary_masks, mask_rles
+
+    from ...models.conftest import tiny_model
+
+    model = tiny_model(box_score_thresh=0.0).eval()
+    torch.manual_seed(1)
+    image = torch.rand(3, 150, 190)
+    with torch.no_grad():
+        [pasted] = model([image])
+        model.transform.paste_masks = False
+        [unpasted] = model([image])
+    assert "masks" not in unpasted and unpasted["mask_probs"].shape[-2:] == (28, 28) and len(pasted["boxes"]) > 10
+    assert torch.equal(unpasted["boxes"], pasted["boxes"]) and torch.equal(unpasted["scores"], pasted["scores"])
+    one_at_a_time = torch.stack(list(binary_masks(unpasted, (150, 190))))
+    assert torch.equal(one_at_a_time, pasted["masks"][:, 0] > 0.5) and one_at_a_time.any()
+    assert mask_rles(unpasted, (150, 190)) == mask_rles(pasted, (150, 190))

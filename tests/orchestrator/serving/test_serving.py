@@ -92,7 +92,7 @@ def served(registered, tmp_path_factory):
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", process, timeout=180)
-        yield f"http://127.0.0.1:{port}", tracking_uri, model_uri
+        yield f"http://127.0.0.1:{port}", tracking_uri, model_uri, process
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
@@ -109,7 +109,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
-    url, tracking_uri, model_uri = served
+    url, tracking_uri, model_uri, _ = served
     image = base64.b64encode(jpeg_bytes()).decode()
     status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[image]]},
                                 "params": {"score_threshold": 0.0, "max_detections": 20}})
@@ -128,13 +128,63 @@ def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
 
 
 def test_records_and_the_default_threshold_and_a_bad_image(served):
-    url, _, _ = served
+    url, _, _, _ = served
     image = base64.b64encode(jpeg_bytes()).decode()
     status, answer = post(url, {"dataframe_records": [{"image": image}, {"image": image}]})
     assert status == 200 and len(answer["predictions"]) == 2
     assert all(score >= 0.5 for p in answer["predictions"] for score in p["scores"])  # the default threshold
     status, answer = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
     assert status >= 400 and "not a JPEG or PNG" in json.dumps(answer)
+
+
+# A request's own peak memory, over what the server held before it (docs/benchmarks.md, "Memory per request").
+REQUEST_MEMORY_BOUND_GB = 3.0
+
+
+def peak_resident_gb(server: subprocess.Popen) -> float:
+    """The highest resident memory any process of the server's process group has had (VmHWM)."""
+    peak = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != server.pid:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+        peak = max([peak] + [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")])
+    return peak / 2**20
+
+
+def test_a_48_megapixel_photo_in_bounded_memory_and_a_decompression_bomb_refused(served):
+    """Masks are pasted and encoded one kept detection at a time: a 6000x8000 photo with 10 full-size
+    masks stays within the bound (pasted all at once, as torchvision does, the model's 100 detections
+    would take 100 x 48M x 4 bytes = 19 GB). A PNG whose header claims 900 megapixels is refused with
+    a 400 naming the limit before anything is decoded, and the server answers on."""
+    from torchvision.io import encode_jpeg
+
+    from .test_inference import png_of_zeros
+
+    url, _, _, process = served
+    rows, columns = torch.arange(6000)[:, None], torch.arange(8000)[None, :]
+    channels = [(rows // 4) % 256, (columns // 4) % 256, ((rows + columns) // 8) % 256]
+    photo = torch.stack([c.expand(6000, 8000) for c in channels]).to(torch.uint8)
+    jpeg = base64.b64encode(encode_jpeg(photo, quality=80).numpy().tobytes()).decode()
+    del photo
+    before = peak_resident_gb(process)
+    status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[jpeg]]},
+                                "params": {"score_threshold": 0.0, "max_detections": 10}})
+    assert status == 200, answer
+    [detections] = answer["predictions"]
+    assert len(detections["masks"]) == 10 and all(m["size"] == [6000, 8000] for m in detections["masks"])
+    request_peak = peak_resident_gb(process) - before
+    print(f"48-megapixel request: server peak {before:.2f} -> {before + request_peak:.2f} GB")
+    assert request_peak < REQUEST_MEMORY_BOUND_GB, request_peak
+
+    bomb = base64.b64encode(png_of_zeros(30000, 30000)).decode()
+    status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[bomb]]}})
+    assert status == 400 and "over the limit of 64000000 pixels (MASKX_MAX_IMAGE_PIXELS)" in answer["message"], answer
+    status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(jpeg_bytes()).decode()]]}})
+    assert status == 200 and len(answer["predictions"]) == 1
 
 
 def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered, tmp_path):
