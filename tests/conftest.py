@@ -221,6 +221,8 @@ def final_passes(paths):
     for path in sorted(map(str, paths)):
         rank = int(os.path.basename(path).removeprefix("rank").removesuffix(".txt"))
         for line in open(path):
+            if not line.endswith("\n"):  # the line being written
+                break
             parts = line.split()
             if parts[0] == "node":
                 segments.append((float(parts[3]), int(parts[2]), rank, {}))
@@ -230,8 +232,10 @@ def final_passes(paths):
     for iteration in sorted({i for *_, passes in segments for i in passes}):
         having = [s for s in segments if iteration in s[3]]
         world_size = max(having, key=lambda s: s[0])[1]
-        final[iteration] = sorted(k for rank in range(world_size)
-                                  for k in max((s for s in having if s[2] == rank), key=lambda s: s[0])[3][iteration])
+        by_rank = [[s for s in having if s[2] == rank] for rank in range(world_size)]
+        if not all(by_rank):  # read while the run writes: a rank has not logged it yet
+            continue
+        final[iteration] = sorted(k for passes in by_rank for k in max(passes, key=lambda s: s[0])[3][iteration])
     starts = {}  # one (re)start of the group: (time, world size) -> iterations its rank 0 trained
     for t, w, rank, passes in segments:
         if rank == 0:
