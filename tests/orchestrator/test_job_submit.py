@@ -31,10 +31,31 @@ def ray_head(team_server):
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}",
                     "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=3",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield env, f"http://127.0.0.1:{dashboard}"
+        wait_for_the_job_agent(env, address)
+        yield env, address
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def wait_for_the_job_agent(env: dict, address: str, timeout: float = 120) -> None:
+    """Ray's job server answers "No available agent" when the head's agent is not up within 10 s of a
+    submission (a loaded 2-core CI machine took longer once): submit a job that does nothing until
+    one runs."""
+    import tempfile
+    import time
+
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory() as empty:
+        while True:
+            done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", empty,
+                                   "--", "true"], env=env, capture_output=True, text=True, timeout=180)
+            if done.returncode == 0 or "No available agent" not in done.stdout + done.stderr \
+                    or time.monotonic() > deadline:
+                assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+                return
+            time.sleep(2)
 
 
 def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_shards, synth_paths, tmp_path):
