@@ -76,7 +76,7 @@ def main() -> None:
     for backend in COCOEVAL_BACKENDS:
         images, annotations, detections = json.loads(data)  # a fresh copy: COCOeval adds keys to the records
         start = time.perf_counter()
-        metrics[backend], _ = evaluate(images, annotations, detections, NUM_CLASSES, sorted(VOC_COCO_IDS), backend)
+        metrics[backend], _, _ = evaluate(images, annotations, detections, NUM_CLASSES, sorted(VOC_COCO_IDS), backend)
         seconds[backend] = time.perf_counter() - start
         print(f"{backend:>17}: {seconds[backend]:7.1f} s   segm/setB/AP {metrics[backend]['segm/setB/AP']:.4f}")
     faster, reference = COCOEVAL_BACKENDS

@@ -23,6 +23,15 @@ DEFAULT_MAX_SKIPPED_FRACTION = 0.02
 
 
 @dataclass
+class ClassCounts:
+    """One prepared source's classes (maskx labels): images with the class, its objects, those with a mask."""
+    source: str
+    images: dict[int, int]
+    instances: dict[int, int]
+    masks: dict[int, int]
+
+
+@dataclass
 class ImageRecord:
     """One image to convert: where its JPEG is, and its annotations in shard form."""
 
@@ -96,10 +105,24 @@ class Manifest:
 
     def load_image_classes(self) -> dict[str, list[int]]:
         """Sample key -> the labels of its (non-crowd) objects, as `maskx prepare` wrote them."""
+        return self._read_image_classes()["labels"]
+
+    def load_class_counts(self) -> "ClassCounts":
+        """Per class: its images, its objects, and those with a mask (non-crowd, as prepared)."""
+        found = self._read_image_classes()
+        images = Counter(label for labels in found["labels"].values() for label in labels)
+        if "instances" not in found:
+            raise FileNotFoundError(f"manifest {self.location}: its {IMAGE_CLASSES_NAME} has no object counts "
+                                    "(prepared by an older maskx); run the same `maskx prepare` again")
+        return ClassCounts(source=self.source, images=dict(images),
+                           instances={int(k): v for k, v in found["instances"].items()},
+                           masks={int(k): v for k, v in found["masks"].items()})
+
+    def _read_image_classes(self) -> dict:
         if self.image_classes is None:
             raise FileNotFoundError(f"manifest {self.location}: lists no {IMAGE_CLASSES_NAME} (prepared by an older "
                                     "maskx); run the same `maskx prepare` again: complete shards are kept")
-        return json.loads(storage.read_bytes(self._resolve(self.image_classes)))["labels"]
+        return json.loads(storage.read_bytes(self._resolve(self.image_classes)))
 
     def vocab(self) -> Vocabulary:
         return Vocabulary.from_json(self.vocabulary)

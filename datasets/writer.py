@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 import logging
 import os
 import sys
@@ -193,7 +194,12 @@ def write_shards(
 
 def write_image_classes(records: list[ImageRecord], vocab: Vocabulary, url: str) -> None:
     """Each written image's classes (labels of its non-crowd objects, as training sees them): the
-    class frequencies of repeat-factor sampling, known without reading a shard."""
+    class frequencies of repeat-factor sampling, known without reading a shard; and each class's
+    objects, and those of them with a mask (`shard_format.ClassCounts`)."""
     labels = {r.key: sorted({vocab.label(a["category"]) for a in r.annotations if not a.get("iscrowd", 0)})
               for r in records}
-    storage.write_bytes(url, json.dumps({"format": FORMAT_VERSION, "labels": labels}, separators=(",", ":")).encode())
+    objects = [a for r in records for a in r.annotations if not a.get("iscrowd", 0)]
+    instances = Counter(vocab.label(a["category"]) for a in objects)
+    masks = Counter(vocab.label(a["category"]) for a in objects if a.get("segmentation") is not None)
+    storage.write_bytes(url, json.dumps({"format": FORMAT_VERSION, "labels": labels, "instances": instances,
+                                         "masks": masks}, separators=(",", ":")).encode())

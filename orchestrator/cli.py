@@ -1,4 +1,4 @@
-"""The `maskx` command line: synth, prepare, train, tune, eval, predict, mlflow-server, demo."""
+"""The `maskx` command line: synth, prepare, train, tune, eval, predict, browse, report, mlflow-server, demo."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
 
+    browse = sub.add_parser("browse", help="draw prepared shards as the model sees them (resized, flipped, masks "
+                                           "decoded; boxes without masks marked), listing skipped samples")
+    browse.add_argument("--shards", required=True, metavar="MANIFEST", help="prepared shards (folder, manifest.json or s3://)")
+    browse.add_argument("--out", required=True, help="folder for the PNGs")
+    browse.add_argument("--count", type=int, default=16, help="samples to draw (default 16)")
+    browse.add_argument("--classes", nargs="+", metavar="NAME", help="only samples with one of these classes")
+    browse.add_argument("--config", help="a training config: its data.min_sizes, max_size, flip_prob (default the defaults)")
+
+    report = sub.add_parser("report", help="the HTML report of an MLflow run or sweep (figures, curves, model card, config)")
+    report.add_argument("run_id", metavar="RUN_ID", nargs="?", help="MLflow run id (a training run or a sweep's parent run)")
+    report.add_argument("--experiment", metavar="NAME", help="instead of RUN_ID: the newest run of this MLflow experiment")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    report.add_argument("--out", help="HTML file to write (default report-RUN_ID.html)")
+    report.add_argument("--log", action="store_true", help="also log it to the run as report.html, replacing the one there")
+
     server = sub.add_parser("mlflow-server", help="run an MLflow tracking server: sqlite and artifacts under --store for one "
                                                    "person; PostgreSQL, S3 and logins for a team (docs/cluster.md)")
     server.add_argument("--store", default="mlflow-server", help="folder for mlflow.db and artifacts when no others are "
@@ -178,6 +193,9 @@ def run_prepare(args) -> int:
                      f"test {counts['test_split_images']} images listed)")
     print(f"{manifest.location}: {len(manifest.shards)} shards, {counts['images']} images, "
           f"{counts['instances']} instances, {len(manifest.skipped)} inputs skipped (listed in the manifest){excluded}")
+    from maskx.orchestrator.reporting.data_figures import write_classes_figure
+
+    print(f"{write_classes_figure(manifest)}: images and objects per class")
     return 0
 
 
@@ -234,7 +252,7 @@ def run_eval(args) -> int:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"metrics": evaluation.metrics, "per_class_ap": evaluation.per_class_ap}, f, indent=1)
+            json.dump(evaluation.summary(), f, indent=1)
         results = os.path.join(os.path.dirname(os.path.abspath(args.json)), RESULTS_FILE)
         write_results(results, coco_results(evaluation.detections, setup.vocab), setup.vocab)
         print(f"{args.json}: metrics; {results}: {len(evaluation.detections)} detections as COCO results")
@@ -257,6 +275,37 @@ def run_predict(args) -> int:
         summary = predictions.predict_shards(loaded, args.shards, args.out, args.batch_size)
     unreadable = f"; {len(summary.unreadable)} unreadable files skipped: {summary.unreadable}" if summary.unreadable else ""
     print(f"{summary.results}: {summary.detections} detections on {summary.images} images{unreadable}")
+    return 0
+
+
+def run_browse(args) -> int:
+    from maskx.orchestrator.config import DataConfig, load_config
+    from maskx.orchestrator.reporting.browse import browse
+
+    data = load_config(args.config).data if args.config else DataConfig()
+    summary = browse(args.shards, args.out, args.count, args.classes, tuple(data.min_sizes), data.max_size,
+                     data.flip_prob)
+    print(f"{args.out}: {len(summary.drawn)} samples drawn; {len(summary.skipped)} skipped")
+    for why in summary.skipped:
+        print(f"  skipped: {why}")
+    return 0
+
+
+def run_report(args) -> int:
+    from maskx.orchestrator.reporting.report import build_report, log_report
+    from maskx.orchestrator.serving.tracking import Tracking
+
+    if (args.run_id is None) == (args.experiment is None):
+        raise ValueError("name a run: RUN_ID or --experiment NAME (its newest run), not both")
+    tracking = Tracking(args.tracking_uri)
+    run_id = args.run_id or tracking.newest_run(args.experiment)
+    out = args.out or f"report-{run_id}.html"
+    with open(out, "w") as f:
+        f.write(build_report(tracking, run_id))
+    print(f"{out}: report of run {run_id} in {tracking.redacted_uri}")
+    if args.log:
+        log_report(tracking.run(run_id))
+        print("logged to the run as report.html")
     return 0
 
 
@@ -292,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {"synth": run_synth, "prepare": run_prepare, "train": run_train, "tune": run_tune, "eval": run_eval,
-                "predict": run_predict, "demo": run_demo_command, "mlflow-server": run_mlflow_server}
+                "predict": run_predict, "browse": run_browse, "report": run_report, "demo": run_demo_command,
+                "mlflow-server": run_mlflow_server}
     try:
         return commands[args.command](args)
     except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:

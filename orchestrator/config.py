@@ -178,6 +178,15 @@ class MlflowConfig:
     registered_model: Optional[str] = "maskx"
     # Every node's CPU, memory, disk, network and GPU use, as system/NODE_ADDRESS/... metrics; 0: off.
     system_metrics_every_s: float = 10.0
+    # At each evaluation: its figures (PR curves, where it fails, per-class AP, AP by size) and this
+    # many val images drawn with ground truth beside predictions, as MLflow images at the step
+    # (orchestrator/reporting/evaluation_figures.py).
+    eval_figures: bool = True
+    eval_images: int = 4
+
+    def __post_init__(self):
+        if self.eval_images < 0:
+            raise ValueError(f"mlflow.eval_images: val images drawn at each evaluation, 0 or more; got {self.eval_images}")
 
 
 PAPER_TABLE_METRICS = ["segm/setA/AP", "segm/setB/AP", "segm/setB/AP50", "segm/setB/AP75"]

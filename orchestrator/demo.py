@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.synth import write_synthetic_shards
 
 from .config import load_config, packaged_config
+from .reporting.data_figures import write_classes_figure
 from .serving.inference import load_model, write_overlay
 from .training.trainer import train
 
@@ -21,6 +23,8 @@ DEFAULT_CONFIG = "tiny-cpu.yaml"
 def prepare_demo_data(out: str) -> dict:
     """The synthetic data and its shards under `out` (rewritten on every run: a few seconds)."""
     paths = write_synthetic_shards(out, train_images=300, val_images=60, vg_images=200, seed=0)
+    for name in ("coco_train_shards", "vg_shards", "coco_val_shards"):
+        write_classes_figure(load_manifest(paths[name]))  # as `maskx prepare` does
     paths["val_image"] = os.path.join(paths["coco_val_images"], sorted(os.listdir(paths["coco_val_images"]))[0])
     return paths
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -32,6 +32,8 @@ from maskx.datasets.batch import Batch
 from maskx.datasets.shard_format import rle_from_json, rle_to_json
 from maskx.datasets.stream import EvalStream, Source, make_loader
 from maskx.datasets.vocab import Vocabulary
+
+from .error_analysis import analyze
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class Evaluation:
     metrics: dict[str, float]  # `segm/setB/AP`, ..., `eval/images`, `data/eval_skipped_samples`
     per_class_ap: dict[str, dict[str, float]]  # iou type -> class name -> AP
     detections: list[dict]  # COCO result entries, category id = maskx label
+    curves: dict = field(default_factory=dict)  # iou type -> subset -> level -> PR curve: error_analysis.py
+
+    def summary(self) -> dict:
+        """What a checkpoint's `eval.json` holds: everything but the detections."""
+        return {"metrics": self.metrics, "per_class_ap": self.per_class_ap, "curves": self.curves}
 
 
 @torch.no_grad()
@@ -94,11 +101,11 @@ def score_shares(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: li
         images += imgs
         annotations += anns
         detections += dets
-    metrics, tables = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend)
+    metrics, tables, curves = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend)
     metrics["eval/images"] = float(len(images))
     metrics["data/eval_skipped_samples"] = float(sum(skipped for _, skipped in shares))
     named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
-    return Evaluation(metrics, named, detections)
+    return Evaluation(metrics, named, detections, curves)
 
 
 def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dict, list[dict]]:
@@ -212,13 +219,18 @@ def _results(gt: COCO, detections: list[dict]) -> Optional[COCO]:
         return gt.loadRes([_own_copy(d) for d in detections])
 
 
-def _run(gt: COCO, dt: COCO, iou_type: str, cat_ids: list[int], backend: str) -> COCOeval:
+def _run(gt: COCO, dt: COCO, iou_type: str, cat_ids: list[int], backend: str,
+         iou_thresholds: Optional[list[float]] = None) -> COCOeval:
+    """COCOeval of `cat_ids`; summarized (`.stats`) at COCO's IoU thresholds, else accumulated only."""
     with _quiet_pycocotools():
         evaluator = coco_api(backend)[1](gt, dt, iou_type)
         evaluator.params.catIds = cat_ids
+        if iou_thresholds is not None:
+            evaluator.params.iouThrs = np.array(iou_thresholds)
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
+        if iou_thresholds is None:
+            evaluator.summarize()
     return evaluator
 
 
@@ -239,14 +251,16 @@ def coco_metric_names() -> list[str]:
 
 
 def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
-             set_a: list[int], backend: str = "faster-coco-eval") -> tuple[dict[str, float], dict[str, dict[int, float]]]:
-    """Metrics named like `segm/setB/AP` and per-class AP tables keyed by iou type.
+             set_a: list[int], backend: str = "faster-coco-eval") -> tuple[dict[str, float], dict[str, dict[int, float]], dict]:
+    """Metrics named like `segm/setB/AP`, per-class AP tables keyed by iou type, and curves: iou type
+    -> subset -> level -> PR curve (`error_analysis.py`).
 
     Mask AP is computed over the classes and instances that have ground-truth masks."""
     labels = list(range(1, num_classes))
     set_b = [label for label in labels if label not in set(set_a)]
     metrics: dict[str, float] = {}
     tables: dict[str, dict[int, float]] = {}
+    curves: dict[str, dict] = {}
     for iou_type in IOU_TYPES:
         annotations = gt_annotations if iou_type == "bbox" else [a for a in gt_annotations if "segmentation" in a]
         dets = detections if iou_type == "bbox" else [d for d in detections if "segmentation" in d]
@@ -261,4 +275,13 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
                 metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)
             if subset == "all" and evaluator is not None:
                 tables[iou_type] = per_class_ap(evaluator)
-    return metrics, tables
+                columns = {name: [present.index(c) for c in cat_ids] for name, cat_ids in zip(CLASS_SUBSETS, subsets)}
+                again = functools.partial(_rerun, images=images, labels=labels, dt=dt, iou_type=iou_type,
+                                          cat_ids=present, backend=backend)
+                curves[iou_type] = analyze(again, annotations, dets, evaluator, columns)
+    return metrics, tables, curves
+
+
+def _rerun(annotations: list[dict], iou_thresholds: list[float], *, images: list[dict], labels: list[int], dt: COCO,
+           iou_type: str, cat_ids: list[int], backend: str) -> COCOeval:
+    return _run(_coco(images, annotations, labels, backend), dt, iou_type, cat_ids, backend, iou_thresholds)

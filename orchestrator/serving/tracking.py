@@ -91,6 +91,15 @@ class Tracking:
     def run(self, run_id: str) -> "TrackedRun":
         return TrackedRun(self, run_id)
 
+    def newest_run(self, experiment: str) -> str:
+        """The id of the run of `experiment` that started last."""
+        found = self.client.get_experiment_by_name(experiment)
+        runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"],
+                                       max_results=1) if found else []
+        if not runs:
+            raise ValueError(f"--experiment {experiment}: no run in {self.redacted_uri}")
+        return runs[0].info.run_id
+
     def register(self, model_uri: str, name: str, tags: Optional[dict] = None) -> str:
         """A new version of registered model `name` from `model_uri`; returns the version number."""
         return mlflow_at(self.uri).register_model(model_uri, name, tags=tags).version
@@ -221,6 +230,10 @@ class TrackedRun:
 
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_image(self, image, key: str, step: int) -> None:
+        """A PIL image as MLflow's time-stepped image `key` at `step` (the UI's image slider)."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
 
     def log_table(self, table: dict, artifact_file: str) -> None:
         self.client.log_table(self.run_id, table, artifact_file)

@@ -26,7 +26,8 @@ from maskx.datasets.partitions import StreamPosition
 
 from .. import run_folder
 from ..config import dump_config
-from ..serving.evaluation import predict_on_shards, score_shares
+from ..reporting.evaluation_figures import ExampleImages, FigureLogger, evaluation_figures, title_of
+from ..serving.evaluation import Evaluation, predict_on_shards, score_shares
 from .background_evaluation import BackgroundScoring, log_line
 from .progress import Window, console_line, peak_memory_mb
 from .step import lr_of
@@ -158,12 +159,20 @@ class PeriodicEvaluation(Hook):
 
     def __init__(self):
         self.background: Optional[BackgroundScoring] = None
+        self.figures: Optional[FigureLogger] = None
+        self.examples: Optional[ExampleImages] = None
 
     def before_train(self, worker: Worker) -> None:
         cfg, setup = worker.config, worker.setup
-        if worker.rank == 0 and cfg.data.val and cfg.eval_every and cfg.eval_mode == "background":
+        if worker.rank != 0 or not cfg.data.val:
+            return
+        if cfg.eval_every and cfg.eval_mode == "background":
             self.background = BackgroundScoring(vocab=setup.vocab, set_a=setup.set_a, backend=cfg.eval_backend,
                                                 cpus=cfg.eval_cpus)
+        if worker.mlflow_run and (cfg.mlflow.eval_figures or cfg.mlflow.eval_images):
+            self.figures = FigureLogger(worker.mlflow_run)
+            self.examples = ExampleImages(setup.val_sources, setup.vocab, setup.set_a, cfg.mlflow.eval_images)
+            self.set_a_names = {setup.vocab.name(label) for label in setup.set_a}
 
     def after_step(self, worker: Worker) -> None:
         worker.evaluation, worker.evaluated, worker.scored = None, False, []
@@ -172,7 +181,7 @@ class PeriodicEvaluation(Hook):
             worker.scored = self.background.finished(wait=worker.last)
             for iteration, evaluation in worker.scored:
                 if evaluation is not None:
-                    self.log(worker, evaluation.metrics, iteration, log_line(evaluation.metrics, iteration))
+                    self.log(worker, evaluation, iteration, log_line(evaluation.metrics, iteration))
         if not (cfg.data.val and worker.due(cfg.eval_every)):
             return
         worker.evaluated = True
@@ -182,18 +191,32 @@ class PeriodicEvaluation(Hook):
         shares = worker.gather_to_rank0(share)
         if shares is None:  # not rank 0
             return
+        if self.examples and self.examples.samples and not self.logged_before(worker, worker.iteration):
+            detections = self.examples.predictions(worker.model, worker.device)
+            self.figures.submit(lambda: self.examples.figures(detections, title_of(worker.iteration)), worker.iteration)
         if self.background and not worker.last:
             self.background.submit(shares, worker.iteration)
             return
         worker.evaluation = score_shares(shares, worker.setup.vocab, worker.setup.set_a, cfg.eval_backend)
         worker.scored.append((worker.iteration, worker.evaluation))
-        self.log(worker, worker.evaluation.metrics, worker.iteration, log_line(worker.evaluation.metrics))
+        self.log(worker, worker.evaluation, worker.iteration, log_line(worker.evaluation.metrics))
+
+    def after_train(self, worker: Worker) -> None:
+        if self.figures is not None:
+            self.figures.close()
+
+    def log(self, worker: Worker, evaluation: Evaluation, iteration: int, line: str) -> None:
+        log.info("%s", line)
+        if self.figures and worker.config.mlflow.eval_figures and not self.logged_before(worker, iteration):
+            summary = evaluation.summary()
+            self.figures.submit(lambda: evaluation_figures(summary, self.set_a_names, title_of(iteration)), iteration)
+        if worker.metric_logger:
+            worker.metric_logger.log(evaluation.metrics, iteration)
 
     @staticmethod
-    def log(worker: Worker, metrics: dict[str, float], iteration: int, line: str) -> None:
-        log.info("%s", line)
-        if worker.metric_logger:
-            worker.metric_logger.log(metrics, iteration)
+    def logged_before(worker: Worker, iteration: int) -> bool:
+        """An evaluation an interrupted pass logged already (its metrics, and with them its figures)."""
+        return bool(worker.metric_logger) and iteration in worker.metric_logger.already_logged.get("segm/all/AP", ())
 
 
 class KeepBest(Hook):
@@ -235,7 +258,7 @@ class KeepBest(Hook):
                      self.best.folder_name)
             self.writer.submit(_write_best, worker.job.run_folder, self.best, weights=weights,
                                config_yaml=dump_config(worker.config), vocab=worker.setup.vocab,
-                               evaluation={"metrics": evaluation.metrics, "per_class_ap": evaluation.per_class_ap})
+                               evaluation=evaluation.summary())
 
     def after_train(self, worker: Worker) -> None:
         if self.writer is not None:
@@ -299,7 +322,7 @@ def report_checkpoint(worker: Worker) -> None:
     evaluation = None
     if worker.evaluation:
         metrics.update(worker.evaluation.metrics)
-        evaluation = {"metrics": worker.evaluation.metrics, "per_class_ap": worker.evaluation.per_class_ap}
+        evaluation = worker.evaluation.summary()
     # Ray Train deletes the local folder once it is uploaded (by a thread, with checkpoint.upload: async).
     folder = tempfile.mkdtemp(prefix="maskx-checkpoint-")
     contents = run_folder.checkpoint_contents(worker.model, worker.optimizer, worker.scheduler,

@@ -14,6 +14,8 @@ from typing import Optional
 from .. import run_folder
 from ..config import TrainConfig, dump_config
 from ..ray_cluster import connect
+from ..reporting.data_figures import log_classes
+from ..reporting.report import log_report
 from ..run_setup import RunSetup, set_up_run
 from ..serving.model_logging import log_finished_run
 from ..serving.evaluation import coco_metric_names
@@ -109,6 +111,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
             with result.checkpoint.as_directory() as checkpoint_folder, tempfile.TemporaryDirectory() as scratch:
                 chosen = (best, run_folder.local_best(folder, best, scratch)) if best else None
                 metrics, version = log_finished_run(setup, checkpoint_folder, mlflow_run, run_name, best=chosen)
+        log_report(mlflow_run)
         mlflow_run.end()
     except connection_errors() as exc:
         raise RuntimeError(
@@ -142,6 +145,7 @@ def _mlflow_run(setup: RunSetup, run_name: str, folder: str, tracking: Tracking,
     mlflow_run.log_datasets(setup.lineage())
     if setup.class_frequency is not None:
         log_class_frequency(mlflow_run, setup.class_frequency, cfg.data.repeat_threshold, setup.vocab)
+    log_classes(mlflow_run, [use.manifest for use in setup.manifests if use.context == "train"], setup.set_a)
     run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
     return mlflow_run
 

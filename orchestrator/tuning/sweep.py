@@ -19,6 +19,7 @@ from maskx.datasets import storage
 from .. import run_folder
 from ..config import SweepConfig, TrainConfig, apply_override, dump_config, validate
 from ..ray_cluster import connect
+from ..reporting.report import log_report
 from ..run_setup import absolute_storage_path, with_absolute_paths
 from ..serving.tracking import Tracking
 from ..training.trainer import train
@@ -243,6 +244,7 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
         rows = variant_table(trials, list(sw.variants), sw.table_metrics)
         table = variant_table_markdown(rows, sw.table_metrics)
         log_variant_table(parent, sweep_folder, rows, sw.table_metrics, table)
+    log_report(parent)
     parent.end()
     return SweepResult(sweep_folder, parent.run_id, trials, best, promotion, variant_table=table)
 

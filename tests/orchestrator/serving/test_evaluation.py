@@ -39,7 +39,7 @@ def evaluate_val_split(synth_shards, detect, backend="faster-coco-eval"):
 
 
 def test_predictions_equal_to_ground_truth_give_ap_one(synth_shards):
-    metrics, tables = evaluate_val_split(synth_shards, perfect_detections)
+    metrics, tables, _ = evaluate_val_split(synth_shards, perfect_detections)
     for iou_type in ("bbox", "segm"):
         for subset in ("all", "setA", "setB"):
             assert metrics[f"{iou_type}/{subset}/AP"] == 1.0, (iou_type, subset)
@@ -54,7 +54,7 @@ def test_wrong_labels_give_low_ap(synth_shards):
         wrong["labels"] = (wrong["labels"] % (num_classes - 1)) + 1  # every label shifted by one
         return wrong
 
-    metrics, _ = evaluate_val_split(synth_shards, shifted)
+    metrics, _, _ = evaluate_val_split(synth_shards, shifted)
     assert metrics["bbox/all/AP"] < 0.2
 
 
@@ -109,7 +109,7 @@ def test_faster_coco_eval_gives_pycocotools_numbers(synth_shards):
     rng = {backend: np.random.default_rng(1) for backend in ("faster-coco-eval", "pycocotools")}
     synthetic = {backend: evaluate_val_split(synth_shards, lambda target: noisy(target, rng[backend]), backend)
                  for backend in ("faster-coco-eval", "pycocotools")}
-    for (faster_metrics, faster_tables), (metrics, tables) in ((results["faster-coco-eval"], results["pycocotools"]),
+    for (faster_metrics, faster_tables, faster_curves), (metrics, tables, curves) in ((results["faster-coco-eval"], results["pycocotools"]),
                                                               (synthetic["faster-coco-eval"], synthetic["pycocotools"])):
         assert faster_metrics.keys() == metrics.keys() and 0.1 < metrics["segm/all/AP"] < 0.95, metrics
         assert all(abs(faster_metrics[k] - metrics[k]) < 1e-6 for k in metrics), (faster_metrics, metrics)
@@ -117,6 +117,10 @@ def test_faster_coco_eval_gives_pycocotools_numbers(synth_shards):
         for iou_type, table in tables.items():
             assert faster_tables[iou_type].keys() == table.keys()
             assert all(abs(faster_tables[iou_type][c] - ap) < 1e-6 for c, ap in table.items()), iou_type
+        for iou_type, subsets in curves.items():  # the error analysis too
+            for subset, levels in subsets.items():
+                for level, curve in levels.items():
+                    assert np.allclose(faster_curves[iou_type][subset][level], curve, atol=1e-6), (iou_type, subset, level)
 
 
 def test_an_unknown_backend_is_an_error_naming_the_choices():

@@ -104,6 +104,45 @@ def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_itera
         assert history[key][2] == pytest.approx(alone[key], abs=1e-6), key
 
 
+def test_each_evaluation_logs_its_figures_at_its_iteration_and_the_run_ends_with_a_report(first_run, tmp_path, capsys):
+    """The UI's image slider: every evaluation figure and every val image drawn with ground truth beside
+    predictions, at steps 2 (scored beside training) and 4; the data's classes; `report.html` at the
+    end, and `maskx report RUN_ID` building the same page from the run."""
+    import mlflow
+    from PIL import Image
+
+    from maskx.orchestrator.reporting.evaluation_figures import EXAMPLE, FIGURE_KEYS
+    from maskx.orchestrator.reporting.report import REPORT_FILE, stepped_images
+    from maskx.orchestrator.serving.tracking import Tracking
+
+    _, result = first_run
+    client = mlflow.MlflowClient(result.tracking_uri)
+    run = Tracking(result.tracking_uri).run(result.mlflow_run_id)
+    steps = {}
+    for image in stepped_images(run):
+        steps.setdefault(image.key, []).append(image.step)
+    expected = list(FIGURE_KEYS) + [EXAMPLE.format(i) for i in range(4)]
+    assert {key: sorted(found) for key, found in steps.items()} == {key: [2, 4] for key in expected}
+    names = {a.path for a in client.list_artifacts(result.mlflow_run_id)} | \
+        {a.path for a in client.list_artifacts(result.mlflow_run_id, "data")}
+    assert {REPORT_FILE, "data/classes.png"} <= names
+    example = [i for i in stepped_images(run) if i.key == EXAMPLE.format(0)][0]
+    local = mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path=example.path,
+                                                dst_path=str(tmp_path), tracking_uri=result.tracking_uri)
+    width, height = Image.open(local).size
+    assert width > height > 200  # two images side by side
+    out = tmp_path / "report.html"
+    assert main(["report", result.mlflow_run_id, "--tracking-uri", result.tracking_uri, "--out", str(out)]) == 0
+    page = out.read_text()
+    for key in expected + ["data/classes.png", "Model card", "Config", "Training"]:
+        assert key in page, key
+    # the latest of each figure, the classes and the training curves, every one embedded
+    assert page.count("<img src='data:image/png;base64,") >= len(expected) + 2
+    logged = mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path=REPORT_FILE,
+                                                 dst_path=str(tmp_path / "logged"), tracking_uri=result.tracking_uri)
+    assert open(logged).read().count("<img") == page.count("<img")
+
+
 def test_the_model_logged_at_the_end_is_the_best_evaluation_s_and_its_card_says_so(first_run):
     """checkpoint.keep_best: the best evaluation by it (the first of equals) is kept in the run folder
     beside the newest checkpoints, and its weights, not the last iteration's unless it is the best,

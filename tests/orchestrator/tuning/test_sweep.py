@@ -87,6 +87,13 @@ def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, ml
     assert {"sweep/trials.json", "sweep/metric_by_param.png", "sweep/promotion.json"} <= parent_artifacts
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["promotion.decision"] == "promoted: no champion yet"
+    # The sweep's page: its trials, each trial's metric over time with the scheduler's stops, the decision.
+    page = open(mlflow.artifacts.download_artifacts(run_id=result.parent_run_id, artifact_path="report.html",
+                                                    dst_path=str(tmp_path), tracking_uri=mlflow_server)).read()
+    for section in ("<h2>Trials</h2>", "Trials over time (scheduler stops marked)", "Champion decision",
+                    "promoted: no champion yet", "sweep/metric_by_param.png"):
+        assert section in page, section
+    assert all(t.trial in page for t in result.trials)
     # The champion is what `maskx eval` takes by alias (loaded through the safe weights-only path).
     from maskx.orchestrator.cli import main
 

@@ -1,0 +1,58 @@
+"""The classes of prepared data as a picture: images and objects per class, COCO against Visual
+Genome, classes with masks (set A) against boxes only (set B). `maskx prepare` writes one beside each
+manifest (`classes.png`, set A meaning masks in that source); every training run logs one of all its
+training manifests with set A as it trains it (`data/classes.png`)."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from maskx.datasets import storage
+from maskx.datasets.shard_format import ClassCounts, Manifest
+
+from ..serving.tracking import TrackedRun
+from . import figures
+
+log = logging.getLogger(__name__)
+
+CLASSES_FIGURE = "classes.png"  # beside a manifest
+
+
+def class_rows(counts: ClassCounts, set_a: set[int]) -> list[dict]:
+    """One row per class of the source: its set, images and objects (what `figures.class_frequency` plots)."""
+    return [{"label": label, "source": counts.source, "set": "setA" if label in set_a else "setB",
+             "images": counts.images.get(label, 0), "instances": instances}
+            for label, instances in sorted(counts.instances.items())]
+
+
+def classes_figure(manifests: list[Manifest], set_a: Optional[set[int]] = None, title: str = ""):
+    """The figure of these manifests' classes; `set_a` None: the classes with masks in each source."""
+    rows = []
+    for manifest in manifests:
+        counts = manifest.load_class_counts()
+        rows += class_rows(counts, set_a if set_a is not None else {k for k, v in counts.masks.items() if v})
+    sources = ", ".join(f"{m.source} ({m.num_samples} images)" for m in manifests)
+    return figures.class_frequency(rows, title=title or f"classes of {sources}")
+
+
+def write_classes_figure(manifest: Manifest) -> str:
+    """`classes.png` beside the manifest (local or s3://); returns its URL."""
+    url = storage.join(storage.parent(manifest.location), CLASSES_FIGURE)
+    storage.write_bytes(url, figures.png_bytes(classes_figure([manifest], title=f"classes of {manifest.source} "
+                                                               f"as prepared ({manifest.num_samples} images)")))
+    return url
+
+
+def log_classes(run: TrackedRun, manifests: list[Manifest], set_a: list[int]) -> None:
+    """The run's training classes (set A as the run trains it) as `data/classes.png`; manifests
+    prepared before maskx counted objects per class are left out with a warning."""
+    counted = []
+    for manifest in manifests:
+        try:
+            manifest.load_class_counts()
+            counted.append(manifest)
+        except FileNotFoundError as exc:
+            log.warning("%s; its classes are not drawn", exc)
+    if counted:
+        run.log_figure(classes_figure(counted, set(set_a), title="classes of the training data, set A as this run "
+                                                                 "trains it"), "data/classes.png")
