@@ -169,11 +169,11 @@ def class_frequency(rows: list[dict], title: str = "") -> Figure:
                 if chosen:
                     ax.scatter(*zip(*chosen), s=8, color=SET_COLORS[subset], zorder=2,
                                marker="o" if source == "coco" else "^",
-                               label=f"{source}: {SET_NAMES[subset]} ({len(chosen)})")
+                               label=f"{source}: set {subset[-1]} classes ({len(chosen)})")
         ax.set(yscale="log", xlabel="class, most to least frequent", ylabel=f"{count} per class")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _title(figure, title or "classes of the data")
+    _title(figure, (title or "classes of the data") + "\nset A: classes whose masks train the mask head; set B: boxes only")
     return figure
 
 

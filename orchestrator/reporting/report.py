@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..serving.tracking import TrackedRun, Tracking
 from . import figures
+from .evaluation_figures import FIGURE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,17 @@ def stepped_images(run: TrackedRun) -> list[SteppedImage]:
 
 
 def latest_by_key(images: list[SteppedImage]) -> dict[str, SteppedImage]:
+    """The newest step of each key: the evaluation figures in `FIGURE_KEYS` order, then the others by name."""
     latest: dict[str, SteppedImage] = {}
     for image in sorted(images, key=lambda i: i.step):
         latest[image.key] = image
-    return dict(sorted(latest.items()))
+    order = {key: i for i, key in enumerate(FIGURE_KEYS)}
+    return dict(sorted(latest.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
 def build_report(tracking: Tracking, run_id: str) -> str:
     """The HTML page of run `run_id` (a training run or a sweep)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     run = tracking.run(run_id)
     info = run.client.get_run(run_id)
     artifacts = _Artifacts(run)

@@ -221,7 +221,7 @@ def _results(gt: COCO, detections: list[dict]) -> Optional[COCO]:
 
 def _run(gt: COCO, dt: COCO, iou_type: str, cat_ids: list[int], backend: str,
          iou_thresholds: Optional[list[float]] = None) -> COCOeval:
-    """COCOeval of `cat_ids`; summarized (`.stats`) at COCO's IoU thresholds, else accumulated only."""
+    """COCOeval of `cat_ids`, evaluated and accumulated, at COCO's IoU thresholds or these."""
     with _quiet_pycocotools():
         evaluator = coco_api(backend)[1](gt, dt, iou_type)
         evaluator.params.catIds = cat_ids
@@ -229,8 +229,6 @@ def _run(gt: COCO, dt: COCO, iou_type: str, cat_ids: list[int], backend: str,
             evaluator.params.iouThrs = np.array(iou_thresholds)
         evaluator.evaluate()
         evaluator.accumulate()
-        if iou_thresholds is None:
-            evaluator.summarize()
     return evaluator
 
 
@@ -267,19 +265,39 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
         gt = _coco(images, annotations, labels, backend)
         dt = _results(gt, dets)
         present = sorted({a["category_id"] for a in annotations})
-        subsets = [present, [c for c in present if c in set(set_a)], [c for c in present if c in set(set_b)]]
-        for subset, cat_ids in zip(CLASS_SUBSETS, subsets):
-            evaluator = _run(gt, dt, iou_type, cat_ids, backend) if cat_ids and dt is not None else None
-            stats = evaluator.stats[:len(STAT_NAMES)] if evaluator is not None else [0.0] * len(STAT_NAMES)
+        column = {label: k for k, label in enumerate(present)}
+        subsets = {"all": present, "setA": [c for c in present if c in set(set_a)],
+                   "setB": [c for c in present if c in set(set_b)]}
+        columns = {subset: [column[c] for c in cat_ids] for subset, cat_ids in subsets.items()}
+        # One COCOeval over every class: a class's precision does not depend on the others', so a
+        # subset's figures are its classes' columns (what COCOeval run on the subset alone gives).
+        evaluator = _run(gt, dt, iou_type, present, backend) if present and dt is not None else None
+        for subset in CLASS_SUBSETS:
+            stats = summarized(evaluator, columns[subset]) if evaluator is not None and columns[subset] \
+                else [0.0] * len(STAT_NAMES)
             for name, value in zip(STAT_NAMES, stats):
                 metrics[f"{iou_type}/{subset}/{name}"] = max(float(value), 0.0)
-            if subset == "all" and evaluator is not None:
-                tables[iou_type] = per_class_ap(evaluator)
-                columns = {name: [present.index(c) for c in cat_ids] for name, cat_ids in zip(CLASS_SUBSETS, subsets)}
-                again = functools.partial(_rerun, images=images, labels=labels, dt=dt, iou_type=iou_type,
-                                          cat_ids=present, backend=backend)
-                curves[iou_type] = analyze(again, annotations, dets, evaluator, columns)
+        if evaluator is not None:
+            tables[iou_type] = per_class_ap(evaluator)
+            again = functools.partial(_rerun, images=images, labels=labels, dt=dt, iou_type=iou_type,
+                                      cat_ids=present, backend=backend)
+            curves[iou_type] = analyze(again, annotations, dets, evaluator, columns)
     return metrics, tables, curves
+
+
+def summarized(evaluator: COCOeval, columns: list[int]) -> list[float]:
+    """COCOeval.summarize()'s AP, AP50, AP75, APs, APm, APl (100 detections) over the classes
+    `columns` of an accumulated evaluation; -1 where none of them has ground truth."""
+    precision = evaluator.eval["precision"][:, :, columns]  # (T, R, K', areas: all/small/medium/large, max dets)
+    ious = np.asarray(evaluator.params.iouThrs)
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    at = {iou: int(np.flatnonzero(np.isclose(ious, iou))[0]) for iou in (0.5, 0.75)}
+    return [mean(precision[:, :, :, 0, -1]), mean(precision[at[0.5], :, :, 0, -1]), mean(precision[at[0.75], :, :, 0, -1]),
+            mean(precision[:, :, :, 1, -1]), mean(precision[:, :, :, 2, -1]), mean(precision[:, :, :, 3, -1])]
 
 
 def _rerun(annotations: list[dict], iou_thresholds: list[float], *, images: list[dict], labels: list[int], dt: COCO,

@@ -161,6 +161,7 @@ class PeriodicEvaluation(Hook):
         self.background: Optional[BackgroundScoring] = None
         self.figures: Optional[FigureLogger] = None
         self.examples: Optional[ExampleImages] = None
+        self.set_a_names: set[str] = set()
 
     def before_train(self, worker: Worker) -> None:
         cfg, setup = worker.config, worker.setup
@@ -192,8 +193,8 @@ class PeriodicEvaluation(Hook):
         if shares is None:  # not rank 0
             return
         if self.examples and self.examples.samples and not self.logged_before(worker, worker.iteration):
-            detections = self.examples.predictions(worker.model, worker.device)
-            self.figures.submit(lambda: self.examples.figures(detections, title_of(worker.iteration)), worker.iteration)
+            detections, title = self.examples.predictions(worker.model, worker.device), title_of(worker.iteration)
+            self.figures.submit(lambda: self.examples.figures(detections, title), worker.iteration)
         if self.background and not worker.last:
             self.background.submit(shares, worker.iteration)
             return

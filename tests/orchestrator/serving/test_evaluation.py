@@ -126,3 +126,27 @@ def test_faster_coco_eval_gives_pycocotools_numbers(synth_shards):
 def test_an_unknown_backend_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match="eval_backend: 'fast' is not one of faster-coco-eval, pycocotools"):
         coco_api("fast")
+
+
+def test_a_subset_s_figures_are_what_cocoeval_gives_on_that_subset_alone():
+    """evaluate() runs COCOeval once over every class and reads set A's and set B's AP from their
+    columns: the same figures as pycocotools' summarize() of a COCOeval run on each subset alone."""
+    from pycocotools.cocoeval import COCOeval
+
+    images, annotations, detections = coco_tiny_records(np.random.default_rng(0))
+    voc = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]
+    metrics, _, _ = evaluate(images, annotations, detections, 91, voc, "pycocotools")
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": [dict(a, id=i + 1) for i, a in enumerate(annotations)],
+                  "categories": [{"id": c} for c in range(1, 91)]}
+    gt.createIndex()
+    dt = gt.loadRes([dict(d, segmentation=dict(d["segmentation"])) for d in detections])
+    present = sorted({a["category_id"] for a in annotations})
+    for subset, cat_ids in (("setA", [c for c in present if c in voc]), ("setB", [c for c in present if c not in voc])):
+        alone = COCOeval(gt, dt, "segm")
+        alone.params.catIds = cat_ids
+        alone.evaluate()
+        alone.accumulate()
+        alone.summarize()
+        for name, value in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), alone.stats):
+            assert metrics[f"segm/{subset}/{name}"] == pytest.approx(max(value, 0.0), abs=1e-9), (subset, name)
