@@ -122,7 +122,7 @@ def test_one_worker_per_node_each_streaming_its_own_partitions(cluster, unbroken
     # Repeat-factor sampling (data.repeat_threshold) shows what it does in the run's MLflow run.
     client = mlflow.MlflowClient(result.tracking_uri)
     assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "data")} == {
-        "data/class_frequency.png", "data/class_frequency.json"}
+        "data/class_frequency.png", "data/class_frequency.json", "data/classes.png"}
     png = client.download_artifacts(result.mlflow_run_id, "data/class_frequency.png", tempfile.mkdtemp())
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     params = client.get_run(result.mlflow_run_id).data.params

@@ -24,7 +24,9 @@ def sweep_overrides(synth_shards, tmp, tracking_uri, experiment="sweep-test"):
             f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "solver.max_iter=4", "solver.warmup_iters=1",
             "log_every=1", "checkpoint.every=1", f"checkpoint.storage_path={tmp}/runs", f"sweep.storage_path={tmp}/sweeps",
             f"mlflow.tracking_uri={tracking_uri}", f"mlflow.experiment={experiment}", f"mlflow.registered_model={MODEL}",
-            "sweep.metric=loss/loss", "sweep.mode=min"]
+            "sweep.metric=loss/loss", "sweep.mode=min",
+            # Trials' figures are test_train.py's; the sweep's own page is tested here (CI time).
+            "mlflow.eval_figures=false", "mlflow.eval_images=0"]
 
 
 def test_space_entries_are_checked_by_key():
@@ -288,7 +290,8 @@ def test_ablation_sweep_logs_the_paper_table_on_its_parent_run(sweep_ray, synth_
                  # model and checkpoints small (on the upsampled ones its FC alone holds 39M weights).
                  "model.mask_head.mlp_input=reduced", "model.mask_head.mlp_channels=16",
                  "checkpoint.every=4", f"checkpoint.storage_path={tmp_path}/runs", f"mlflow.tracking_uri={mlflow_server}",
-                 "mlflow.experiment=ablation-test", f"sweep.variants={json.dumps(two)}", "sweep.space={seed: {grid: [0, 1]}}"]
+                 "mlflow.experiment=ablation-test", f"sweep.variants={json.dumps(two)}", "sweep.space={seed: {grid: [0, 1]}}",
+                 "mlflow.eval_figures=false", "mlflow.eval_images=0"]
     result = sweep(load_config(ABLATION_TRAIN, overrides, sweep_path=ABLATION_SWEEP))
 
     assert sorted((t.variant, t.status, t.iteration) for t in result.trials) == sorted(
