@@ -4,7 +4,8 @@ Ground truth and detections shaped like a trained model's on COCO val2017: 5000 
 640x480, ~7 objects an image (polygon masks), 100 detections an image (boxes and masks near the
 objects or anywhere, scores at random) over the 80 classes. Both backends score the same records
 the way maskx's evaluation does (bbox and segm; overall, set A and set B); the script checks their
-figures agree and prints each one's seconds and the ratio.
+figures agree and prints each one's seconds and the ratio, then faster-coco-eval's with the error
+analysis (`eval_error_analysis`) on top.
 
     python bench/coco_eval.py                 # COCO val's size: about 15 minutes on one core
     python bench/coco_eval.py --images 500    # a quick look
@@ -76,7 +77,8 @@ def main() -> None:
     for backend in COCOEVAL_BACKENDS:
         images, annotations, detections = json.loads(data)  # a fresh copy: COCOeval adds keys to the records
         start = time.perf_counter()
-        metrics[backend], _, _ = evaluate(images, annotations, detections, NUM_CLASSES, sorted(VOC_COCO_IDS), backend)
+        metrics[backend], _, _ = evaluate(images, annotations, detections, NUM_CLASSES, sorted(VOC_COCO_IDS), backend,
+                                          error_analysis=False)
         seconds[backend] = time.perf_counter() - start
         print(f"{backend:>17}: {seconds[backend]:7.1f} s   segm/setB/AP {metrics[backend]['segm/setB/AP']:.4f}")
     faster, reference = COCOEVAL_BACKENDS
@@ -84,6 +86,12 @@ def main() -> None:
     print(f"largest difference between their figures: {gap:.1e}")
     print(f"{faster} / {reference} time: {seconds[faster] / seconds[reference]:.3f} "
           f"({seconds[reference] / seconds[faster]:.1f}x faster)")
+    images, annotations, detections = json.loads(data)
+    start = time.perf_counter()
+    evaluate(images, annotations, detections, NUM_CLASSES, sorted(VOC_COCO_IDS), faster)
+    analyzed = time.perf_counter() - start
+    print(f"{faster} with the error analysis (eval_error_analysis, the default): {analyzed:.1f} s, "
+          f"{analyzed / seconds[faster]:.1f}x without")
 
 
 if __name__ == "__main__":

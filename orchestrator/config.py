@@ -242,6 +242,10 @@ class TrainConfig:
     # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
     # docs/benchmarks.md) or pycocotools' own.
     eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
+    # COCO analyze()'s breakdown of each evaluation (the `eval/where_it_fails` figure: localization,
+    # class confusion, background, misses): two more COCOeval passes per IoU type, each detection
+    # against every object of another class it meets; ~4x COCOeval's time (docs/benchmarks.md).
+    eval_error_analysis: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)

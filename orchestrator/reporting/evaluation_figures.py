@@ -37,9 +37,11 @@ EXAMPLE_SCORE_THRESHOLD = 0.3
 def evaluation_figures(summary: dict, set_a_names: set[str], title: str = "") -> dict[str, Figure]:
     """The figures of one evaluation (`Evaluation.summary()`: metrics, per-class AP, curves), by key."""
     drawn = {AP_BY_SIZE: figures.ap_by_size(summary["metrics"], title=f"AP by object size{title}")}
-    if summary.get("curves"):
-        drawn[PR_CURVES] = figures.pr_curves(summary["curves"], title=f"precision-recall{title}")
-        drawn[WHERE_IT_FAILS] = figures.failure_analysis(summary["curves"], title=f"where detections fail{title}")
+    curves = summary.get("curves")
+    if curves:
+        drawn[PR_CURVES] = figures.pr_curves(curves, title=f"precision-recall{title}")
+    if any("Loc" in levels for subsets in (curves or {}).values() for levels in subsets.values()):  # eval_error_analysis
+        drawn[WHERE_IT_FAILS] = figures.failure_analysis(curves, title=f"where detections fail{title}")
     if summary["per_class_ap"].get("segm"):
         drawn[PER_CLASS_MASK_AP] = figures.per_class_ap(summary["per_class_ap"]["segm"], set_a_names)
     return drawn

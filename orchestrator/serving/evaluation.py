@@ -33,7 +33,7 @@ from maskx.datasets.shard_format import rle_from_json, rle_to_json
 from maskx.datasets.stream import EvalStream, Source, make_loader
 from maskx.datasets.vocab import Vocabulary
 
-from .error_analysis import analyze
+from .error_analysis import analyze, pr_curves
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +87,23 @@ def predict_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary
 
 
 def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, set_a: list[int], *,
-                       batch_size: int, device: torch.device, backend: str = "faster-coco-eval") -> Evaluation:
+                       batch_size: int, device: torch.device, backend: str = "faster-coco-eval",
+                       error_analysis: bool = True) -> Evaluation:
     """The model over every val shard, then COCOeval, in this process."""
     share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device)
-    return score_shares([share], vocab, set_a, backend)
+    return score_shares([share], vocab, set_a, backend, error_analysis)
 
 
 def score_shares(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int],
-                 backend: str = "faster-coco-eval") -> Evaluation:
+                 backend: str = "faster-coco-eval", error_analysis: bool = True) -> Evaluation:
     """COCOeval over every rank's share (records, skipped samples): `evaluate_on_shards`' second half."""
     images, annotations, detections = [], [], []
     for (imgs, anns, dets), _ in shares:
         images += imgs
         annotations += anns
         detections += dets
-    metrics, tables, curves = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend)
+    metrics, tables, curves = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend,
+                                       error_analysis)
     metrics["eval/images"] = float(len(images))
     metrics["data/eval_skipped_samples"] = float(sum(skipped for _, skipped in shares))
     named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
@@ -249,9 +251,11 @@ def coco_metric_names() -> list[str]:
 
 
 def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[dict], num_classes: int,
-             set_a: list[int], backend: str = "faster-coco-eval") -> tuple[dict[str, float], dict[str, dict[int, float]], dict]:
+             set_a: list[int], backend: str = "faster-coco-eval",
+             error_analysis: bool = True) -> tuple[dict[str, float], dict[str, dict[int, float]], dict]:
     """Metrics named like `segm/setB/AP`, per-class AP tables keyed by iou type, and curves: iou type
-    -> subset -> level -> PR curve (`error_analysis.py`).
+    -> subset -> level -> PR curve (`error_analysis.py`: its levels past C50 only with `error_analysis`,
+    two more COCOeval passes per iou type).
 
     Mask AP is computed over the classes and instances that have ground-truth masks."""
     labels = list(range(1, num_classes))
@@ -281,7 +285,8 @@ def evaluate(images: list[dict], gt_annotations: list[dict], detections: list[di
             tables[iou_type] = per_class_ap(evaluator)
             again = functools.partial(_rerun, images=images, labels=labels, dt=dt, iou_type=iou_type,
                                       cat_ids=present, backend=backend)
-            curves[iou_type] = analyze(again, annotations, dets, evaluator, columns)
+            curves[iou_type] = analyze(again, annotations, dets, evaluator, columns) if error_analysis \
+                else pr_curves(evaluator, columns)
     return metrics, tables, curves
 
 

@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote(max_retries=0)
-def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int], backend: str) -> Evaluation:
+def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int], backend: str,
+           error_analysis: bool) -> Evaluation:
     started = time.perf_counter()
-    evaluation = score_shares(shares, vocab, set_a, backend)
+    evaluation = score_shares(shares, vocab, set_a, backend, error_analysis)
     evaluation.metrics["eval/cocoeval_seconds"] = time.perf_counter() - started
     return dataclasses.replace(evaluation, detections=[])  # rank 0 has them; only the scores travel back
 
@@ -38,8 +39,9 @@ def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int
 class BackgroundScoring:
     """Rank 0's COCOeval tasks in flight, by the iteration they evaluate."""
 
-    def __init__(self, *, vocab: Vocabulary, set_a: list[int], backend: str, cpus: float):
+    def __init__(self, *, vocab: Vocabulary, set_a: list[int], backend: str, cpus: float, error_analysis: bool):
         self.vocab, self.set_a, self.backend, self.cpus = vocab, set_a, backend, cpus
+        self.error_analysis = error_analysis
         self.pending: list[tuple[int, ray.ObjectRef]] = []
 
     def submit(self, shares: list[tuple[Records, int]], iteration: int) -> None:
@@ -47,7 +49,7 @@ class BackgroundScoring:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         task = _score.options(num_cpus=self.cpus, scheduling_strategy=here).remote(
-            shares, vocab=self.vocab, set_a=self.set_a, backend=self.backend)
+            shares, vocab=self.vocab, set_a=self.set_a, backend=self.backend, error_analysis=self.error_analysis)
         self.pending.append((iteration, task))
 
     def finished(self, wait: bool = False) -> list[tuple[int, Optional[Evaluation]]]:

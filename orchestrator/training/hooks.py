@@ -169,7 +169,7 @@ class PeriodicEvaluation(Hook):
             return
         if cfg.eval_every and cfg.eval_mode == "background":
             self.background = BackgroundScoring(vocab=setup.vocab, set_a=setup.set_a, backend=cfg.eval_backend,
-                                                cpus=cfg.eval_cpus)
+                                                cpus=cfg.eval_cpus, error_analysis=cfg.eval_error_analysis)
         if worker.mlflow_run and (cfg.mlflow.eval_figures or cfg.mlflow.eval_images):
             self.figures = FigureLogger(worker.mlflow_run)
             self.examples = ExampleImages(setup.val_sources, setup.vocab, setup.set_a, cfg.mlflow.eval_images)
@@ -198,7 +198,8 @@ class PeriodicEvaluation(Hook):
         if self.background and not worker.last:
             self.background.submit(shares, worker.iteration)
             return
-        worker.evaluation = score_shares(shares, worker.setup.vocab, worker.setup.set_a, cfg.eval_backend)
+        worker.evaluation = score_shares(shares, worker.setup.vocab, worker.setup.set_a, cfg.eval_backend,
+                                         cfg.eval_error_analysis)
         worker.scored.append((worker.iteration, worker.evaluation))
         self.log(worker, worker.evaluation, worker.iteration, log_line(worker.evaluation.metrics))
 

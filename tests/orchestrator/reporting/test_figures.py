@@ -35,14 +35,25 @@ def test_the_curves_average_to_cocoeval_s_ap_and_each_level_forgives_more(coco_t
             assert np.mean(levels["Cls"]) > np.mean(levels["Loc"])  # 10% of detections have the wrong class
 
 
-def test_class_confusion_is_forgiven_by_crowd_regions_of_the_detected_class():
+def test_class_confusion_is_forgiven_by_crowd_regions_of_the_classes_detected_on_an_object():
     annotations = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "iscrowd": 0},
                    {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "iscrowd": 0},
                    {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "iscrowd": 0}]
-    detections = [{"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 3}, {"image_id": 2, "category_id": 2}]
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                  {"image_id": 1, "category_id": 3, "bbox": [5, 5, 20, 20]},  # meets both objects
+                  {"image_id": 1, "category_id": 4, "bbox": [50, 50, 5, 5]},  # meets none
+                  {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10]}]
     added = class_confusions_forgiven(annotations, detections)[len(annotations):]
     assert sorted((a["image_id"], a["category_id"], tuple(a["bbox"]), a["iscrowd"]) for a in added) == [
-        (1, 1, (20, 20, 10, 10), 1), (1, 3, (0, 0, 10, 10), 1), (1, 3, (20, 20, 10, 10), 1)]
+        (1, 3, (0, 0, 10, 10), 1), (1, 3, (20, 20, 10, 10), 1)]
+
+
+def test_without_the_error_analysis_the_pr_curves_remain_and_where_it_fails_is_not_drawn():
+    metrics, tables, curves = evaluate(*coco_tiny_records(np.random.default_rng(0)), 91, VOC, error_analysis=False)
+    assert set(curves["segm"]["setB"]) == {"AP", "C75", "C50"}
+    assert np.mean(curves["segm"]["setB"]["C50"]) == pytest.approx(metrics["segm/setB/AP50"], abs=1e-5)
+    summary = {"metrics": metrics, "per_class_ap": {"segm": {}}, "curves": curves}
+    assert set(evaluation_figures(summary, set())) == {"eval/pr_curves", "eval/ap_by_size"}
 
 
 def test_each_figure_plots_the_numbers_it_was_given(coco_tiny_evaluation):
