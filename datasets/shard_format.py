@@ -110,10 +110,10 @@ class Manifest:
     def load_class_counts(self) -> "ClassCounts":
         """Per class: its images, its objects, and those with a mask (non-crowd, as prepared)."""
         found = self._read_image_classes()
-        images = Counter(label for labels in found["labels"].values() for label in labels)
         if "instances" not in found:
             raise FileNotFoundError(f"manifest {self.location}: its {IMAGE_CLASSES_NAME} has no object counts "
                                     "(prepared by an older maskx); run the same `maskx prepare` again")
+        images = Counter(label for labels in found["labels"].values() for label in labels)
         return ClassCounts(source=self.source, images=dict(images),
                            instances={int(k): v for k, v in found["instances"].items()},
                            masks={int(k): v for k, v in found["masks"].items()})

@@ -25,21 +25,19 @@ def class_rows(counts: ClassCounts, set_a: set[int]) -> list[dict]:
             for label, instances in sorted(counts.instances.items())]
 
 
-def classes_figure(manifests: list[Manifest], set_a: Optional[set[int]] = None, title: str = ""):
-    """The figure of these manifests' classes; `set_a` None: the classes with masks in each source."""
+def classes_figure(sources: list[ClassCounts], set_a: Optional[set[int]], title: str):
+    """The figure of these sources' classes; `set_a` None: the classes with masks in each source."""
     rows = []
-    for manifest in manifests:
-        counts = manifest.load_class_counts()
+    for counts in sources:
         rows += class_rows(counts, set_a if set_a is not None else {k for k, v in counts.masks.items() if v})
-    sources = ", ".join(f"{m.source} ({m.num_samples} images)" for m in manifests)
-    return figures.class_frequency(rows, title=title or f"classes of {sources}")
+    return figures.class_frequency(rows, title=title)
 
 
 def write_classes_figure(manifest: Manifest) -> str:
     """`classes.png` beside the manifest (local or s3://); returns its URL."""
     url = storage.join(storage.parent(manifest.location), CLASSES_FIGURE)
-    storage.write_bytes(url, figures.png_bytes(classes_figure([manifest], title=f"classes of {manifest.source} "
-                                                               f"as prepared ({manifest.num_samples} images)")))
+    title = f"classes of {manifest.source} as prepared ({manifest.num_samples} images)"
+    storage.write_bytes(url, figures.png_bytes(classes_figure([manifest.load_class_counts()], None, title)))
     return url
 
 
@@ -49,8 +47,7 @@ def log_classes(run: TrackedRun, manifests: list[Manifest], set_a: list[int]) ->
     counted = []
     for manifest in manifests:
         try:
-            manifest.load_class_counts()
-            counted.append(manifest)
+            counted.append(manifest.load_class_counts())
         except FileNotFoundError as exc:
             log.warning("%s; its classes are not drawn", exc)
     if counted:

@@ -18,11 +18,11 @@ from matplotlib.patches import Patch
 
 from maskx.orchestrator.serving.error_analysis import LEVELS, RECALL_POINTS
 
-SET_COLORS = {"setA": "tab:blue", "setB": "tab:orange", "all": "0.45"}
-SET_NAMES = {"setA": "set A (masks in training)", "setB": "set B (boxes only)", "all": "all classes"}
+SET_COLORS = {"setA": "tab:blue", "setB": "tab:orange"}
+SET_NAMES = {"setA": "set A (masks in training)", "setB": "set B (boxes only)"}
 IOU_NAMES = {"bbox": "box", "segm": "mask"}
 # COCO analyze()'s legend: what each level forgives, strictest first.
-LEVEL_NAMES = {"AP": "AP IoU .50:.95", "C75": "C75: IoU .75", "C50": "C50: IoU .50", "Loc": "Loc: IoU .10",
+LEVEL_NAMES = {"C75": "C75: IoU .75", "C50": "C50: IoU .50", "Loc": "Loc: IoU .10",
                "Cls": "Cls: class confusion forgiven", "BG": "BG: false positives forgiven", "FN": "FN: misses forgiven"}
 LEVEL_COLORS = {"C75": "#ffffff", "C50": "#2b83ba", "Loc": "#abdda4", "Cls": "#ffffbf", "BG": "#fdae61",
                 "FN": "#d7191c"}
