@@ -3,6 +3,7 @@
 Pure torch: nothing here imports Ray or MLflow.
 """
 from .config import BackboneConfig, ClassifierLossConfig, MaskHeadConfig, ModelConfig
-from .mask_x_rcnn import MaskXRCNN, build_model
+from .mask_x_rcnn import MaskXRCNN, build_model, build_transform
 
-__all__ = ["BackboneConfig", "ClassifierLossConfig", "MaskHeadConfig", "ModelConfig", "MaskXRCNN", "build_model"]
+__all__ = ["BackboneConfig", "ClassifierLossConfig", "MaskHeadConfig", "ModelConfig", "MaskXRCNN", "build_model",
+           "build_transform"]

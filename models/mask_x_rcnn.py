@@ -76,12 +76,26 @@ class PreResizedTransform(GeneralizedRCNNTransform):
     probabilities, under `mask_probs` instead of `masks` (the boxes are in the input's pixels either
     way): torchvision pastes every detection's mask on the whole input as floats at once, N x H x W,
     7.9 GB of peak memory for 100 detections on a 3000x3000 image. Whoever reads the detections then
-    pastes the ones it keeps, one at a time (torchvision's `paste_masks_in_image` on one mask)."""
+    pastes the ones it keeps, one at a time (torchvision's `paste_masks_in_image` on one mask).
+
+    `prepared_inputs = True` takes images at inference as `prepare` left them (normalized and
+    resized: a batch job does that on CPU tasks elsewhere) and only batches them; the boxes come back
+    in the prepared image's pixels."""
 
     paste_masks = True
+    prepared_inputs = False
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """One float image normalized and resized as `forward` does at inference, before batching."""
+        return super().resize(super().normalize(image))[0]
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if self.prepared_inputs and not self.training:
+            return image
+        return super().normalize(image)
 
     def resize(self, image: torch.Tensor, target: Optional[dict] = None) -> tuple[torch.Tensor, Optional[dict]]:
-        if self.training:
+        if self.training or self.prepared_inputs:
             return image, target
         return super().resize(image, target)
 
@@ -175,5 +189,9 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
         loss_kind=cfg.box_loss.kind, focal_gamma=cfg.box_loss.gamma, focal_alpha=cfg.box_loss.alpha,
         loss_normalization=cfg.loss_normalization,
     )
-    transform = PreResizedTransform(cfg.min_size, cfg.max_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    return MaskXRCNN(backbone, rpn, roi_heads, transform, frozen=tuple(cfg.freeze))
+    return MaskXRCNN(backbone, rpn, roi_heads, build_transform(cfg), frozen=tuple(cfg.freeze))
+
+
+def build_transform(cfg: ModelConfig) -> PreResizedTransform:
+    """The model's input transform alone (no weights): what a batch job's CPU tasks prepare images with."""
+    return PreResizedTransform(cfg.min_size, cfg.max_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)

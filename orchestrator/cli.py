@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
+    on_ray = predict.add_argument_group("on Ray Data (--ray): --images DIR|GLOB|s3://bucket/prefix or --shards, "
+                                        "written block by block under --out (a folder or s3://); a rerun skips "
+                                        "blocks written already")
+    on_ray.add_argument("--ray", action="store_true", help="run on the connected Ray cluster ($RAY_ADDRESS) or a "
+                                                          "local one: CPU tasks decode and resize, actors predict")
+    on_ray.add_argument("--actors", default="1,1", metavar="MIN,MAX",
+                        help="model actors, autoscaled between MIN and MAX (default 1,1)")
+    on_ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per model actor (default 0: CPU)")
+    on_ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (default 1)")
+    on_ray.add_argument("--block-size", type=int, default=64,
+                        help="images per written block, a multiple of --batch-size (default 64; a shard is a block)")
 
     browse = sub.add_parser("browse", help="draw prepared shards as the model sees them (resized, flipped, masks "
                                            "decoded; boxes without masks marked), listing skipped samples")
@@ -263,6 +274,8 @@ def run_predict(args) -> int:
     from maskx.orchestrator.serving import predictions
     from maskx.orchestrator.serving.inference import load_model, write_overlay
 
+    if args.ray:
+        return _run_predict_on_ray(args)
     loaded = load_model(args.model)
     if args.image:
         drawn = write_overlay(loaded, args.image, args.out, args.score_threshold)
@@ -275,6 +288,29 @@ def run_predict(args) -> int:
         summary = predictions.predict_shards(loaded, args.shards, args.out, args.batch_size)
     unreadable = f"; {len(summary.unreadable)} unreadable files skipped: {summary.unreadable}" if summary.unreadable else ""
     print(f"{summary.results}: {summary.detections} detections on {summary.images} images{unreadable}")
+    return 0
+
+
+def _run_predict_on_ray(args) -> int:
+    from maskx.orchestrator.serving.inference import model_weights
+    from maskx.orchestrator.serving.ray_predictions import predict_on_ray, summary_line
+
+    if args.image or args.overlays:
+        raise ValueError("--ray predicts over --images or --shards and writes COCO results: no --image, no --overlays")
+    try:
+        actors = tuple(int(n) for n in args.actors.split(","))
+        if len(actors) == 1:
+            actors *= 2
+        if len(actors) != 2 or not 1 <= actors[0] <= actors[1]:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--actors {args.actors}: MIN,MAX with 1 <= MIN <= MAX, e.g. 2,8 (or one number)") from None
+    summary = predict_on_ray(args.model, model_weights(args.model), args.out, images=args.images, shards=args.shards,
+                             batch_size=args.batch_size, block_size=args.block_size, actors=actors,
+                             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor)
+    print(summary_line(summary))
+    for unreadable in summary.unreadable:
+        print(f"  unreadable: {unreadable['image']}: {unreadable['reason']}")
     return 0
 
 

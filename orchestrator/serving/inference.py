@@ -54,7 +54,7 @@ class LoadedModel:
 def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
     """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
-    return _built(*model_weights(uri, tracking_uri))
+    return loaded_from(*model_weights(uri, tracking_uri))
 
 
 def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainConfig, Vocabulary, dict]:
@@ -70,10 +70,11 @@ def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainCo
 
 def load_model_files(folder: str) -> LoadedModel:
     """A model from a logged model's files (config, vocabulary, weights)."""
-    return _built(*run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder))
+    return loaded_from(*run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder))
 
 
-def _built(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel:
+def loaded_from(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel:
+    """The model `model_weights` describes, for inference."""
     architecture = copy.deepcopy(cfg.model)
     architecture.backbone.weights = None  # what it started from; the state dict has what it learned
     model = build_model(architecture)

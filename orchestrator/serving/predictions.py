@@ -22,6 +22,7 @@ import torch
 from torchvision.io import write_png
 from tqdm import tqdm
 
+from maskx.datasets import storage
 from maskx.datasets.stream import load_sources
 from maskx.datasets.vocab import Vocabulary
 
@@ -124,6 +125,10 @@ def write_results(path: str, results: list[dict], vocab: Vocabulary) -> None:
     """The results list at `path` and `categories.json` beside it."""
     with open(path, "w") as f:
         json.dump(results, f)
+    write_categories(os.path.dirname(path) or ".", vocab)
+
+
+def write_categories(folder: str, vocab: Vocabulary) -> None:
+    """`categories.json` in a folder (local or s3://): every category id of the results and its name."""
     categories = [{"id": category_id(vocab, label), "name": vocab.name(label)} for label in range(1, vocab.num_classes)]
-    with open(os.path.join(os.path.dirname(path) or ".", CATEGORIES_FILE), "w") as f:
-        json.dump(categories, f, indent=1)
+    storage.write_bytes(storage.join(folder, CATEGORIES_FILE), json.dumps(categories, indent=1).encode())

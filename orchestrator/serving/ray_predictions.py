@@ -1,0 +1,306 @@
+"""`maskx predict --ray`: a model over a collection of images (a folder, a glob, an S3 prefix) or over
+prepared shards, on Ray Data, written block by block.
+
+The job is cut into blocks: `block_size` images in sorted order, or one shard. Ray Data reads,
+decodes, normalizes and resizes a block's images in a CPU task (`PreResizedTransform.prepare`), the
+model runs in a pool of actors (`actors=(MIN, MAX)`, `gpus_per_actor`) on the prepared images, and
+the driver writes each block as it comes:
+
+    OUT/plan.json            what the job is (model, inputs, block size, images); a rerun checks it
+    OUT/results/000042.json  block 42's detections as COCO results (the format of `results.json`)
+    OUT/blocks/000042.json   block 42 is done: its images, detections and unreadable files
+    OUT/manifest.json        every block, the totals and the unreadable files, when the job ends
+    OUT/categories.json
+
+A rerun of the same plan skips the blocks whose `blocks/` entry exists: a job that died resumes
+where it stopped, and no block is written twice. Within a block the model sees the batches that
+`maskx predict` gives it (consecutive images, unreadable ones dropped; a block is a whole number of
+batches), so both write the same detections. OUT and the inputs are read by every node: on a
+cluster, s3:// or a shared filesystem.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+from torchvision.models.detection.transform import resize_boxes
+
+from maskx.datasets import storage
+from maskx.datasets.shard_format import load_manifest
+from maskx.datasets.stream import SkipCounter, shard_samples
+from maskx.datasets.transforms import BadSample, decode_sample
+from maskx.datasets.vocab import Vocabulary
+from maskx.models import build_transform
+
+from ..config import TrainConfig
+from ..ray_cluster import connect
+from .evaluation import detection_records
+from .inference import decode_image_bytes, loaded_from
+from .predictions import IMAGE_SUFFIXES, coco_results, image_files, image_id_of, write_categories
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+MANIFEST_FILE = "manifest.json"
+RESULTS_FOLDER = "results"
+BLOCKS_FOLDER = "blocks"
+DEFAULT_BLOCK_SIZE = 64
+DECODE_WORKER_BYTES = 600 * 2**20  # a Ray worker with torch imported, decoding (Ray Data measured ~500 MiB)
+
+
+@dataclass
+class RaySummary:
+    out: str
+    images: int = 0  # predicted on, this run
+    detections: int = 0
+    blocks: int = 0  # written this run
+    blocks_done_before: int = 0  # by an earlier run of the same plan, skipped
+    seconds: float = 0.0
+    unreadable: list[dict] = field(default_factory=list)  # {"image": ..., "reason": ...}
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def list_images(images: str) -> list[str]:
+    """The image files of a folder, a glob or an S3 prefix, sorted (the order `maskx predict` uses)."""
+    if not storage.is_s3(images):
+        return image_files(images)
+    keys = sorted(k for k in storage.list_keys(images) if k.lower().endswith(IMAGE_SUFFIXES))
+    if not keys:
+        raise FileNotFoundError(f"--images {images}: no .jpg, .jpeg or .png objects under that prefix")
+    return [storage.join(images, key) for key in keys]
+
+
+def image_blocks(images: str, block_size: int) -> list[dict]:
+    """One row per block of `block_size` images: their references and image ids."""
+    refs = list_images(images)
+    ids = [image_id_of(ref, position) for position, ref in enumerate(refs)]
+    return [{"block": number, "refs": refs[start:start + block_size], "ids": ids[start:start + block_size],
+             "samples": 0} for number, start in enumerate(range(0, len(refs), block_size))]
+
+
+def shard_blocks(manifest_url: str) -> tuple[list[dict], Vocabulary]:
+    """One row per shard of prepared shards, and their vocabulary."""
+    manifest = load_manifest(manifest_url)
+    return ([{"block": number, "refs": [url], "ids": [], "samples": entry.samples}
+             for number, (url, entry) in enumerate(zip(manifest.shard_urls(), manifest.shards))],
+            manifest.vocab())
+
+
+def prepare_block(row: dict, cfg: TrainConfig, vocab: Vocabulary, batch_size: int, block_size: int) -> Iterator[dict]:
+    """A CPU task: the block's images read, decoded, normalized and resized, each with its image id,
+    source size and batch number, in parts of at most `block_size` images (a shard can hold more);
+    what could not be read, listed with why in the last part."""
+    transform = build_transform(cfg.model).eval()
+    batches_per_part = block_size // batch_size
+    prepared, unreadable, part = [], [], 0
+    for batch, image_id, image in _block_images(row, vocab, batch_size, unreadable):
+        if prepared and batch // batches_per_part != prepared[0][0] // batches_per_part:
+            yield _part(row, part, prepared, [], last=False)
+            prepared, part = [], part + 1
+        prepared.append((batch, image_id, tuple(image.shape[-2:]), transform.prepare(image.float().div_(255)).numpy()))
+    yield _part(row, part, prepared, unreadable, last=True)
+
+
+def _part(row: dict, part: int, prepared: list[tuple], unreadable: list[dict], last: bool) -> dict:
+    # Pickled: the images have different shapes, which Ray Data's columns would have to convert.
+    return {"block": row["block"], "part": part, "last": last, "prepared": pickle.dumps(prepared),
+            "unreadable": json.dumps(unreadable)}
+
+
+def _block_images(row: dict, vocab: Vocabulary, batch_size: int,
+                  unreadable: list[dict]) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(batch number, image id, uint8 image) for a block's readable images, batched as `maskx
+    predict` batches them: image files by position (an unreadable one leaves its batch short),
+    shard samples by readable sample."""
+    if row["samples"]:
+        url, skips, readable = row["refs"][0], SkipCounter(), 0
+        for sample in shard_samples(url, int(row["samples"]), skips):
+            try:
+                image, target = decode_sample(sample, vocab, None, train=False)
+            except BadSample as exc:
+                unreadable.append({"image": f"{url}#{sample.get('__key__')}", "reason": str(exc)})
+                continue
+            yield readable // batch_size, target["image_id"], image
+            readable += 1
+        if skips.count:
+            unreadable.append({"image": url, "reason": f"{skips.count} samples unreadable (damaged shard)"})
+        return
+    for position, (ref, image_id) in enumerate(zip(row["refs"], row["ids"])):
+        try:
+            image = decode_image_bytes(storage.read_bytes(ref), f"image {ref}")
+        except (ValueError, OSError, storage.StorageError) as exc:
+            log.warning("%s; skipped", exc)
+            unreadable.append({"image": ref, "reason": str(exc)})
+            continue
+        yield position // batch_size, int(image_id), image
+
+
+def prepared_block_bytes(cfg: TrainConfig, block_size: int) -> int:
+    """A decode task's worker and the most a block's prepared images take (float32, resized within
+    min_size x max_size): what it asks Ray for, so that a node runs no more of them than its memory holds."""
+    return DECODE_WORKER_BYTES + block_size * 3 * cfg.model.min_size * cfg.model.max_size * 4
+
+
+class BlockPredictor:
+    """An actor: the model (weights from the object store, once) over prepared blocks."""
+
+    def __init__(self, model: list, gpus: float):
+        import ray
+
+        cfg, vocab, state_dict = ray.get(model[0])
+        self.loaded = loaded_from(cfg, vocab, state_dict)
+        self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.loaded.model.transform.prepared_inputs = True
+        self.loaded.model.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, row: dict) -> dict:
+        prepared = pickle.loads(row["prepared"])
+        records = []
+        for _, batch in itertools.groupby(prepared, key=lambda item: item[0]):
+            batch = list(batch)
+            outputs = self.loaded.model([torch.from_numpy(image).to(self.device) for *_, image in batch])
+            for (_, image_id, size, image), output in zip(batch, outputs):
+                output = {key: value.cpu() for key, value in output.items()}
+                output["boxes"] = resize_boxes(output["boxes"], list(image.shape[-2:]), list(size))
+                records += detection_records(int(image_id), output, size)
+        return {"block": row["block"], "part": row["part"], "last": row["last"], "images": len(prepared),
+                "results": json.dumps(coco_results(records, self.loaded.vocab)), "unreadable": row["unreadable"]}
+
+
+def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict], out: str, *,
+                   images: Optional[str] = None, shards: Optional[str] = None, batch_size: int = 4,
+                   block_size: int = DEFAULT_BLOCK_SIZE, actors: tuple[int, int] = (1, 1),
+                   gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0) -> RaySummary:
+    """The model (`weights`: `inference.model_weights(model_uri)`) over `images` or `shards` on the
+    connected Ray cluster (or a local one), written under `out` block by block."""
+    import ray
+
+    if block_size % batch_size:
+        raise ValueError(f"--block-size {block_size}: a whole number of batches of --batch-size {batch_size}")
+    cfg, vocab, state_dict = weights
+    if shards:
+        blocks, shard_vocab = shard_blocks(shards)
+        vocab.require_same(shard_vocab, f"--shards {shards}", "the model was trained on")
+    else:
+        blocks = image_blocks(images, block_size)
+    plan = {"model": model_uri, "inputs": shards or images, "block_size": None if shards else block_size,
+            "blocks": len(blocks), "images": sum(len(b["refs"]) for b in blocks) if images else None}
+    _check_plan(out, plan)
+    done = _written_blocks(out)
+    pending = [b for b in blocks if b["block"] not in done]
+    summary = RaySummary(out, blocks_done_before=len(blocks) - len(pending))
+    write_categories(out, vocab)
+
+    started = time.monotonic()
+    if pending:
+        connect()
+        _check_cpus(actors[0], cpus_per_actor)
+        model = ray.put((cfg, vocab, state_dict))
+        dataset = ray.data.from_items(pending, override_num_blocks=len(pending))
+        # A memory request unlike the actors' also keeps Ray Data from fusing these CPU tasks into the
+        # model actors (decoding would hold the actors' CPUs and GPUs).
+        dataset = dataset.flat_map(prepare_block, fn_kwargs={"cfg": cfg, "vocab": vocab, "batch_size": batch_size,
+                                                             "block_size": block_size},
+                                   num_cpus=1, memory=prepared_block_bytes(cfg, block_size))
+        dataset = dataset.map(BlockPredictor, fn_constructor_kwargs={"model": [model], "gpus": gpus_per_actor},
+                              compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
+                              num_gpus=gpus_per_actor, num_cpus=cpus_per_actor)
+        parts: dict[int, dict[int, dict]] = {}  # block -> part -> predictions, until the block is whole
+        for row in dataset.iter_rows():
+            number = int(row["block"])
+            if number in done:  # a part Ray Data gave twice after a failure: its block is written
+                continue
+            received = parts.setdefault(number, {})
+            received[int(row["part"])] = row
+            last = next((part for part, r in received.items() if r["last"]), None)
+            if last is None or len(received) <= last:
+                continue
+            entry = _write_block(out, number, [received.pop(part) for part in range(last + 1)])
+            del parts[number]
+            done[number] = entry
+            summary.blocks += 1
+            summary.images += entry["images"]
+            summary.detections += entry["detections"]
+            summary.unreadable += entry["unreadable"]
+    summary.seconds = time.monotonic() - started
+    _write_manifest(out, plan, [done[b["block"]] for b in blocks])
+    return summary
+
+
+def _check_cpus(min_actors: int, cpus_per_actor: float) -> None:
+    """Actors that hold every CPU leave none to decode with, and the job would wait forever."""
+    import ray
+
+    cpus, needed = ray.cluster_resources().get("CPU", 0), min_actors * cpus_per_actor + 1
+    if needed > cpus:
+        raise ValueError(f"--actors {min_actors} (at least) x --cpus-per-actor {cpus_per_actor:g}, and 1 CPU to decode "
+                         f"images with, need {needed:g} CPUs; the cluster has {cpus:g}: start fewer actors or give each "
+                         "fewer CPUs")
+
+
+def _block_name(number: int) -> str:
+    return f"{number:06d}.json"
+
+
+def _write_block(out: str, number: int, parts: list[dict]) -> dict:
+    """The block's results, then its entry in blocks/ (which says the results are whole)."""
+    results = [r for part in parts for r in json.loads(part["results"])]
+    entry = {"block": number, "results": f"{RESULTS_FOLDER}/{_block_name(number)}",
+             "images": sum(int(part["images"]) for part in parts), "detections": len(results),
+             "unreadable": [u for part in parts for u in json.loads(part["unreadable"])]}
+    storage.write_bytes(storage.join(out, entry["results"]), json.dumps(results).encode())
+    storage.write_bytes(storage.join(out, f"{BLOCKS_FOLDER}/{_block_name(number)}"), json.dumps(entry).encode())
+    return entry
+
+
+def _written_blocks(out: str) -> dict[int, dict]:
+    _, names = storage.list_folder(storage.join(out, BLOCKS_FOLDER))
+    return {int(name[:-5]): json.loads(storage.read_bytes(storage.join(out, f"{BLOCKS_FOLDER}/{name}")))
+            for name in names if name.endswith(".json") and name[:-5].isdigit()}
+
+
+def _check_plan(out: str, plan: dict) -> None:
+    """The plan at `out`, written now or, from an earlier run, the same one: else a clear error."""
+    url = storage.join(out, PLAN_FILE)
+    if storage.stat(url) is None:
+        storage.write_bytes(url, json.dumps(plan, indent=1).encode())
+        return
+    earlier = json.loads(storage.read_bytes(url))
+    if earlier != plan:
+        changed = ", ".join(f"{key} {earlier.get(key)!r} -> {value!r}" for key, value in plan.items()
+                            if earlier.get(key) != value)
+        raise ValueError(f"--out {out} holds another job's blocks ({changed}): name a new --out, or rerun the "
+                         "same job to finish it")
+
+
+def _write_manifest(out: str, plan: dict, entries: list[dict]) -> None:
+    manifest = dict(plan, results=[e["results"] for e in entries],
+                    images_predicted=sum(e["images"] for e in entries),
+                    detections=sum(e["detections"] for e in entries),
+                    unreadable=[u for e in entries for u in e["unreadable"]])
+    storage.write_bytes(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
+
+
+def read_results(out: str) -> list[dict]:
+    """Every block's COCO results, in block order: one `results.json` of the whole job."""
+    manifest = json.loads(storage.read_bytes(storage.join(out, MANIFEST_FILE)))
+    return [r for name in manifest["results"] for r in json.loads(storage.read_bytes(storage.join(out, name)))]
+
+
+def summary_line(summary: RaySummary) -> str:
+    skipped = f", {summary.blocks_done_before} blocks written by an earlier run skipped" if summary.blocks_done_before else ""
+    return (f"{summary.out}: {summary.detections} detections on {summary.images} images in {summary.blocks} blocks, "
+            f"{summary.images_per_second:.1f} img/s{skipped}; {len(summary.unreadable)} unreadable "
+            f"(listed in {MANIFEST_FILE})")
+
