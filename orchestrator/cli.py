@@ -1,4 +1,4 @@
-"""The `maskx` command line: synth, prepare, train, tune, eval, predict, browse, report, mlflow-server, demo."""
+"""The `maskx` command line: synth, prepare, train, tune, eval, predict, export, browse, report, mlflow-server, demo."""
 from __future__ import annotations
 
 import argparse
@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     on_ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (default 1)")
     on_ray.add_argument("--block-size", type=int, default=64,
                         help="images per written block, a multiple of --batch-size (default 64; a shard is a block)")
+
+    export = sub.add_parser("export", help="the whole inference path as one TorchScript or ONNX file, for a fixed "
+                                           "input size")
+    export.add_argument("--model", required=True, help="checkpoint folder or MLflow model URI")
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    export.add_argument("--out", required=True, help="file to write, e.g. maskx.pt or maskx.onnx")
+    export.add_argument("--size", default="480,640", metavar="H,W",
+                        help="the input size the file takes (default 480,640): images resized or padded to it")
+    export.add_argument("--register", action="store_true",
+                        help="also log the file beside the MLflow model it came from (its run's exports/) and name it "
+                             "in the registered version's tag maskx.export.FORMAT")
 
     browse = sub.add_parser("browse", help="draw prepared shards as the model sees them (resized, flipped, masks "
                                            "decoded; boxes without masks marked), listing skipped samples")
@@ -314,6 +325,24 @@ def _run_predict_on_ray(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from maskx.orchestrator.serving.export import export_model, register_export
+    from maskx.orchestrator.serving.inference import load_model
+    from maskx.orchestrator.serving.tracking import Tracking
+
+    try:
+        height, width = (int(n) for n in args.size.split(","))
+    except ValueError:
+        raise ValueError(f"--size {args.size}: H,W in pixels, e.g. 480,640") from None
+    if args.register and not args.model.startswith(("runs:/", "models:/")):
+        raise ValueError(f"--register: --model {args.model} is no MLflow model (runs:/ID/model or models:/NAME/VERSION)")
+    export_model(load_model(args.model), args.format, args.out, (height, width))
+    print(f"{args.out}: {args.format}, one image (3, {height}, {width}) float RGB in [0, 1] -> boxes, labels, scores, masks")
+    if args.register:
+        print(f"logged as {register_export(Tracking(), args.model, args.out, args.format)}")
+    return 0
+
+
 def run_browse(args) -> int:
     from maskx.orchestrator.config import DataConfig, load_config
     from maskx.orchestrator.reporting.browse import browse
@@ -377,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {"synth": run_synth, "prepare": run_prepare, "train": run_train, "tune": run_tune, "eval": run_eval,
-                "predict": run_predict, "browse": run_browse, "report": run_report, "demo": run_demo_command,
+                "predict": run_predict, "export": run_export, "browse": run_browse, "report": run_report, "demo": run_demo_command,
                 "mlflow-server": run_mlflow_server}
     try:
         return commands[args.command](args)

@@ -212,3 +212,25 @@ def test_loading_a_model_from_mlflow_leaves_no_download_behind(registered, tmp_p
     loaded = load_model(model_uri, tracking_uri)
     assert loaded.vocab.num_classes > 0
     assert not list(tmp_path.glob("maskx-model-*"))  # read into memory, then removed
+
+
+def test_an_exported_file_registered_beside_its_model_version(registered, tmp_path, monkeypatch, capsys):
+    """`maskx export --register`: the file in the version's run under exports/, named in its tag."""
+    from maskx.orchestrator.cli import main
+    from maskx.orchestrator.serving.export import load_exported
+
+    tracking_uri, model_uri, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    out = tmp_path / "maskx.onnx"
+    assert main(["export", "--model", model_uri, "--format", "onnx", "--out", str(out), "--size", "96,128",
+                 "--register"]) == 0
+    name, version = model_uri[len("models:/"):].split("/")
+    exported_uri = Tracking(tracking_uri).version_tags(name, version)["maskx.export.onnx"]
+    assert exported_uri.startswith("runs:/") and exported_uri.endswith("/exports/maskx.onnx")
+    assert f"logged as {exported_uri}" in capsys.readouterr().out
+    import mlflow
+
+    downloaded = mlflow.artifacts.download_artifacts(artifact_uri=exported_uri, dst_path=str(tmp_path / "down"),
+                                                     tracking_uri=tracking_uri)
+    boxes, labels, scores, masks = load_exported(downloaded)(torch.rand(3, 96, 128))
+    assert masks.shape[1:] == (1, 96, 128) and len(boxes) == len(labels) == len(scores)
