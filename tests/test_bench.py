@@ -40,3 +40,11 @@ def test_coco_eval_bench_runs_and_its_backends_agree(tmp_path):
     assert "faster-coco-eval / pycocotools time:" in result.stdout
     gap = float(result.stdout.split("largest difference between their figures: ")[1].split()[0])
     assert gap < 1e-6, result.stdout
+
+
+def test_ray_predict_bench_runs_and_prints_its_table(tmp_path):
+    result = subprocess.run([sys.executable, "-P", str(BENCH / "ray_predict.py"), "--repeat", "1", "--actors", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("single process (maskx predict)", "--ray, 1 actor (1 CPU each)", "50 images (coco-tiny val x 1)"):
+        assert row in result.stdout

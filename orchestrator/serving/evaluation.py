@@ -158,7 +158,7 @@ def mask_rles(detection: dict, image_size: tuple[int, int], threshold: float = M
     """COCO RLEs (`{"size": [H, W], "counts": str}`) of `binary_masks`, or None without masks."""
     if "masks" not in detection and "mask_probs" not in detection:
         return None
-    return [rle_to_json(mask_utils.encode(np.asfortranarray(mask.numpy(), dtype=np.uint8)))
+    return [rle_to_json(mask_utils.encode(np.asfortranarray(mask.cpu().numpy(), dtype=np.uint8)))
             for mask in binary_masks(detection, image_size, threshold)]
 
 
