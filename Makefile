@@ -40,4 +40,4 @@ gpu-report:
 	$(GPU_PYTHON) bench/gpu_report.py --write
 
 clean:
-	rm -rf $(VENV) demo-out mlruns mlflow.db .pytest_cache browse report.html
+	rm -rf $(VENV) demo-out mlruns mlflow.db .pytest_cache browse report.html exports predictions-ray

@@ -48,11 +48,11 @@ def untrained_checkpoint(folder: str) -> str:
     return folder
 
 
-def image_folder(folder: str, repeat: int) -> int:
+def image_folder(folder: str, repeat: int, limit: int) -> int:
     os.makedirs(folder)
     count = 0
     for copy in range(repeat):
-        for path in sorted(COCO_TINY_VAL.glob("*.jpg")):
+        for path in sorted(COCO_TINY_VAL.glob("*.jpg"))[:limit]:
             shutil.copy(path, os.path.join(folder, f"{copy}{path.name}"))
             count += 1
     return count
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="copies of coco-tiny's 50 val images (default 2)")
     parser.add_argument("--actors", type=int, nargs="+",
                         help="Ray actor counts to run (default: 1, and as many as leave one CPU to decode with)")
+    parser.add_argument("--limit", type=int, default=50, help="of coco-tiny's val images, the first N (default all 50)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=8)
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="maskx-bench-ray-predict-")
     try:
         model = untrained_checkpoint(os.path.join(work, "model"))
-        count = image_folder(os.path.join(work, "images"), args.repeat)
+        count = image_folder(os.path.join(work, "images"), args.repeat, args.limit)
         start = time.perf_counter()
         predictions.predict_images(load_model(model), os.path.join(work, "images"), os.path.join(work, "one"),
                                    args.batch_size, progress=False)
@@ -96,7 +97,7 @@ def main() -> None:
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{count} images (coco-tiny val x {args.repeat}), tiny-cpu model, 100 detections an image, "
+    print(f"\n{count} images (coco-tiny val, {min(args.limit, 50)} x {args.repeat}), tiny-cpu model, 100 detections an image, "
           f"batch {args.batch_size}, block {args.block_size}, {os.cpu_count()} CPUs")
     print(f"{'':45s} {'img/s':>7s} {'vs single':>10s}")
     for name, rate in rows:

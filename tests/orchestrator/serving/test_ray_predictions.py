@@ -22,13 +22,16 @@ from maskx.orchestrator.serving.ray_predictions import predict_on_ray, read_resu
 from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer
 from ...conftest import SHARED_DATA
 
-TINY = "configs/tiny-cpu.yaml"
+pytestmark = pytest.mark.integration
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 COCO_TINY = str(SHARED_DATA / "coco-tiny")
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head and a worker node; Ray Data spreads the two model actors over them."""
+def two_nodes(s3_endpoint):
+    """A head and a worker node; Ray Data spreads the two model actors over them. (The S3 endpoint
+    first: the nodes' workers take its address and keys from the environment they start with.)"""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -125,6 +128,21 @@ def test_on_ray_the_same_detections_and_ap_as_one_process(data, two_nodes, synth
     ap = average_precisions(annotations, got, tmp_path)
     assert ap == average_precisions(annotations, expected, tmp_path)
     print(data, "bbox AP", ap[0], "segm AP", ap[12])
+
+
+def test_on_ray_from_an_s3_prefix_to_s3(two_nodes, synth_paths, synth_model, tmp_path):
+    from pathlib import Path
+
+    from maskx.datasets import storage
+
+    storage.s3_client().create_bucket(Bucket="ray-predict")
+    for path in sorted(Path(synth_paths["coco_val_images"]).glob("*.jpg")):
+        storage.s3_client().upload_file(str(path), "ray-predict", f"photos/{path.name}")
+    expected = one_process(synth_model, tmp_path / "one", images=synth_paths["coco_val_images"])
+    got = on_ray(synth_model, "s3://ray-predict/predictions", images="s3://ray-predict/photos", batch_size=2,
+                 block_size=4)
+    assert by_image(got) == by_image(expected)
+    assert storage.stat("s3://ray-predict/predictions/blocks/000002.json") is not None
 
 
 def test_on_ray_over_shards_a_shard_is_a_block(two_nodes, synth_shards, synth_model, tmp_path):
