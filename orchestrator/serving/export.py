@@ -8,8 +8,8 @@ vocabulary's), `scores` (N) and `masks` (N, 1, H, W probabilities: a pixel is in
 
 Both are traced (TorchScript's tracer; ONNX through the TorchScript-based exporter): torchvision's
 detection models are written for it (`torchvision._is_tracing()`): NMS runs as one batched op
-(the coordinate trick) and masks are pasted by a scripted loop, so the number of detections stays
-dynamic; RoIAlign exports as ONNX's RoiAlign in `output_half_pixel` mode, which is torchvision's
+(the coordinate trick) and masks are pasted by a scripted loop, and the mask head takes its
+counts from shapes (`MaskXRoIHeads`), so the number of detections stays dynamic, none included; RoIAlign exports as ONNX's RoiAlign in `output_half_pixel` mode, which is torchvision's
 `aligned=False`, Detectron's (and this model's) RoIAlign; MultiScaleRoIAlign's choice of FPN level
 per box exports as ops on the boxes. What is fixed is the input size and the batch of one. The
 TorchScript-based ONNX exporter (`dynamo=False`) is the one torchvision registers its NMS and

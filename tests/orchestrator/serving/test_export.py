@@ -54,3 +54,27 @@ def test_export_names_what_it_cannot_take(model, tmp_path, capsys):
     assert "--size 96x128: H,W in pixels" in capsys.readouterr().err
     assert main(["export", "--model", model, "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--register"]) == 2
     assert "is no MLflow model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", "pt"), ("onnx", "onnx")])
+def test_the_exported_file_follows_the_number_of_detections_from_image_to_image(fmt, suffix, model, tmp_path):
+    """The tracer ran on one image; on others the number of detections differs, none at all on one:
+    the file follows (each count in the graph is a tensor's shape, not a number the trace froze)."""
+    from maskx.orchestrator.serving.export import export_model
+
+    loaded, images = load_model(model), real_images(4)
+    with torch.no_grad():
+        best = [float(ExportableMaskX(loaded)(image)[2].max()) for image in images]
+    # The image with the lowest best score keeps nothing (a margin over onnxruntime's rounding of it).
+    loaded.model.roi_heads.score_thresh = min(best) + 1e-4
+    exported = load_exported(export_model(loaded, fmt, str(tmp_path / f"maskx.{suffix}"), SIZE))
+    eager, counts = ExportableMaskX(loaded), []
+    for image in images:
+        with torch.no_grad():
+            expected = eager(image)
+        got = exported(image)
+        counts.append(len(got[0]))
+        assert len(got[0]) == len(expected[0]) and torch.equal(got[1], expected[1])
+        torch.testing.assert_close(got[0], expected[0], atol=1e-2, rtol=0)
+        torch.testing.assert_close(got[3], expected[3], atol=1e-4, rtol=0)
+    assert 0 in counts and len(set(counts)) > 2, counts
