@@ -13,7 +13,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 
 from .losses import box_classifier_loss
@@ -164,7 +163,7 @@ class MaskXRoIHeads(RoIHeads):
         class_ids = torch.cat(labels)
         # Traced (`maskx export`), the graph must serve any number of detections, none included: no
         # branch on the count, and split sizes read from shapes, which the tracer keeps dynamic.
-        if class_ids.numel() or torchvision._is_tracing():
+        if class_ids.numel() or torch.jit.is_tracing():
             # Sec. 3.2: every class gets a mask at inference, also classes never trained with masks.
             mask_prob = self.mask_logits(features, boxes, image_shapes, class_ids).sigmoid()[:, None]
             for r, probs in zip(result, mask_prob.split([b.shape[0] for b in boxes])):

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="the whole inference path as one TorchScript or ONNX file, for a fixed "
                                            "input size")
     export.add_argument("--model", required=True, help="checkpoint folder or MLflow model URI")
-    export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    export.add_argument("--format", required=True, choices=["torchscript", "onnx"],
+                        help="torchscript (torch.jit.load, libtorch) or onnx (onnxruntime, TensorRT)")
     export.add_argument("--out", required=True, help="file to write, e.g. maskx.pt or maskx.onnx")
     export.add_argument("--size", default="480,640", metavar="H,W",
                         help="the input size the file takes (default 480,640): images resized or padded to it")
