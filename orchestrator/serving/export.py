@@ -9,7 +9,8 @@ vocabulary's), `scores` (N) and `masks` (N, 1, H, W probabilities: a pixel is in
 Both are traced (TorchScript's tracer; ONNX through the TorchScript-based exporter): torchvision's
 detection models are written for it (`torchvision._is_tracing()`): NMS runs as one batched op
 (the coordinate trick) and masks are pasted by a scripted loop, and the mask head takes its
-counts from shapes (`MaskXRoIHeads`), so the number of detections stays dynamic, none included; RoIAlign exports as ONNX's RoiAlign in `output_half_pixel` mode, which is torchvision's
+counts from shapes (`MaskXRoIHeads`), so the number of detections stays dynamic, none included.
+RoIAlign exports as ONNX's RoiAlign in `output_half_pixel` mode, which is torchvision's
 `aligned=False`, Detectron's (and this model's) RoIAlign; MultiScaleRoIAlign's choice of FPN level
 per box exports as ops on the boxes. What is fixed is the input size and the batch of one. The
 TorchScript-based ONNX exporter (`dynamo=False`) is the one torchvision registers its NMS and
@@ -19,12 +20,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional
-
 import torch
 from torch import nn
 
 from .inference import LoadedModel
+from .tracking import Tracking
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
@@ -83,30 +83,12 @@ def load_exported(path: str):
     return lambda image: module(image)
 
 
-def register_export(tracking, model_uri: str, path: str, fmt: str) -> str:
+def register_export(tracking: Tracking, model_uri: str, path: str, fmt: str) -> str:
     """The exported file logged beside the model it came from (its run's `exports/`) and, for a
     registered version, named in the version's tag `maskx.export.FORMAT`; returns its URI."""
-    run_id, name, version = _model_source(tracking, model_uri)
+    run_id, name, version = tracking.model_source(model_uri)
     tracking.run(run_id).log_artifact(path, EXPORT_ARTIFACT_DIR)
     uri = f"runs:/{run_id}/{EXPORT_ARTIFACT_DIR}/{os.path.basename(path)}"
     if version is not None:
-        tracking.client.set_model_version_tag(name, version, EXPORT_TAG_PREFIX + fmt, uri)
+        tracking.set_version_tag(name, version, EXPORT_TAG_PREFIX + fmt, uri)
     return uri
-
-
-def _model_source(tracking, model_uri: str) -> tuple[str, Optional[str], Optional[str]]:
-    """(run id, registered name, version) of `runs:/ID/...` or `models:/NAME/VERSION|@ALIAS`."""
-    if model_uri.startswith("runs:/"):
-        return model_uri[len("runs:/"):].split("/")[0], None, None
-    if model_uri.startswith("models:/"):
-        reference = model_uri[len("models:/"):]
-        if "@" in reference:
-            name, alias = reference.split("@", 1)
-            found = tracking.client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = reference.split("/", 1)
-            found = tracking.client.get_model_version(name, version)
-        return found.run_id, name, found.version
-    raise ValueError(f"--register: --model {model_uri} is no MLflow model (runs:/ID/model or models:/NAME/VERSION); "
-                     "log it first (every `maskx train` run logs its model)")
-

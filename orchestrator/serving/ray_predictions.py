@@ -52,7 +52,8 @@ MANIFEST_FILE = "manifest.json"
 RESULTS_FOLDER = "results"
 BLOCKS_FOLDER = "blocks"
 DEFAULT_BLOCK_SIZE = 64
-DECODE_WORKER_BYTES = 768 * 2**20  # a Ray worker with torch imported, decoding: Ray Data measured ~490 MiB and warns under 1.25x that
+# A Ray worker with torch imported, decoding: Ray Data measured ~490 MiB and warns under 1.25x that.
+DECODE_WORKER_BYTES = 768 * 2**20
 
 
 @dataclass

@@ -115,6 +115,25 @@ class Tracking:
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def model_source(self, model_uri: str) -> tuple[str, Optional[str], Optional[str]]:
+        """(run id, registered name, version) of `runs:/ID/...` or `models:/NAME/VERSION|@ALIAS`; name
+        and version None for a run's model."""
+        if model_uri.startswith("runs:/"):
+            return model_uri[len("runs:/"):].split("/")[0], None, None
+        if not model_uri.startswith("models:/"):
+            raise ValueError(f"{model_uri}: no MLflow model (runs:/ID/model or models:/NAME/VERSION)")
+        reference = model_uri[len("models:/"):]
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            found = self.client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = reference.split("/", 1)
+            found = self.client.get_model_version(name, version)
+        return found.run_id, name, found.version
+
     def describe(self, name: str, version: str, text: str) -> None:
         """The model card on the version and, as the latest word on it, on the registered model."""
         self.client.update_model_version(name, version, description=text)
