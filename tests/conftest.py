@@ -7,6 +7,39 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Every Ray instance this session starts (in this process or in the drivers it starts) runs token auth
+# with one session token. Ray 2.60 turns token auth on for a local `ray.init()` and caches the mode in
+# the process: a module that had a local instance, and a module after it that starts a
+# `ray.cluster_utils.Cluster` without auth, left the second's TrainController unscheduled
+# (ActorDiedError, "cancelled before it started running"), whatever order the lanes run the modules in.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", __import__("secrets").token_hex(16))
+# Ray Train's controller polls its workers every 2 s by default, and a worker's report waits for that
+# poll (a queue of one): each report, the start and the end of every run wait up to 2 s for nothing.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+# Fixtures that start a service: a test that asks for one is an integration test, and says so.
+SERVICE_FIXTURES = frozenset({"s3_endpoint", "s3_proxy", "team_server", "mlflow_server"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    """The two lanes (docs/testing.md). Every `integration` test that is not `core` is `slow`: a new
+    service test joins the full lane (`make test-full`) unless someone decides it is the one proof of
+    a capability, so the CI lane (`make test`, `-m "not slow"`) does not grow by itself."""
+    unmarked = []
+    for item in items:
+        integration = item.get_closest_marker("integration") is not None
+        if not integration and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            unmarked.append(item.nodeid)
+        if integration and item.get_closest_marker("core") is None:
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("core") is not None and not integration:
+            unmarked.append(f"{item.nodeid} (core without integration)")
+    if unmarked:
+        raise pytest.UsageError("these tests start a service but are not marked integration: "
+                                + ", ".join(unmarked))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,11 +1,16 @@
-"""The benchmarks run (tiny sizes): a figure in docs/benchmarks.md must stay reproducible."""
+"""The benchmarks run (tiny sizes): a figure in docs/benchmarks.md must stay reproducible. The GPU report's
+tiny CPU mode stays in the CI lane (it is what the first lent GPU runs); the others run in the full lane."""
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.mark.slow
+@pytest.mark.bench
 def test_prepare_scale_bench_runs_and_prints_its_table(tmp_path):
     result = subprocess.run([sys.executable, "-P", str(BENCH / "prepare_scale.py"), "--scale", "0.0005",
                              "--copy-images", "12"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -15,6 +20,7 @@ def test_prepare_scale_bench_runs_and_prints_its_table(tmp_path):
         assert row in result.stdout
 
 
+@pytest.mark.bench
 def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     import shutil
 
@@ -33,6 +39,8 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     assert "failed:" not in result.stdout, result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.bench
 def test_coco_eval_bench_runs_and_its_backends_agree(tmp_path):
     result = subprocess.run([sys.executable, "-P", str(BENCH / "coco_eval.py"), "--images", "20"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
@@ -42,6 +50,8 @@ def test_coco_eval_bench_runs_and_its_backends_agree(tmp_path):
     assert gap < 1e-6, result.stdout
 
 
+@pytest.mark.integration  # a local Ray instance
+@pytest.mark.bench
 def test_ray_predict_bench_runs_and_prints_its_table(tmp_path):
     result = subprocess.run([sys.executable, "-P", str(BENCH / "ray_predict.py"), "--repeat", "1", "--limit", "8",
                              "--actors", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)

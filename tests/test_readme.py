@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "<!-- test: runs after make demo (tests/test_readme.py) -->"
@@ -45,6 +44,8 @@ def test_the_readme_has_blocks_to_run():
     assert len(marked_blocks()) >= 3
 
 
+@pytest.mark.integration
+@pytest.mark.readme
 @pytest.mark.parametrize("index", range(len(marked_blocks())))
 def test_a_readme_block_runs_as_printed(after_demo, index):
     work, env = after_demo

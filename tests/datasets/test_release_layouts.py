@@ -71,6 +71,9 @@ def test_vg_read_from_its_zip_archives_gives_the_same_shards_as_the_folders(vg_r
 
 
 @needs_vg
+@pytest.mark.integration
+@pytest.mark.core
+@pytest.mark.s3
 def test_vg_zip_archives_on_s3_are_read_in_place_with_ranged_reads(vg_release, s3_endpoint, tmp_path):
     s3 = storage.s3_client()
     s3.create_bucket(Bucket="vg-release")

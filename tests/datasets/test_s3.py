@@ -6,7 +6,8 @@ from maskx.datasets.prepare import prepare_coco
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources, make_loader
 
-pytestmark = pytest.mark.integration
+# moto in this process, a second each: all in the CI lane.
+pytestmark = [pytest.mark.integration, pytest.mark.core, pytest.mark.s3]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
 from ..s3_fault_proxy import Fault
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 SHARDS = "s3://maskx-faults/coco/train"
 
@@ -31,6 +31,7 @@ def proxy(shards_on_s3, s3_proxy):
     return s3_proxy
 
 
+@pytest.mark.core
 def test_throttling_5xx_and_resets_are_retried_and_resumed_at_the_right_byte(proxy, shards_on_s3, caplog):
     url, payload = next(iter(shards_on_s3.items()))
     assert len(payload) > 2 * READ_CHUNK + 1
@@ -59,6 +60,7 @@ def sources_read(cache_folder):
     return sources, vocab
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("cached", [False, True], ids=["streamed", "cached"])
 def test_a_stream_over_flaky_s3_yields_every_sample(proxy, shards_on_s3, cached, tmp_path):
     for url in shards_on_s3:

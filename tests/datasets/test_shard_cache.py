@@ -15,7 +15,8 @@ from maskx.datasets.shard_cache import CachedShard, CacheSettings, ShardCache
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
 
-pytestmark = pytest.mark.integration
+# moto in this process, a second each: all in the CI lane.
+pytestmark = [pytest.mark.integration, pytest.mark.core, pytest.mark.s3]
 
 SHARDS = "s3://maskx-cache/coco/train"
 

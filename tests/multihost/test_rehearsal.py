@@ -13,7 +13,7 @@ from ..conftest import canonical_keys, final_passes, wait_until
 from .cluster import RehearsalCluster
 from .hosts import can_make_namespaces
 
-pytestmark = [pytest.mark.integration,
+pytestmark = [pytest.mark.integration, pytest.mark.multihost,
               pytest.mark.skipif(bool(can_make_namespaces()), reason=str(can_make_namespaces()))]
 
 MAX_ITER = 8

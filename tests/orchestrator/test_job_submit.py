@@ -14,7 +14,7 @@ import torch
 
 from ..conftest import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.core, pytest.mark.cluster, pytest.mark.tracking]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,7 +72,8 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_s
                  f"data.val={synth_shards['coco_val']}", "data.batch_size=2", "data.loader_workers=0",
                  "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
                  f"checkpoint.storage_path={tmp_path}/ray_results", "mlflow.experiment=job-submit",
-                 "mlflow.registered_model=maskx-job-test", "mlflow.system_metrics_every_s=1"]
+                 "mlflow.registered_model=maskx-job-test", "mlflow.system_metrics_every_s=1",
+                 "mlflow.eval_figures=false", "mlflow.eval_images=0"]  # figures: test_train.py
     job = subprocess.Popen(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--",

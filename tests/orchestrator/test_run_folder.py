@@ -124,6 +124,9 @@ def test_a_run_from_before_completion_records_resumes_from_a_checkpoint_that_loa
     assert resumed_iteration(tmp_path) == 2
 
 
+@pytest.mark.integration
+@pytest.mark.core
+@pytest.mark.s3
 def test_the_run_folder_on_s3_resumes_the_same_way(tmp_path, s3_endpoint):
     from maskx.datasets import storage
 
@@ -137,6 +140,9 @@ def test_the_run_folder_on_s3_resumes_the_same_way(tmp_path, s3_endpoint):
     assert url == "s3://runs/r/checkpoint_00000004" and state["iteration"] == 4
 
 
+@pytest.mark.integration
+@pytest.mark.core
+@pytest.mark.s3
 def test_the_best_model_on_s3_replaces_the_one_before_and_loads_as_a_checkpoint(tmp_path, s3_endpoint):
     """`best.json` names a whole `best_*` folder; a new best removes the old one; the driver's local
     copy holds a model's files; resuming never takes it (it holds no solver state)."""

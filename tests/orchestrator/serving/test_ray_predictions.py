@@ -22,7 +22,7 @@ from maskx.orchestrator.serving.ray_predictions import predict_on_ray, read_resu
 from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer
 from ...conftest import SHARED_DATA
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serving, pytest.mark.cluster]
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 COCO_TINY = str(SHARED_DATA / "coco-tiny")
@@ -113,7 +113,7 @@ def average_precisions(annotations: str, results: list[dict], tmp_path) -> list[
     return stats
 
 
-@pytest.mark.parametrize("data", ["demo-val", "coco-tiny"])
+@pytest.mark.parametrize("data", [pytest.param("demo-val", marks=pytest.mark.core), "coco-tiny"])
 def test_on_ray_the_same_detections_and_ap_as_one_process(data, two_nodes, synth_paths, synth_model, request,
                                                           tmp_path):
     if data == "demo-val":

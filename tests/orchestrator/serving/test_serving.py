@@ -26,7 +26,7 @@ from maskx.orchestrator.serving.tracking import Tracking
 
 from ...conftest import SHARED_DATA, free_port, wait_for_http
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serving]
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 BIN = Path(sys.executable).parent
@@ -108,6 +108,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
+@pytest.mark.core
 def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
     url, tracking_uri, model_uri, _ = served
     image = base64.b64encode(jpeg_bytes()).decode()
@@ -127,6 +128,7 @@ def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
     assert [m["counts"] for m in served_detections["masks"]] == [m["counts"] for m in expected["masks"]]
 
 
+@pytest.mark.core
 def test_records_and_the_default_threshold_and_a_bad_image(served):
     url, _, _, _ = served
     image = base64.b64encode(jpeg_bytes()).decode()
@@ -187,6 +189,7 @@ def test_a_48_megapixel_photo_in_bounded_memory_and_a_decompression_bomb_refused
     assert status == 200 and len(answer["predictions"]) == 1
 
 
+@pytest.mark.core
 def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered, tmp_path):
     tracking_uri, model_uri, warned = registered
     # MLflow says nothing about the model: no "Failed to validate serving input example", no pickle or
@@ -204,6 +207,7 @@ def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered, t
     assert Path(folder, "serving_input_example.json").exists()
 
 
+@pytest.mark.core
 def test_loading_a_model_from_mlflow_leaves_no_download_behind(registered, tmp_path, monkeypatch):
     import tempfile
 
@@ -214,6 +218,7 @@ def test_loading_a_model_from_mlflow_leaves_no_download_behind(registered, tmp_p
     assert not list(tmp_path.glob("maskx-model-*"))  # read into memory, then removed
 
 
+@pytest.mark.core
 def test_an_exported_file_registered_beside_its_model_version(registered, tmp_path, monkeypatch, capsys):
     """`maskx export --register`: the file in the version's run under exports/, named in its tag."""
     from maskx.orchestrator.cli import main

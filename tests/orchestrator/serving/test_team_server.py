@@ -8,7 +8,7 @@ import boto3
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.tracking]
 
 
 def client_as(team_server, user, monkeypatch):
@@ -19,6 +19,7 @@ def client_as(team_server, user, monkeypatch):
     return mlflow.MlflowClient(team_server.uri)
 
 
+@pytest.mark.core
 def test_only_a_user_with_permission_writes_and_moves_the_champion_alias(team_server, monkeypatch, tmp_path):
     from mlflow.exceptions import MlflowException
 
@@ -82,6 +83,7 @@ def test_the_database_killed_outright_and_restarted_on_its_folder_has_everything
     assert "OperationalError" in open(team_server.log).read()  # the server did see it gone
 
 
+@pytest.mark.core
 def test_credentials_in_the_tracking_uri_log_in_and_reach_no_param_tag_or_logged_config(team_server, monkeypatch):
     """`mlflow.tracking_uri: http://USER:PASSWORD@host` (they replace MLflow's variables in every
     request) works, and the password is redacted wherever maskx writes the config or the store."""

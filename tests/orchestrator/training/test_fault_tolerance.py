@@ -17,7 +17,7 @@ from maskx.orchestrator.training.trainer import train
 from ...conftest import canonical_keys, final_passes, wait_until
 from ...multihost.hosts import can_make_namespaces
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 MAX_ITER = 8
@@ -189,7 +189,8 @@ def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, da
     uri = f"http://127.0.0.1:{port}"
     cfg = spread_config({**synth_shards, "coco_train": damaged_shards}, tmp_path, "outage",
                         [f"mlflow.tracking_uri={uri}", "log_every=1", f"data.val={synth_shards['coco_val']}",
-                         "mlflow.registered_model=maskx-outage", "data.max_skipped_fraction=0.5"])
+                         "mlflow.registered_model=maskx-outage", "data.max_skipped_fraction=0.5",
+                         "mlflow.eval_figures=false", "mlflow.eval_images=0"])
     runner, outcome = train_in_background(cfg, tmp_path / "keys", [StopServerAtLastReport(str(tmp_path / "server.pid"), MAX_ITER)])
     client = mlflow.MlflowClient(uri)
 

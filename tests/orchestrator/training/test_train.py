@@ -8,11 +8,11 @@ from maskx.orchestrator import run_folder
 from maskx.orchestrator.cli import main
 from maskx.orchestrator.config import load_config
 from maskx.orchestrator.run_folder import MLFLOW_RUN_FILE
-from maskx.orchestrator.training.trainer import check_keep_best, train
+from maskx.orchestrator.training.trainer import train
 
 from ...conftest import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 BEST_BY = "bbox/all/AP"  # first_run's checkpoint.keep_best
@@ -22,13 +22,10 @@ BEST_BY = "bbox/all/AP"  # first_run's checkpoint.keep_best
 def local_ray():
     import ray
 
-    auth_mode = os.environ.get("RAY_AUTH_MODE")
-    # As `maskx train` does with no cluster running; Ray 2.60 turns token auth on for it by default.
+    # As `maskx train` does with no cluster running (token auth: tests/conftest.py).
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-    if auth_mode is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
 
 
 def tiny_overrides(synth_shards, tmp, max_iter):
@@ -38,7 +35,9 @@ def tiny_overrides(synth_shards, tmp, max_iter):
             f"checkpoint.storage_path={tmp}/ray_results", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
             "mlflow.registered_model=null", "name=test-tiny",
             # 4 iterations score under the default 0.05: keep detections so evaluation has work to do.
-            "model.box_score_thresh=0.0"]
+            "model.box_score_thresh=0.0",
+            # Figures only where a test reads them (first_run's).
+            "mlflow.eval_figures=false", "mlflow.eval_images=0"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,8 @@ def first_run(local_ray, synth_shards, tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(shards_folder)
     try:
-        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4) + ["eval_every=2", f"checkpoint.keep_best={BEST_BY}"])
+        cfg = load_config(TINY, tiny_overrides(relative, tmp, 4) + ["eval_every=2", f"checkpoint.keep_best={BEST_BY}",
+                                                                "mlflow.eval_figures=true", "mlflow.eval_images=4"])
         result = train(cfg, record_keys_to=str(tmp / "keys-first"))
     finally:
         os.chdir(cwd)
@@ -63,6 +63,7 @@ def keys_per_rank(folder):
             for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.core
 def test_two_workers_train_checkpoint_and_evaluate(first_run):
     tmp, result = first_run
     checkpoints = sorted(d for d in os.listdir(result.run_folder) if d.startswith("checkpoint_0"))
@@ -81,6 +82,7 @@ def test_two_workers_train_checkpoint_and_evaluate(first_run):
     assert not set(keys["rank0.txt"]) & set(keys["rank1.txt"])  # ranks stream different samples
 
 
+@pytest.mark.core
 def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_iteration(first_run, synth_shards):
     """eval_every=2 of 4 (eval_mode: background): COCOeval of iteration 2 ran in a Ray task, not in
     rank 0 (its checkpoint carries no evaluation; its metrics say how long COCOeval took there), and
@@ -104,6 +106,7 @@ def test_a_periodic_evaluation_is_scored_beside_training_and_logged_at_its_itera
         assert history[key][2] == pytest.approx(alone[key], abs=1e-6), key
 
 
+@pytest.mark.core
 def test_each_evaluation_logs_its_figures_at_its_iteration_and_the_run_ends_with_a_report(first_run, tmp_path, capsys):
     """The UI's image slider: every evaluation figure and every val image drawn with ground truth beside
     predictions, at steps 2 (scored beside training) and 4; the data's classes; `report.html` at the
@@ -143,6 +146,7 @@ def test_each_evaluation_logs_its_figures_at_its_iteration_and_the_run_ends_with
     assert open(logged).read().count("<img") == page.count("<img")
 
 
+@pytest.mark.core
 def test_the_model_logged_at_the_end_is_the_best_evaluation_s_and_its_card_says_so(first_run):
     """checkpoint.keep_best: the best evaluation by it (the first of equals) is kept in the run folder
     beside the newest checkpoints, and its weights, not the last iteration's unless it is the best,
@@ -169,20 +173,14 @@ def test_the_model_logged_at_the_end_is_the_best_evaluation_s_and_its_card_says_
     assert f"best evaluation by `{BEST_BY}` ({top:.4f}): the weights of iteration {best.iteration} of 4" in card
 
 
-@pytest.mark.parametrize("metric, problem", [("segm/setB/AR", "is not a COCO metric maskx computes; one of bbox/all/AP"),
-                                             ("segm/setB/AP", "needs data.val")])
-def test_keep_best_names_a_metric_maskx_computes_and_needs_a_val_set(metric, problem):
-    cfg = load_config(TINY, ["data.val=null", f"checkpoint.keep_best={metric}"])
-    with pytest.raises(ValueError, match=f"checkpoint.keep_best: .*{problem}"):
-        check_keep_best(cfg)
-
-
+@pytest.mark.core
 def test_resume_of_an_unknown_run_names_it(local_ray, synth_shards, tmp_path):
     cfg = load_config(TINY, tiny_overrides(synth_shards, tmp_path, 2))
     with pytest.raises(FileNotFoundError, match="--resume no-such-run: no run of that name"):
         train(cfg, resume="no-such-run")
 
 
+@pytest.mark.core
 def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, synth_paths, tmp_path, capsys):
     _, result = first_run
     out_json = tmp_path / "eval.json"
@@ -204,6 +202,7 @@ def test_eval_and_predict_commands_on_the_checkpoint(first_run, synth_shards, sy
     assert overlay.shape == original.shape  # what gets drawn is tested in test_inference.py
 
 
+@pytest.mark.core
 def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(first_run, synth_shards, synth_paths,
                                                                                 tmp_path, capsys):
     """`maskx predict --images DIR` and `--shards` write COCO results in COCO's category ids; COCOeval of
@@ -243,6 +242,7 @@ def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(f
             assert evaluation.stats[0] == pytest.approx(metrics[f"{iou_type}/all/AP"], abs=1e-6), (results, iou_type)
 
 
+@pytest.mark.core
 def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_path, capsys):
     _, result = first_run
     bad = tmp_path / "not-an-image.jpg"
@@ -251,6 +251,7 @@ def test_predict_on_a_file_that_is_not_an_image_is_a_clear_error(first_run, tmp_
     assert f"image {bad}: not a JPEG or PNG" in capsys.readouterr().err
 
 
+@pytest.mark.core
 def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpoint(local_ray, synth_shards, tmp_path):
     """`maskx train` killed (SIGKILL) the moment its checkpoint folder at iteration 4 appears, as a lost
     job driver is: that checkpoint may be whole, half-written or only a folder, and Ray's own record

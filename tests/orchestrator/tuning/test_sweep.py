@@ -18,6 +18,8 @@ SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "sw
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 MODEL = "maskx-sweep-test"
 
+pytestmark = pytest.mark.sweep
+
 
 def sweep_overrides(synth_shards, tmp, tracking_uri, experiment="sweep-test"):
     return [f"data.train=[{{manifest: {synth_shards['coco_train']}, weight: 1.0}}, {{manifest: {synth_shards['vg']}, weight: 0.5}}]",
@@ -57,6 +59,7 @@ def first_sweep(sweep_ray, synth_shards, mlflow_server, tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.core
 def test_four_trial_sweep_stops_some_early_and_sets_the_champion(first_sweep, mlflow_server, synth_shards, tmp_path):
     import mlflow
     import ray
