@@ -71,7 +71,22 @@ def synth_model(synth_shards, tmp_path_factory):
     return untrained_model(tmp_path_factory.mktemp("synth-model"), Vocabulary.load(synth_shards["vocab"]))
 
 
-def one_process(model: str, out, images=None, shards=None, batch_size=2) -> list[dict]:
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The single-process reference, computed once per (model, input, batch size) for the module's tests."""
+    computed = {}
+
+    def reference(model: str, images=None, shards=None, batch_size=2) -> list[dict]:
+        key = (model, images, shards, batch_size)
+        if key not in computed:
+            computed[key] = predict_in_one_process(model, tmp_path_factory.mktemp("one-process"), images, shards,
+                                                   batch_size)
+        return computed[key]
+
+    return reference
+
+
+def predict_in_one_process(model: str, out, images=None, shards=None, batch_size=2) -> list[dict]:
     """`maskx predict` with one thread: as many as an actor with one CPU has (Ray sets
     OMP_NUM_THREADS), so that not even float rounding differs."""
     threads = torch.get_num_threads()
@@ -115,13 +130,13 @@ def average_precisions(annotations: str, results: list[dict], tmp_path) -> list[
 
 @pytest.mark.parametrize("data", [pytest.param("demo-val", marks=pytest.mark.core), "coco-tiny"])
 def test_on_ray_the_same_detections_and_ap_as_one_process(data, two_nodes, synth_paths, synth_model, request,
-                                                          tmp_path):
+                                                          one_process, tmp_path):
     if data == "demo-val":
         model, images, annotations = synth_model, synth_paths["coco_val_images"], synth_paths["coco_val_annotations"]
     else:
         model = request.getfixturevalue("coco_tiny_model")
         images, annotations = f"{COCO_TINY}/val2017", f"{COCO_TINY}/annotations/instances_val2017.json"
-    expected = one_process(model, tmp_path / "one", images=images)
+    expected = one_process(model, images=images)
     got = on_ray(model, tmp_path / "ray", images=images, batch_size=2, block_size=4)
     assert len(got) == len(expected) > 0
     assert by_image(got) == by_image(expected)  # boxes, scores, classes and RLE masks, to the bit
@@ -130,7 +145,7 @@ def test_on_ray_the_same_detections_and_ap_as_one_process(data, two_nodes, synth
     print(data, "bbox AP", ap[0], "segm AP", ap[12])
 
 
-def test_on_ray_from_an_s3_prefix_to_s3(two_nodes, synth_paths, synth_model, tmp_path):
+def test_on_ray_from_an_s3_prefix_to_s3(two_nodes, synth_paths, synth_model, one_process, tmp_path):
     from pathlib import Path
 
     from maskx.datasets import storage
@@ -138,15 +153,15 @@ def test_on_ray_from_an_s3_prefix_to_s3(two_nodes, synth_paths, synth_model, tmp
     storage.s3_client().create_bucket(Bucket="ray-predict")
     for path in sorted(Path(synth_paths["coco_val_images"]).glob("*.jpg")):
         storage.s3_client().upload_file(str(path), "ray-predict", f"photos/{path.name}")
-    expected = one_process(synth_model, tmp_path / "one", images=synth_paths["coco_val_images"])
+    expected = one_process(synth_model, images=synth_paths["coco_val_images"])
     got = on_ray(synth_model, "s3://ray-predict/predictions", images="s3://ray-predict/photos", batch_size=2,
                  block_size=4)
     assert by_image(got) == by_image(expected)
     assert storage.stat("s3://ray-predict/predictions/blocks/000002.json") is not None
 
 
-def test_on_ray_over_shards_a_shard_is_a_block(two_nodes, synth_shards, synth_model, tmp_path):
-    expected = one_process(synth_model, tmp_path / "one", shards=synth_shards["coco_val"], batch_size=1)
+def test_on_ray_over_shards_a_shard_is_a_block(two_nodes, synth_shards, synth_model, one_process, tmp_path):
+    expected = one_process(synth_model, shards=synth_shards["coco_val"], batch_size=1)
     got = on_ray(synth_model, tmp_path / "ray", shards=synth_shards["coco_val"], batch_size=1, block_size=2)
     assert by_image(got) == by_image(expected)
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
@@ -179,16 +194,17 @@ def test_a_rerun_writes_only_missing_blocks_lists_unreadable_images_and_refuses_
     assert "holds another job's blocks (block_size 4 -> 2, blocks 3 -> 6)" in capsys.readouterr().err
 
 
-def test_a_worker_node_killed_mid_job_the_job_finishes_with_every_image_once(two_nodes, coco_tiny_model, tmp_path):
+def test_a_worker_node_killed_mid_job_the_job_finishes_with_every_image_once(two_nodes, coco_tiny_model, one_process,
+                                                                             tmp_path):
     cluster, worker = two_nodes
     images = f"{COCO_TINY}/val2017"
-    expected = one_process(coco_tiny_model, tmp_path / "one", images=images, batch_size=1)
+    expected = one_process(coco_tiny_model, images=images)  # batches of 2: a block is one batch
     out, outcome = tmp_path / "ray", {}
 
     def job():
         try:
             outcome["summary"] = predict_on_ray(coco_tiny_model, model_weights(coco_tiny_model), str(out),
-                                                images=images, batch_size=1, block_size=2, actors=(2, 2))
+                                                images=images, batch_size=2, block_size=2, actors=(2, 2))
         except BaseException as exc:  # the assertion below reports it
             outcome["error"] = exc
 
