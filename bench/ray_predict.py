@@ -29,23 +29,13 @@ TINY = REPO / "configs" / "tiny-cpu.yaml"
 
 
 def untrained_checkpoint(folder: str) -> str:
-    import torch
-
     from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
-    from maskx.models import build_model
-    from maskx.orchestrator import run_folder
-    from maskx.orchestrator.config import dump_config, load_config
-    from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.training.model_checkpoint import write_model_checkpoint
 
     vocab = build_vocabulary(COCO_CATEGORIES)
     cfg = load_config(str(TINY), [f"model.num_classes={vocab.num_classes}", "model.box_score_thresh=0.0"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    optimizer = build_optimizer(model, cfg.solver)
-    contents = run_folder.checkpoint_contents(model, optimizer, build_lr_scheduler(optimizer, cfg.solver),
-                                              run_folder.TrainState(iteration=1))
-    run_folder.write_checkpoint(folder, contents, dump_config(cfg), vocab)
-    return folder
+    return write_model_checkpoint(folder, cfg, vocab)
 
 
 def image_folder(folder: str, repeat: int, limit: int) -> int:

@@ -10,10 +10,18 @@ import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 # The 20 PASCAL VOC classes as COCO category ids: set A of the paper's voc -> non-voc split.
 VOC_COCO_IDS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72})
+# The named class sets `data.mask_sets` takes besides class names and labels.
+CLASS_SETS = {
+    "all": lambda c: True,
+    "coco": lambda c: c.coco_id is not None,
+    "voc": lambda c: c.coco_id in VOC_COCO_IDS,
+    "nonvoc": lambda c: c.coco_id is not None and c.coco_id not in VOC_COCO_IDS,
+    "vg": lambda c: c.coco_id is None,
+}
 
 # COCO classes whose VG synset the paper names by hand (`step_2_build_vg3k_cocoaligned_json.py` of
 # ronghanghu/seg_every_thing); each other COCO class takes the most frequent kept synset whose
@@ -64,19 +72,27 @@ class Vocabulary:
 
     def class_set(self, set_name: str) -> list[int]:
         """Labels of a named set: coco, voc, nonvoc, vg (VG classes that are not COCO), all."""
-        sets = {
-            "all": lambda c: True,
-            "coco": lambda c: c.coco_id is not None,
-            "voc": lambda c: c.coco_id in VOC_COCO_IDS,
-            "nonvoc": lambda c: c.coco_id is not None and c.coco_id not in VOC_COCO_IDS,
-            "vg": lambda c: c.coco_id is None,
-        }
-        if set_name not in sets:
-            raise ValueError(f"class set {set_name!r} is not one of {', '.join(sets)}")
-        return [i + 1 for i, c in enumerate(self.classes) if sets[set_name](c)]
+        if set_name not in CLASS_SETS:
+            raise ValueError(f"class set {set_name!r} is not one of {', '.join(CLASS_SETS)}")
+        return [i + 1 for i, c in enumerate(self.classes) if CLASS_SETS[set_name](c)]
 
-    def resolve_sets(self, set_names: Iterable[str]) -> list[int]:
-        return sorted({label for s in set_names for label in self.class_set(s)})
+    def resolve_sets(self, entries: Iterable[Union[str, int]]) -> list[int]:
+        """The labels of `entries`, each a named set (`class_set`), a class name or a label: a split can
+        name whole sets (voc) or exactly the classes it holds out (a disjoint split of families)."""
+        labels = set()
+        for entry in entries:
+            if isinstance(entry, int):
+                if not 1 <= entry < self.num_classes:
+                    raise ValueError(f"label {entry} is not a class of this vocabulary (1..{self.num_classes - 1})")
+                labels.add(entry)
+            elif entry in CLASS_SETS:
+                labels.update(self.class_set(entry))
+            elif self.label(entry) is not None:
+                labels.add(self.label(entry))
+            else:
+                raise ValueError(f"{entry!r} is neither a class set ({', '.join(CLASS_SETS)}), a class name of this "
+                                 "vocabulary nor a label")
+        return sorted(labels)
 
     def to_json(self) -> dict:
         saved: dict = {"classes": [asdict(c) for c in self.classes]}

@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "--out is a folder for results.json")
     predict.add_argument("--out", required=True, help="PNG to write (--image) or folder for results.json")
     predict.add_argument("--overlays", action="store_true", help="with --images: also an overlay PNG per image in --out")
-    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    predict.add_argument("--batch-size", type=int, default=1,
+                         help="images per forward pass (default 1, as maskx eval: a batch pads its images to the "
+                              "largest, so with more an image's detections depend slightly on its batch-mates; more "
+                              "is faster on a GPU)")
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
     on_ray = predict.add_argument_group("on Ray Data (--ray): --images DIR|GLOB|s3://bucket/prefix or --shards, "

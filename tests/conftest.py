@@ -41,6 +41,36 @@ def pytest_collection_modifyitems(config, items):
                                 + ", ".join(unmarked))
 
 
+# The only reasons a test may be skipped: what the machine legitimately lacks. Any other skip fails the
+# session, since a skip on CI is a test that did not run.
+DECLARED_SKIPS = (
+    "the multi-host rehearsal runs this elastic run",  # test_fault_tolerance: the same run, where root
+    "network namespaces need root",  # tests/multihost off root
+    "cannot create a network namespace",
+    "shared/data/",  # a checkout without the project's real samples beside it
+)
+_undeclared_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(declared in reason for declared in DECLARED_SKIPS):
+            _undeclared_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _undeclared_skips and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _undeclared_skips:
+        terminalreporter.section("skipped for a reason the suite does not declare (tests/conftest.py)", red=True)
+        for line in _undeclared_skips:
+            terminalreporter.line(line)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,3 +322,26 @@ def canonical_keys(cfg, iterations):
             keys[len(keys) + 1] = sorted(step.keys)
         epoch += 1
     return {i: k for i, k in keys.items() if i <= iterations}
+
+
+@pytest.fixture(scope="session")
+def predicting_model(synth_shards, tmp_path_factory):
+    """vocabulary -> the folder of a checkpoint that predicts something (`tests/predicting.py`), what
+    every test that compares predictions or AP runs on: trained here on the session's synthetic
+    data for its vocabulary, with known logits for another. One of each a session, made when asked."""
+    from maskx.datasets.vocab import Vocabulary
+
+    from .predicting import write_known_logits_checkpoint, write_trained_checkpoint
+
+    synth_vocab, made = Vocabulary.load(synth_shards["vocab"]), {}
+
+    def checkpoint(vocab) -> str:
+        key = tuple(c.name for c in vocab.classes)
+        if key not in made:
+            folder = str(tmp_path_factory.mktemp("predicting-model"))
+            trained_here = key == tuple(c.name for c in synth_vocab.classes)
+            made[key] = (write_trained_checkpoint(folder, [synth_shards["coco_train"], synth_shards["vg"]])
+                         if trained_here else write_known_logits_checkpoint(folder, vocab))
+        return made[key]
+
+    return checkpoint

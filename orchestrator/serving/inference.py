@@ -161,5 +161,5 @@ def evaluate_model(setup: RunSetup, uri: str) -> Evaluation:
     loaded = load_model(uri, setup.config.mlflow.tracking_uri)
     loaded.vocab.require_same(setup.vocab, f"data.val: {setup.config.data.val}", f"model {uri} was trained on")
     return evaluate_on_shards(loaded.model, setup.val_sources, setup.vocab, setup.set_a,
-                              batch_size=setup.config.data.batch_size, device=torch.device("cpu"),
+                              batch_size=setup.config.eval_batch_size, device=torch.device("cpu"),
                               backend=setup.config.eval_backend, error_analysis=setup.config.eval_error_analysis)

@@ -27,8 +27,8 @@ def model_card(cfg: TrainConfig, vocab: Vocabulary, metrics: dict, data: list[Tr
     lines = [
         f"**Mask^X R-CNN** (Hu et al., CVPR 2018), {cfg.model.backbone.name}-FPN, mask head `{mask_head}`"
         f"{', box loss focal' if cfg.model.box_loss.kind == 'focal' else ''}: boxes for {vocab.num_classes - 1} "
-        f"classes; masks trained on set A ({len(set_a)} classes: {', '.join(cfg.data.mask_sets)}) and, through the "
-        f"weight transfer function, predicted for set B too ({set_b} classes with boxes only).",
+        f"classes; masks trained on set A ({len(set_a)} classes: {', '.join(map(str, cfg.data.mask_sets))}) and, "
+        f"through the weight transfer function, predicted for set B too ({set_b} classes with boxes only).",
         "",
         f"Trained by run `{run_name}` (MLflow run {run_id}): {iterations} iterations of "
         f"{cfg.data.batch_size} images x {cfg.scaling.num_workers} workers (global batch {cfg.data.global_batch_size or cfg.data.batch_size * cfg.scaling.max_workers}), lr {cfg.solver.lr}, config `{cfg.name}`.",

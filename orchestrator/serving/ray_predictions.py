@@ -8,7 +8,8 @@ the driver writes each block as it comes:
 
     OUT/plan.json            what the job is (model, inputs, block size, images); a rerun checks it
     OUT/results/000042.json  block 42's detections as COCO results (the format of `results.json`)
-    OUT/blocks/000042.json   block 42 is done: its images, detections and unreadable files
+    OUT/blocks/000042.json   block 42 is done: its images, detections, unreadable files and the nodes
+                             that predicted it
     OUT/manifest.json        every block, the totals and the unreadable files, when the job ends
     OUT/categories.json
 
@@ -161,6 +162,7 @@ class BlockPredictor:
         # The reference comes in a list so that Ray passes the reference, not the weights, in every
         # (re)start's arguments; the actor fetches them here.
         cfg, vocab, state_dict = ray.get(model[0])
+        self.node = ray.get_runtime_context().get_node_id()
         self.loaded = loaded_from(cfg, vocab, state_dict)
         self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
         self.loaded.model.transform.prepared_inputs = True
@@ -178,7 +180,8 @@ class BlockPredictor:
                 output["boxes"] = resize_boxes(output["boxes"], list(image.shape[-2:]), list(size))
                 records += detection_records(int(image_id), output, size)
         return {"block": row["block"], "part": row["part"], "last": row["last"], "images": len(prepared),
-                "results": json.dumps(coco_results(records, self.loaded.vocab)), "unreadable": row["unreadable"]}
+                "results": json.dumps(coco_results(records, self.loaded.vocab)), "unreadable": row["unreadable"],
+                "node": self.node}
 
 
 def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict], out: str, *,
@@ -263,7 +266,8 @@ def _write_block(out: str, number: int, parts: list[dict]) -> dict:
     results = [r for part in parts for r in json.loads(part["results"])]
     entry = {"block": number, "results": f"{RESULTS_FOLDER}/{_block_name(number)}",
              "images": sum(int(part["images"]) for part in parts), "detections": len(results),
-             "unreadable": [u for part in parts for u in json.loads(part["unreadable"])]}
+             "unreadable": [u for part in parts for u in json.loads(part["unreadable"])],
+             "nodes": sorted({part["node"] for part in parts})}
     storage.write_bytes(storage.join(out, entry["results"]), json.dumps(results).encode())
     storage.write_bytes(storage.join(out, f"{BLOCKS_FOLDER}/{_block_name(number)}"), json.dumps(entry).encode())
     return entry

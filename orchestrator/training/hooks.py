@@ -187,7 +187,7 @@ class PeriodicEvaluation(Hook):
             return
         worker.evaluated = True
         share = predict_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab,
-                                  batch_size=cfg.data.batch_size, device=worker.device, rank=worker.rank,
+                                  batch_size=cfg.eval_batch_size, device=worker.device, rank=worker.rank,
                                   world_size=worker.world_size)
         shares = worker.gather_to_rank0(share)
         if shares is None:  # not rank 0

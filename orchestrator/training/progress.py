@@ -15,27 +15,28 @@ class Window:
     (from the end of one step to the arrival of the next batch: a stalled loader shows here, a slow
     GPU in s/iter)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.reset()
 
     def reset(self) -> None:
-        self.start = self.step_end = time.perf_counter()
+        self.start = self.step_end = self.clock()
         self.images, self.steps, self.data_wait_s = 0, 0, 0.0
         self.loss_sums: dict[str, float] = {}  # each loss times the images it was measured on
 
     def batch_arrived(self) -> None:
-        self.data_wait_s += time.perf_counter() - self.step_end
+        self.data_wait_s += self.clock() - self.step_end
 
     def step_done(self, losses: dict[str, float], images: int) -> None:
         for name, value in losses.items():
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value * images
         self.images += images
         self.steps += 1
-        self.step_end = time.perf_counter()
+        self.step_end = self.clock()
 
     @property
     def elapsed_s(self) -> float:
-        return max(time.perf_counter() - self.start, 1e-9)
+        return max(self.clock() - self.start, 1e-9)
 
 
 def peak_memory_mb(device: torch.device) -> float:

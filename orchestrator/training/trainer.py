@@ -152,7 +152,7 @@ def _mlflow_run(setup: RunSetup, run_name: str, folder: str, tracking: Tracking,
 
 def run_tags(cfg: TrainConfig, folder: str, parent_run_id: Optional[str]) -> dict[str, str]:
     tags = {"maskx.run_folder": folder, "maskx.config": cfg.name, "maskx.num_classes": str(cfg.model.num_classes),
-            "maskx.mask_sets": ",".join(cfg.data.mask_sets), "mlflow.source.name": "maskx train",
+            "maskx.mask_sets": ",".join(map(str, cfg.data.mask_sets)), "mlflow.source.name": "maskx train",
             "mlflow.source.type": "JOB"}
     commit = source_commit()
     if commit:

@@ -217,3 +217,16 @@ def test_synthetic_vocabulary_splits_set_a_and_b(synth_paths):
     assert {vocab.name(l) for l in vocab.class_set("voc")} == {"person", "car", "dog", "chair"}
     assert {vocab.name(l) for l in vocab.class_set("nonvoc")} == {"giraffe", "kite", "clock", "umbrella"}
     assert {vocab.name(l) for l in vocab.class_set("vg")} == {"tree.n.01", "building.n.01"}
+
+
+def test_mask_sets_name_sets_classes_or_labels_in_any_mix():
+    """`data.mask_sets`: a disjoint split names exactly the classes it trains masks on."""
+    vocab = build_vocabulary(COCO_CATEGORIES)
+    person, car, giraffe = vocab.label("person"), vocab.label("car"), vocab.label("giraffe")
+    assert vocab.resolve_sets(["voc"]) == vocab.class_set("voc")
+    assert vocab.resolve_sets(["person", "car", giraffe]) == sorted([person, car, giraffe])
+    assert vocab.resolve_sets(["voc", "giraffe"]) == sorted(vocab.class_set("voc") + [giraffe])
+    with pytest.raises(ValueError, match="'unicorn' is neither a class set .* a class name of this vocabulary nor a label"):
+        vocab.resolve_sets(["unicorn"])
+    with pytest.raises(ValueError, match="label 81 is not a class of this vocabulary"):
+        vocab.resolve_sets([81])

@@ -58,10 +58,16 @@ def wait_for_the_job_agent(env: dict, address: str, timeout: float = 120) -> Non
             time.sleep(2)
 
 
-def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_shards, synth_paths, tmp_path):
+def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_shards, synth_paths, predicting_model,
+                                                 tmp_path):
     """Through the team's server (PostgreSQL, S3, logins) as its user, whose credentials the job
-    carries in MLflow's own variables; the database is killed and restarted mid-run."""
+    carries in MLflow's own variables; the database is killed and restarted mid-run. The run starts
+    from a model that predicts something (tests/predicting.py): 4 iterations from scratch keep no
+    detection, and every comparison below would hold on empty lists."""
+    from maskx.datasets.vocab import Vocabulary
+
     env, address = ray_head
+    start = predicting_model(Vocabulary.load(synth_shards["vocab"]))
     mlflow_server = team_server.uri
     user, password = team_server.user
     # The user's password, and a planted secret, sit where maskx could leak them: in the job's
@@ -73,7 +79,8 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_s
                  "solver.max_iter=4", "solver.warmup_iters=2", "log_every=2", "checkpoint.every=2",
                  f"checkpoint.storage_path={tmp_path}/ray_results", "mlflow.experiment=job-submit",
                  "mlflow.registered_model=maskx-job-test", "mlflow.system_metrics_every_s=1",
-                 "mlflow.eval_figures=false", "mlflow.eval_images=0"]  # figures: test_train.py
+                 "mlflow.eval_figures=false", "mlflow.eval_images=0",  # figures: test_train.py
+                 f"model.init_from={start}", "model.init_from_parts=[backbone, rpn, box_head, mask_head]"]
     job = subprocess.Popen(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps(runtime_env), "--",
@@ -108,6 +115,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_s
     assert [m.step for m in losses] == [2, 4]
     assert {"train/data_time_s", "train/eta_s", "train/s_per_iter", "train/peak_memory_mb"} <= set(run.data.metrics)
     assert "segm/setB/AP" in run.data.metrics and "bbox/setA/AP" in run.data.metrics
+    assert run.data.metrics["bbox/all/AP"] > 0 and run.data.metrics["segm/all/AP"] > 0  # something to score
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "eval", "overlays"} <= artifacts
     eval_files = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
@@ -118,10 +126,13 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_s
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     logged += Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml")).read_text()
     assert PLANTED_SECRET not in logged and password not in logged
+    read = 0
     for path in Path(tmp_path / "ray_results").rglob("*"):  # run folder: checkpoints' config, run records
         if path.is_file() and path.suffix in (".json", ".yaml", ".txt", ".log"):
             text = path.read_text(errors="replace")
             assert PLANTED_SECRET not in text and password not in text, path
+            read += 1
+    assert read >= 4, read  # at least the two checkpoints' config.yaml and vocab.json
 
     version = client.get_model_version("maskx-job-test", "1")
     assert version.run_id == run.info.run_id
@@ -154,6 +165,7 @@ def test_ray_job_submit_trains_logs_and_registers(ray_head, team_server, synth_s
     served = mlflow.pyfunc.load_model("models:/maskx-job-test/1")
     [answer] = served.predict(pd.DataFrame({"image": [Path(image).read_bytes()]}), params={"score_threshold": 0.0})
     assert set(answer) == {"boxes", "class_ids", "class_names", "scores", "masks"}
+    assert len(answer["scores"]) > 1 and len(set(answer["class_ids"])) > 1
     assert all(mask["size"] == list(read_image(image).shape[-2:]) for mask in answer["masks"])
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
 

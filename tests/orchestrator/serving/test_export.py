@@ -9,14 +9,13 @@ from maskx.orchestrator.serving.export import ExportableMaskX, load_exported
 from maskx.orchestrator.serving.inference import load_model, read_image
 
 from ...conftest import SHARED_DATA
-from .test_ray_predictions import untrained_model
 
 SIZE = (96, 128)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return untrained_model(tmp_path_factory.mktemp("export-model"), build_vocabulary(COCO_CATEGORIES))
+def model(predicting_model):
+    return predicting_model(build_vocabulary(COCO_CATEGORIES))
 
 
 def real_images(count: int = 3) -> list[torch.Tensor]:

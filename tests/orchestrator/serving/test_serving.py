@@ -15,10 +15,8 @@ import pytest
 import torch
 
 from maskx.datasets.stream import load_sources
-from maskx.models import build_model
 from maskx.orchestrator import run_folder
-from maskx.orchestrator.config import dump_config, load_config
-from maskx.orchestrator.run_setup import bind_to_vocabulary
+from maskx.orchestrator.config import dump_config
 from maskx.orchestrator.serving.inference import load_model
 from maskx.orchestrator.serving.model_logging import log_model
 from maskx.orchestrator.serving.pyfunc import detections_json
@@ -28,25 +26,20 @@ from ...conftest import SHARED_DATA, free_port, wait_for_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.serving]
 
-TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def registered(mlflow_server, synth_shards, tmp_path_factory):
-    """A model logged and registered as `maskx train` does it (weights seeded, not trained)."""
-    folder = tmp_path_factory.mktemp("checkpoint")
-    # Untrained weights score under the default 0.05: keep every detection so there is something to compare.
-    cfg = load_config(TINY, [f"mlflow.tracking_uri={mlflow_server}", "model.box_score_thresh=0.0"])
+def registered(mlflow_server, synth_shards, predicting_model, tmp_path_factory):
+    """A model logged and registered as `maskx train` does it: one that predicts something
+    (tests/predicting.py), whose scores straddle serving's default threshold of 0.5."""
     _, vocab = load_sources([(synth_shards["coco_train"], 1.0)])
-    bind_to_vocabulary(cfg, vocab)
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    (folder / "config.yaml").write_text(dump_config(cfg))
-    vocab.save(str(folder / "vocab.json"))
+    folder = predicting_model(vocab)
+    loaded = load_model(folder)
+    cfg = loaded.config
     tracking = Tracking(mlflow_server)
     run = tracking.start_run("serving", "serve-test", cfg.to_dict(), dump_config(cfg))
-    files = run_folder.model_files(str(folder), model, str(folder / "model_files"))
+    files = run_folder.model_files(folder, loaded.model, str(tmp_path_factory.mktemp("model-files")))
     with warnings.catch_warnings(record=True) as warned, logged_warnings("mlflow") as logged:
         warnings.simplefilter("always")
         version = log_model(run, files, jpeg_bytes(), "maskx-serve-test")
@@ -118,6 +111,7 @@ def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
     [served_detections] = answer["predictions"]
     expected = detections_json(load_model(model_uri, tracking_uri), jpeg_bytes(), 0.0, 20)
     assert served_detections["class_ids"] == expected["class_ids"] and len(expected["class_ids"]) == 20
+    assert len(set(expected["class_ids"])) > 1  # not one class everywhere: a permutation would show
     assert served_detections["class_names"] == expected["class_names"]
     assert torch.allclose(torch.tensor(served_detections["boxes"]), torch.tensor(expected["boxes"]), atol=0.05)
     assert torch.allclose(torch.tensor(served_detections["scores"]), torch.tensor(expected["scores"]), atol=1e-4)
@@ -129,12 +123,22 @@ def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
 
 
 @pytest.mark.core
-def test_records_and_the_default_threshold_and_a_bad_image(served):
-    url, _, _, _ = served
-    image = base64.b64encode(jpeg_bytes()).decode()
+def test_records_and_the_default_threshold_and_a_bad_image(served, synth_paths):
+    """No params: serving's documented defaults, score 0.5 and 100 detections, as maskx in this process
+    answers with them, on the val image where the model's scores straddle 0.5 most (so the threshold
+    is what decides)."""
+    url, tracking_uri, model_uri, _ = served
+    loaded = load_model(model_uri, tracking_uri)
+    images = [path.read_bytes() for path in sorted(Path(synth_paths["coco_val_images"]).glob("*.jpg"))]
+    chosen = max(images, key=lambda data: len(detections_json(loaded, data, 0.5, 100)["scores"]))
+    expected, everything = (detections_json(loaded, chosen, threshold, 100) for threshold in (0.5, 0.0))
+    assert 0 < len(expected["scores"]) < len(everything["scores"]), (expected["scores"], everything["scores"][:5])
+    image = base64.b64encode(chosen).decode()
     status, answer = post(url, {"dataframe_records": [{"image": image}, {"image": image}]})
     assert status == 200 and len(answer["predictions"]) == 2
-    assert all(score >= 0.5 for p in answer["predictions"] for score in p["scores"])  # the default threshold
+    for served_detections in answer["predictions"]:
+        assert served_detections["class_ids"] == expected["class_ids"]
+        assert torch.allclose(torch.tensor(served_detections["scores"]), torch.tensor(expected["scores"]), atol=1e-4)
     status, answer = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
     assert status >= 400 and "not a JPEG or PNG" in json.dumps(answer)
 
@@ -143,35 +147,60 @@ def test_records_and_the_default_threshold_and_a_bad_image(served):
 REQUEST_MEMORY_BOUND_GB = 3.0
 
 
-def peak_resident_gb(server: subprocess.Popen) -> float:
-    """The highest resident memory any process of the server's process group has had (VmHWM)."""
-    peak = 0
+def server_pids(server: subprocess.Popen) -> list[int]:
+    pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.getpgid(int(pid)) != server.pid:
-                continue
+            if os.getpgid(int(pid)) == server.pid:
+                pids.append(int(pid))
+        except ProcessLookupError:
+            continue
+    return pids
+
+
+def peak_resident_gb(server: subprocess.Popen) -> float:
+    """The highest resident memory any process of the server's process group has had (VmHWM) since
+    `reset_peaks`."""
+    peak = 0
+    for pid in server_pids(server):
+        try:
             status = Path(f"/proc/{pid}/status").read_text()
-        except (ProcessLookupError, FileNotFoundError):
+        except FileNotFoundError:
             continue
         peak = max([peak] + [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")])
     return peak / 2**20
 
 
-def test_a_48_megapixel_photo_in_bounded_memory_and_a_decompression_bomb_refused(served):
+def reset_peaks(server: subprocess.Popen) -> None:
+    """Each server process's high-water mark back to what it holds now (Linux: 5 to clear_refs), so
+    that the next peak is this request's, not an earlier test's."""
+    for pid in server_pids(server):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except (FileNotFoundError, PermissionError):
+            continue
+
+
+def test_a_48_megapixel_photo_in_bounded_memory_and_a_decompression_bomb_refused(served, synth_paths):
     """Masks are pasted and encoded one kept detection at a time: a 6000x8000 photo with 10 full-size
     masks stays within the bound (pasted all at once, as torchvision does, the model's 100 detections
     would take 100 x 48M x 4 bytes = 19 GB). A PNG whose header claims 900 megapixels is refused with
     a 400 naming the limit before anything is decoded, and the server answers on."""
-    from torchvision.io import encode_jpeg
+    import io
+
+    from PIL import Image
 
     from .test_inference import png_of_zeros
 
     url, _, _, process = served
-    rows, columns = torch.arange(6000)[:, None], torch.arange(8000)[None, :]
-    channels = [(rows // 4) % 256, (columns // 4) % 256, ((rows + columns) // 8) % 256]
-    photo = torch.stack([c.expand(6000, 8000) for c in channels]).to(torch.uint8)
-    jpeg = base64.b64encode(encode_jpeg(photo, quality=80).numpy().tobytes()).decode()
-    del photo
+    # A val image the model finds objects in, blown up to 8000 x 6000: the model sees it at its own
+    # size again, and keeps as many detections as it does on the original.
+    small = sorted(Path(synth_paths["coco_val_images"]).glob("*.jpg"))[0]
+    photo, encoded = Image.open(small).convert("RGB").resize((8000, 6000), Image.BILINEAR), io.BytesIO()
+    photo.save(encoded, "JPEG", quality=80)
+    jpeg = base64.b64encode(encoded.getvalue()).decode()
+    del photo, encoded
+    reset_peaks(process)
     before = peak_resident_gb(process)
     status, answer = post(url, {"dataframe_split": {"columns": ["image"], "data": [[jpeg]]},
                                 "params": {"score_threshold": 0.0, "max_detections": 10}})

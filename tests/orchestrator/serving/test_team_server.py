@@ -59,7 +59,8 @@ def test_only_a_user_with_permission_writes_and_moves_the_champion_alias(team_se
     assert any(key.endswith(f"{run.info.run_id}/artifacts/card.md") for key in keys), keys
 
 
-def test_the_database_killed_outright_and_restarted_on_its_folder_has_everything_it_committed(team_server, monkeypatch):
+def test_the_database_killed_outright_and_restarted_on_its_folder_has_everything_it_committed(team_server, monkeypatch,
+                                                                                             tmp_path):
     """SIGKILL to PostgreSQL and all its backends (no shutdown, no checkpoint), then a start on the same
     data folder: every run, metric, user and alias committed before is there, and a client that
     wrote while it was down got through once it was back (MLflow's retries)."""
@@ -70,14 +71,27 @@ def test_the_database_killed_outright_and_restarted_on_its_folder_has_everything
     run = alice.create_run(alice.create_experiment("team-database-killed"))
     for step in range(5):
         alice.log_metric(run.info.run_id, "loss/loss", 1.0 / (step + 1), step=step)
+    (tmp_path / "card.md").write_text("a model")
+    alice.log_artifact(run.info.run_id, str(tmp_path / "card.md"))
+    alice.create_registered_model("team-killed-model")
+    version = alice.create_model_version("team-killed-model", f"runs:/{run.info.run_id}/card.md", run_id=run.info.run_id)
+    alice.set_registered_model_alias("team-killed-model", "champion", version.version)
     team_server.postgres.stop(kill=True)
-    restart = threading.Timer(3.0, team_server.postgres.start)
-    restart.start()
-    started = time.monotonic()
+    restarted = {}
+
+    def restart():
+        restarted["at"] = time.monotonic()  # no write can commit before this
+        team_server.postgres.start()
+
+    restarter = threading.Timer(3.0, restart)
+    restarter.start()
     alice.log_metric(run.info.run_id, "loss/loss", 0.1, step=5)  # while the database is down
-    restart.join()
-    assert time.monotonic() - started >= 2.5
+    returned_at = time.monotonic()
+    restarter.join()
+    # The write waited for the database: it returned after the restart began, not before it.
+    assert "at" in restarted and returned_at > restarted["at"], (returned_at, restarted)
     assert [m.step for m in alice.get_metric_history(run.info.run_id, "loss/loss")] == list(range(6))
+    assert alice.get_model_version_by_alias("team-killed-model", "champion").version == version.version
     bob = client_as(team_server, team_server.other_user, monkeypatch)
     assert bob.get_run(run.info.run_id).info.run_id == run.info.run_id  # the users survived too
     assert "OperationalError" in open(team_server.log).read()  # the server did see it gone

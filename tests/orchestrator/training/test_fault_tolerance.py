@@ -224,8 +224,8 @@ def test_the_mlflow_server_down_mid_run_and_at_the_end(cluster, synth_shards, da
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.run_name == run_name
         assert "segm/setB/AP" in run.data.metrics
-        steps = sorted({m.step for m in client.get_metric_history(run_id, "loss/loss")})
-        assert steps == list(range(1, MAX_ITER + 1))  # the values logged while it was down caught up
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "loss/loss"))
+        assert steps == list(range(1, MAX_ITER + 1))  # the values logged while it was down caught up, once each
         assert max(m.value for m in client.get_metric_history(run_id, "data/skipped_samples")) > 0
         assert client.get_model_version("maskx-outage", "1").run_id == run_id
     finally:
@@ -362,7 +362,11 @@ def test_a_preemption_notice_commits_a_checkpoint_and_the_restart_goes_on_from_i
     print(f"preemption: drained after iteration {drained_after}, checkpoint at {noticed}, "
           f"restart trained {starts[-1][1][0]}..{starts[-1][1][-1]}")
     assert [w for (_, w), _ in starts] == [2, 2], starts
-    assert noticed < PREEMPTED_ITER and starts[1][1][0] == noticed + 1, (noticed, starts)
+    # The checkpoint answers the notice: taken after the drain, not one that happened to be there.
+    assert drained_after <= noticed < PREEMPTED_ITER and starts[1][1][0] == noticed + 1, (drained_after, noticed, starts)
+    _, nodes = consumed(str(tmp_path / "keys"))
+    restarted_on = {starts_of_rank[-1] for starts_of_rank in nodes.values()}
+    assert workers[lost].node_id in restarted_on and node_id not in restarted_on, (nodes, node_id)
     assert final == canonical_keys(spread_config(synth_shards, tmp_path, "preempted"), PREEMPTED_ITER)
 
 

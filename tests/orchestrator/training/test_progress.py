@@ -1,19 +1,29 @@
 """The training console: a stalled loader shows as data time, and one line says everything."""
-import time
-
+import pytest
 import torch
 
 from maskx.orchestrator.training.progress import Window, console_line, peak_memory_mb
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_time_waiting_for_the_loader_is_data_time():
-    window = Window()
-    time.sleep(0.2)  # the loader is slow to hand over the batch
+    clock = FakeClock()
+    window = Window(clock)
+    clock.now += 0.2  # the loader is slow to hand over the batch
     window.batch_arrived()
+    clock.now += 1.0  # the step
     window.step_done({"loss_mask": 0.5}, images=2)
     window.batch_arrived()  # the next batch was ready
+    clock.now += 1.0
     window.step_done({"loss_mask": 0.4}, images=1)  # a rank's share of a step can be smaller
-    assert 0.2 <= window.data_wait_s < window.elapsed_s
+    assert window.data_wait_s == pytest.approx(0.2) and window.elapsed_s == pytest.approx(2.2)
     assert window.images == 3 and window.steps == 2
     assert window.loss_sums["loss_mask"] == 0.5 * 2 + 0.4 * 1  # weighted by images; divided by every rank's images when logged
     window.reset()
