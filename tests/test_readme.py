@@ -47,16 +47,20 @@ def test_the_readme_has_blocks_to_run():
 @pytest.mark.integration
 @pytest.mark.readme
 @pytest.mark.parametrize("index", range(len(marked_blocks())))
-def test_a_readme_block_runs_as_printed(after_demo, index):
+def test_a_readme_block_runs_as_printed(after_demo, index, tmp_path):
     work, env = after_demo
     block = marked_blocks()[index]
-    process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=work, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=900)
-    finally:
+    # Output to a file, not a pipe: a block that fails before it stops what it started in the background
+    # (a model server) would leave the pipe open, and reading it would wait for the timeout.
+    with open(tmp_path / "block.log", "w") as log:
+        process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=work, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever it left running in the background
-        except ProcessLookupError:
-            pass
+            process.wait(timeout=900)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever it left running in the background
+            except ProcessLookupError:
+                pass
+    output = (tmp_path / "block.log").read_text()
     assert process.returncode == 0, f"README block exited {process.returncode}:\n{block}\n--- output ---\n{output[-6000:]}"
