@@ -84,25 +84,29 @@ def shape_polygons(shape: str, x: float, y: float, w: float, h: float) -> list[l
                    cy - (ry if i % 2 == 0 else 0.45 * ry) * math.cos(math.pi * i / 5)) for i in range(10)]
     elif shape == "bar":
         points = [(x, y + h * 0.3), (x + w, y + h * 0.3), (x + w, y + h * 0.7), (x, y + h * 0.7)]
+    elif shape == "lshape":
+        points = [(x, y), (x + 0.4 * w, y), (x + 0.4 * w, y + 0.6 * h), (x + w, y + 0.6 * h), (x + w, y + h), (x, y + h)]
+    elif shape == "hourglass":
+        points = [(x, y), (x + w, y), (cx + 0.12 * w, cy), (x + w, y + h), (x, y + h), (cx - 0.12 * w, cy)]
     else:
         raise ValueError(f"unknown shape {shape}")
     return [[round(v, 2) for p in points for v in p]]
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def _place(rng: random.Random, width: int, height: int, count: int,
+def place_boxes(rng: random.Random, width: int, height: int, count: int,
            max_iou: float | None = None) -> list[tuple[float, float, float, float]]:
     """Up to `count` boxes (x, y, w, h): apart from each other (max_iou None), or overlapping by at
     most `max_iou`, so that none mostly covers another."""
     def fits(box, other) -> bool:
         if max_iou is not None:
-            return _iou(box, other) <= max_iou
+            return box_iou(box, other) <= max_iou
         (x, y, w, h), (bx, by, bw, bh) = box, other
         return x + w < bx or bx + bw < x or y + h < by or by + bh < y
 
@@ -124,7 +128,7 @@ def _raster(polygons, width: int, height: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def _visible_masks(objects, width: int, height: int, min_visible: float = 0.4):
+def visible_masks(objects, width: int, height: int, min_visible: float = 0.4):
     """(class, polygons, visible mask) of the objects drawn in order, later ones on top; an object with
     less than `min_visible` of its area showing is left out (not drawn), as COCO annotators would
     skip a sliver."""
@@ -139,7 +143,7 @@ def _visible_masks(objects, width: int, height: int, min_visible: float = 0.4):
     return kept[::-1]
 
 
-def _rle_annotation(visible: np.ndarray) -> dict:
+def rle_annotation(visible: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
     bbox = [round(float(v), 2) for v in mask_utils.toBbox(rle)]
     return {"bbox": bbox, "area": float(mask_utils.area(rle)),
@@ -176,13 +180,13 @@ def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random,
         width, height = rng.choice([(160, 128), (192, 144), (144, 144)])
         objects = []
         count = rng.randint(2, 4) if occlusion else rng.randint(1, 3)
-        for x, y, w, h in _place(rng, width, height, count, max_iou=0.5 if occlusion else None):
+        for x, y, w, h in place_boxes(rng, width, height, count, max_iou=0.5 if occlusion else None):
             synth_class = rng.choice(COCO_SYNTH)
             objects.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
         if occlusion:
-            shown = _visible_masks(objects, width, height)
+            shown = visible_masks(objects, width, height)
             objects = [(synth_class, polygons) for synth_class, polygons, _ in shown]
-            labels = [(synth_class, _rle_annotation(visible)) for synth_class, _, visible in shown]
+            labels = [(synth_class, rle_annotation(visible)) for synth_class, _, visible in shown]
         else:
             labels = []
             for synth_class, polygons in objects:
@@ -194,7 +198,12 @@ def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random,
         for synth_class, label in labels:
             annotations.append({"id": len(annotations) + first_id * 10, "image_id": image_id,
                                 "category_id": synth_class.coco_id, "iscrowd": 0, **label})
-    categories = [{"id": c.coco_id, "name": c.name, "supercategory": "synthetic"} for c in sorted(COCO_SYNTH, key=lambda c: c.coco_id)]
+    return write_coco_annotations(out, split, images, annotations, COCO_SYNTH)
+
+
+def write_coco_annotations(out: str, split: str, images: list[dict], annotations: list[dict], classes) -> str:
+    """out/coco/annotations/instances_SPLIT.json, COCO's layout, `classes` (with their COCO ids) as categories."""
+    categories = [{"id": c.coco_id, "name": c.name, "supercategory": "synthetic"} for c in sorted(classes, key=lambda c: c.coco_id)]
     path = os.path.join(out, "coco", "annotations", f"instances_{split}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -213,7 +222,7 @@ def _write_visual_genome(out: str, num_images: int, rng: random.Random) -> None:
         image_id = 1 + i
         width, height = rng.choice([(160, 128), (192, 144)])
         placed = []
-        for x, y, w, h in _place(rng, width, height, rng.randint(1, 4)):
+        for x, y, w, h in place_boxes(rng, width, height, rng.randint(1, 4)):
             synth_class = rng.choice(SYNTH_CLASSES)
             placed.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
         _draw_image(rng, width, height, placed).save(os.path.join(images_dir, f"{image_id}.jpg"), quality=90)
@@ -252,9 +261,16 @@ def write_synthetic_shards(out: str, train_images: int = 300, val_images: int = 
                            occlusion: bool = False) -> dict:
     """The synthetic data under out/raw and its shards under out/shards (vocab.json, coco-train,
     coco-val and, with VG images, vg): what configs/tiny-cpu.yaml and ablation-tiny-cpu.yaml read."""
+    return shard_synthetic(out, write_synthetic(os.path.join(out, "raw"), train_images, val_images, vg_images, seed,
+                                                occlusion))
+
+
+def shard_synthetic(out: str, paths: dict) -> dict:
+    """`paths` (what a synthetic writer returns) prepared under out/shards with one vocabulary; VG too
+    where it wrote VG images."""
     from .prepare import prepare_coco, prepare_vg, prepare_vocabulary
 
-    paths = write_synthetic(os.path.join(out, "raw"), train_images, val_images, vg_images, seed, occlusion)
+    vg_images = "vg_images" in paths and bool(os.listdir(paths["vg_images"]))
     shards = os.path.join(out, "shards")
     vocab_path = os.path.join(shards, "vocab.json")
     os.makedirs(shards, exist_ok=True)

@@ -16,6 +16,8 @@ TRANSFER_INPUTS = ("cls", "box", "cls+box", "randn")
 ACTIVATIONS = ("leaky_relu", "relu")
 MLP_INPUTS = ("upsampled", "reduced")
 LOSS_NORMALIZATIONS = ("step", "batch")
+PROPOSAL_SCOPES = ("batch", "image")
+MASK_TARGETS = ("binary", "soft")
 # What `model.freeze` may name: the detector under the mask branch (the paper's stage-wise protocol).
 FREEZABLE_PARTS = ("backbone", "rpn", "box_head")
 
@@ -95,6 +97,10 @@ class MaskHeadConfig:
     stop_gradient: bool = True
     randn_dim: int = 300  # transfer_input randn: the embedding's width (official PRETRAINED_EMBED_DIM)
     randn_seed: int = 0
+    # transfer_input randn: the embedding's element std. Official `v_randn_0`
+    # (lib/datasets/bbox2mask_dataset_processing/coco/glove_randn/fixed_embedding_mat_coco_randn_0.npy, 80 x
+    # 300): std 0.0548, rows of norm ~0.94. maskx drew std 1 before 2026-12 (rows ~17: ~18x the official).
+    randn_std: float = 0.0548
     # Class-agnostic MLP mask branch fused with the FCN logits (Sec. 3.4; official
     # cls_agnostic_mlp_branch): FC layers from the upsampled 28x28 mask features to 28x28 logits.
     mlp_layers: int = 1
@@ -153,9 +159,20 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
+    # In training, rpn_post_nms_top_n_train proposals per batch (each rank's micro-batch: the official FPN
+    # collect, 2000 for a GPU's 2 images) or per image (torchvision, detectron2). Per batch, which images
+    # share a micro-batch changes their proposals, as their padding already does (docs/training.md).
+    rpn_post_nms_per: str = "batch"
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
+    # Fast R-CNN box regression's smooth-L1 beta: 1.0 (official: fast_rcnn_heads.py's SmoothL1Loss, Caffe2's
+    # default); torchvision's 1/9. The RPN's stays 1/9 in both.
+    box_reg_beta: float = 1.0
+    # Mask targets in each RoI: binary (official: lib/roi_data/mask_rcnn.py rasterizes the polygon in the
+    # RoI at 28x28 and keeps mask > 0; here RoIAlign of the mask at >= 0.5) or soft (torchvision: RoIAlign's
+    # fractions as BCE targets).
+    mask_target: str = "binary"
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -173,6 +190,10 @@ class ModelConfig:
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"{where}.anchor_sizes: one size per FPN level (5), got {len(self.anchor_sizes)}")
         _check_choice(f"{where}.loss_normalization", self.loss_normalization, LOSS_NORMALIZATIONS)
+        _check_choice(f"{where}.rpn_post_nms_per", self.rpn_post_nms_per, PROPOSAL_SCOPES)
+        _check_choice(f"{where}.mask_target", self.mask_target, MASK_TARGETS)
+        if self.box_reg_beta < 0:
+            raise ValueError(f"{where}.box_reg_beta: smooth-L1's beta, 0 or more; got {self.box_reg_beta}")
         for part in self.freeze:
             _check_choice(f"{where}.freeze", part, FREEZABLE_PARTS)
         for part in self.init_from_parts or []:

@@ -120,7 +120,7 @@ def build_mask_predictor(cfg: MaskHeadConfig, num_classes: int, box_head_dim: in
         embedding = None
         in_dim = cfg.randn_dim if cfg.transfer_input == "randn" else det_weights_dim(box_head_dim, cfg.transfer_input)
         if cfg.transfer_input == "randn":
-            embedding = RandomClassEmbedding(num_classes, cfg.randn_dim, cfg.randn_seed)
+            embedding = RandomClassEmbedding(num_classes, cfg.randn_dim, cfg.randn_seed, cfg.randn_std)
         transfer = WeightTransfer(in_dim=in_dim, out_dim=channels, hidden_dim=cfg.transfer_hidden or channels,
                                   num_layers=cfg.transfer_layers, activation=cfg.transfer_activation)
         class_weights = TransferredMaskWeights(transfer, cfg.transfer_input, cfg.stop_gradient, embedding)
@@ -168,7 +168,7 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
         post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
         nms_thresh=0.7,
         loss_kind=cfg.rpn_loss.kind, focal_gamma=cfg.rpn_loss.gamma, focal_alpha=cfg.rpn_loss.alpha,
-        loss_normalization=cfg.loss_normalization,
+        loss_normalization=cfg.loss_normalization, post_nms_per=cfg.rpn_post_nms_per,
     )
 
     box_head, box_predictor = build_box_head(channels * 7 * 7, cfg.box_head_dim, cfg.num_classes, cfg.box_loss)
@@ -187,7 +187,7 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
         num_classes=cfg.num_classes,
         mask_classes=cfg.mask_classes,
         loss_kind=cfg.box_loss.kind, focal_gamma=cfg.box_loss.gamma, focal_alpha=cfg.box_loss.alpha,
-        loss_normalization=cfg.loss_normalization,
+        loss_normalization=cfg.loss_normalization, box_reg_beta=cfg.box_reg_beta, mask_target=cfg.mask_target,
     )
     return MaskXRCNN(backbone, rpn, roi_heads, build_transform(cfg), frozen=tuple(cfg.freeze))
 

@@ -31,9 +31,13 @@ class MaskXRoIHeads(RoIHeads):
         focal_gamma: float = 2.0,
         focal_alpha: Optional[float] = None,
         loss_normalization: str = "step",
+        box_reg_beta: float = 1.0,
+        mask_target: str = "binary",
         **kwargs,
     ):
         super().__init__(*args, mask_predictor=mask_predictor, **kwargs)
+        self.box_reg_beta = box_reg_beta
+        self.mask_target = mask_target
         self.fg_bg_sampler = SeededSampler(self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction)
         self.loss_normalization = loss_normalization
         self.loss_kind = loss_kind
@@ -58,7 +62,8 @@ class MaskXRoIHeads(RoIHeads):
                 raise ValueError("every target needs 'boxes' and 'labels'")
 
     def fastrcnn_loss(self, class_logits, box_regression, labels, regression_targets):
-        # torchvision's fastrcnn_loss with the classifier loss made configurable and its normalizer chosen.
+        # torchvision's fastrcnn_loss with the classifier loss made configurable, its normalizer chosen, and
+        # the smooth-L1 beta a parameter (official: 1.0; torchvision's: 1/9).
         normalizer = self.sampled_rois(labels)
         labels = torch.cat(labels, dim=0)
         regression_targets = torch.cat(regression_targets, dim=0)
@@ -67,7 +72,7 @@ class MaskXRoIHeads(RoIHeads):
         pos = torch.where(labels > 0)[0]
         box_regression = box_regression.reshape(class_logits.shape[0], -1, 4)
         loss_box_reg = F.smooth_l1_loss(
-            box_regression[pos, labels[pos]], regression_targets[pos], beta=1 / 9, reduction="sum"
+            box_regression[pos, labels[pos]], regression_targets[pos], beta=self.box_reg_beta, reduction="sum"
         ) / normalizer
         return loss_classifier, loss_box_reg
 
@@ -129,7 +134,10 @@ class MaskXRoIHeads(RoIHeads):
                     img_matched = (torch.cumsum(target["has_mask"].long(), 0) - 1)[img_matched]
                 scale = img_proposals.new_tensor([masks.shape[-1] / width, masks.shape[-2] / height] * 2)
                 mask_targets.append(project_masks_on_boxes(masks, img_proposals * scale, img_matched, logits.shape[-1]))
-        pixel_losses = F.binary_cross_entropy_with_logits(logits, torch.cat(mask_targets).to(logits.dtype), reduction="none")
+        mask_targets = torch.cat(mask_targets)
+        if self.mask_target == "binary":  # Detectron rasterizes each target binary in the RoI; torchvision keeps RoIAlign's fractions
+            mask_targets = (mask_targets >= 0.5).to(mask_targets.dtype)
+        pixel_losses = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none")
         if self.loss_normalization == "batch":
             return pixel_losses.mean()
         per_roi = pixel_losses.flatten(1).mean(1)

@@ -1,4 +1,5 @@
-"""torchvision's RPN with a configurable objectness loss (cross-entropy or focal) and normalizer."""
+"""torchvision's RPN with a configurable objectness loss (cross-entropy or focal) and normalizer, and
+the training proposals kept per image (torchvision) or per batch (the official FPN collect)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,8 +14,9 @@ from .sampling import RPN_STREAM, SeededSampler, sampling_seeds
 
 class MaskXRPN(RegionProposalNetwork):
     def __init__(self, *args, loss_kind: str = "ce", focal_gamma: float = 2.0, focal_alpha: Optional[float] = None,
-                 loss_normalization: str = "step", **kwargs):
+                 loss_normalization: str = "step", post_nms_per: str = "batch", **kwargs):
         super().__init__(*args, **kwargs)
+        self.post_nms_per = post_nms_per
         self.fg_bg_sampler = SeededSampler(self.fg_bg_sampler.batch_size_per_image, self.fg_bg_sampler.positive_fraction)
         self.loss_normalization = loss_normalization
         self.loss_kind = loss_kind
@@ -24,6 +26,18 @@ class MaskXRPN(RegionProposalNetwork):
     def forward(self, images, features, targets=None):
         self.fg_bg_sampler.seeds = sampling_seeds(targets, RPN_STREAM) if self.training else None
         return super().forward(images, features, targets)
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        boxes, scores = super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        if not self.training or self.post_nms_per == "image" or len(scores) < 2:
+            return boxes, scores
+        # Official (lib/ops/collect_and_distribute_fpn_rpn_proposals.py, collect): in training the batch
+        # keeps its top RPN_POST_NMS_TOP_N proposals over every image, not that many per image.
+        everything = torch.cat(scores)
+        keep = torch.zeros_like(everything, dtype=torch.bool)
+        keep[everything.topk(min(self.post_nms_top_n(), everything.numel())).indices] = True
+        kept = keep.split([len(s) for s in scores])
+        return [b[k] for b, k in zip(boxes, kept)], [s[k] for s, k in zip(scores, kept)]
 
     # Same as RegionProposalNetwork.compute_loss but for the objectness loss, which it hard-codes to BCE,
     # and the normalizer: the anchors sampled in the batch (batch, torchvision's), or each image's quota

@@ -56,13 +56,16 @@ class WeightTransfer(nn.Module):
 
 class RandomClassEmbedding(nn.Module):
     """Table 1a's control input of T: a fixed random vector per class (official: `v_randn_0`, a stored
-    Gaussian embedding of width 300 taken as T's input with no gradient), seeded so every rank and
-    every restart has the same one; saved with the weights."""
+    Gaussian embedding of width 300 taken as T's input with no gradient; background zeros: its
+    add_embeddings_to_weights.py), seeded so every rank and every restart has the same one; saved with
+    the weights."""
 
-    def __init__(self, num_classes: int, dim: int, seed: int):
+    def __init__(self, num_classes: int, dim: int, seed: int, std: float):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("embedding", torch.randn(num_classes, dim, generator=generator))
+        embedding = torch.randn(num_classes, dim, generator=generator) * std
+        embedding[0] = 0.0
+        self.register_buffer("embedding", embedding)
 
     def forward(self) -> torch.Tensor:
         return self.embedding
@@ -81,9 +84,14 @@ class TransferredMaskWeights(nn.Module):
         self.source = source
         self.stop_gradient = stop_gradient
         self.embedding = embedding
+        # A control (docs/ablation.md), never set in training: T reads row input_rows[c] of w_det for
+        # class c, e.g. another family's set-B row, while the box head detects as it is.
+        self.input_rows: Optional[torch.Tensor] = None
 
     def forward(self, box_predictor: FastRCNNPredictor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         w_det = self.embedding() if self.embedding is not None else det_weights(box_predictor, self.source)
+        if self.input_rows is not None:
+            w_det = w_det[self.input_rows.to(w_det.device)]
         if self.stop_gradient:
             # Sec. 3.1: the mask loss trains T, never the box head's weights.
             w_det = w_det.detach()

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes")
     synth.add_argument("--occlusion", action="store_true",
                        help="overlapping objects with visible-part masks: the ablation's data (docs/ablation.md)")
+    synth.add_argument("--families", action="store_true",
+                       help="40 classes, 10 shapes x 4 colours, each shape in set A in 2 colours and set B in 2, "
+                            "occluded, same-colour neighbours, noise: data where weight transfer can work "
+                            "(docs/ablation.md; no VG, --vg-images and --occlusion do not apply)")
     synth.add_argument("--shards", action="store_true",
                        help="write OUT/raw and convert it to shards in OUT/shards (what the tiny configs read)")
 
@@ -178,10 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_synth(args) -> int:
-    from maskx.datasets.synth import write_synthetic, write_synthetic_shards
+    if args.families:
+        from maskx.datasets.synth_families import write_families, write_family_shards
 
-    write = write_synthetic_shards if args.shards else write_synthetic
-    paths = write(args.out, args.train_images, args.val_images, args.vg_images, args.seed, args.occlusion)
+        write = write_family_shards if args.shards else write_families
+        paths = write(args.out, args.train_images, args.val_images, args.seed)
+    else:
+        from maskx.datasets.synth import write_synthetic, write_synthetic_shards
+
+        write = write_synthetic_shards if args.shards else write_synthetic
+        paths = write(args.out, args.train_images, args.val_images, args.vg_images, args.seed, args.occlusion)
     for name, path in paths.items():
         print(f"{name:24} {path}")
     return 0

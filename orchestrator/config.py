@@ -83,7 +83,10 @@ class SolverConfig:
     __pydantic_config__ = _STRICT
     lr: float = 0.02
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # not on biases and norm parameters (Detectron's and detectron2's practice)
+    # Biases learn at this multiple of lr: 2, Detectron's (lib/modeling/optimizer.py: their gradient
+    # scaled by 2 before the momentum update); 1, detectron2's and torchvision's.
+    bias_lr_factor: float = 2.0
     max_iter: int = 90000
     # Detectron's (SOLVER.WARM_UP_*): linear from a third of lr over 500 iterations.
     warmup_iters: int = 500

@@ -58,3 +58,26 @@ def test_ray_predict_bench_runs_and_prints_its_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("single process (maskx predict)", "--ray, 1 actor (1 CPU each)", "8 images (coco-tiny val, 8 x 1)"):
         assert row in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.bench
+def test_transfer_controls_measure_the_span_and_the_shuffled_rows(tmp_path):
+    """bench/transfer_controls.py on a model of the family data's vocabulary (known logits, no training)."""
+    from maskx.datasets.synth_families import write_family_shards
+    from maskx.datasets.vocab import Vocabulary
+
+    from .predicting import write_known_logits_checkpoint
+
+    paths = write_family_shards(str(tmp_path / "families"), train_images=8, val_images=6, seed=1)
+    checkpoint = write_known_logits_checkpoint(str(tmp_path / "model"), Vocabulary.load(paths["vocab"]))
+    span = subprocess.run([sys.executable, "-P", str(BENCH / "transfer_controls.py"), "span", checkpoint],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert span.returncode == 0, span.stderr[-3000:]
+    assert "20 set-A rows, 20 set-B rows of dimension 1280" in span.stdout and "(a random row: 0.016)" in span.stdout
+    shuffled = subprocess.run([sys.executable, "-P", str(BENCH / "transfer_controls.py"), "shuffled", checkpoint,
+                               f"data.val={paths['coco_val_shards']}", "data.train=[]",
+                               "--config", str(BENCH.parent / "configs" / "transfer-families-cpu.yaml")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert shuffled.returncode == 0, shuffled.stderr[-3000:]
+    assert "as trained" in shuffled.stdout and "set-B rows shuffled across families" in shuffled.stdout

@@ -23,13 +23,18 @@ log = logging.getLogger(__name__)
 
 
 def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
-    # detectron2's default: no weight decay on normalization parameters and biases.
-    decay, no_decay = [], []
+    """SGD with momentum; no weight decay on normalization parameters and biases, and biases at
+    `bias_lr_factor` x lr (each group's `lr_factor`, which the scheduler's lr is multiplied by)."""
+    decay, norms, biases = [], [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": solver.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=solver.lr, momentum=solver.momentum)
+            (decay if param.ndim > 1 else biases if name.endswith(".bias") else norms).append(param)
+    groups = [{"params": decay, "weight_decay": solver.weight_decay, "lr_factor": 1.0},
+              {"params": norms, "weight_decay": 0.0, "lr_factor": 1.0},
+              {"params": biases, "weight_decay": 0.0, "lr_factor": solver.bias_lr_factor}]
+    for group in groups:
+        group["lr"] = solver.lr * group["lr_factor"]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=solver.lr, momentum=solver.momentum)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -> torch.optim.lr_scheduler.LRScheduler:

@@ -52,7 +52,10 @@ def test_mask_loss_is_exactly_zero_without_masks_and_still_backprops():
 
 
 def test_masks_at_source_resolution_give_the_same_loss_as_at_input_resolution():
-    model = tiny_model("class_specific").train()
+    # Soft targets: RoIAlign's fractions on either grid agree to 2%; binary ones round the boundary
+    # pixels of this small mask either way (5% apart), which is not what this test is about. Proposals
+    # per image: the RoIs this tolerance was measured on.
+    model = tiny_model("class_specific", mask_target="soft", rpn_post_nms_per="image").train()
     _, targets = tiny_batch()
     at_input = mask_loss(model, targets)
     double = copy.deepcopy(targets)

@@ -21,7 +21,9 @@ def pair(normalization: str):
         backbone=BackboneConfig(name="resnet50", fpn_channels=256, norm="bn", trainable_layers=5),
         box_loss=ClassifierLossConfig(kind="ce"), rpn_loss=ClassifierLossConfig(kind="ce"),
         mask_head=MaskHeadConfig(mode="class_specific", conv_channels=256, num_convs=4),
-        min_size=MIN_SIZE, max_size=MAX_SIZE, box_score_thresh=0.0))
+        min_size=MIN_SIZE, max_size=MAX_SIZE, box_score_thresh=0.0,
+        # torchvision's settings where maskx's defaults are the official code's (test_official_training.py)
+        rpn_post_nms_per="image", box_reg_beta=1 / 9, mask_target="soft"))
     report = load_torchvision_detector(ours, theirs.state_dict(), [None] + list(range(1, COCO_ROWS)))
     assert not report.skipped and not report.untouched, (report.skipped, report.untouched)
     return theirs, ours

@@ -43,9 +43,11 @@ def test_shipped_configs_all_load():
     configs = Path(__file__).resolve().parents[2] / "configs"
     shipped = sorted(configs.glob("*.yaml"))
     assert {"tiny-cpu.yaml", "coco-r50.yaml", "voc-to-nonvoc-r50.yaml", "vg3k-r50.yaml"} <= {p.name for p in shipped}
+    sweep_files = {"ablation-mask-head.yaml": "ablation-tiny-cpu.yaml",  # a sweep joins a training config
+                   "transfer-mask-head.yaml": "transfer-families-cpu.yaml"}
     for path in shipped:
-        if path.name == "ablation-mask-head.yaml":  # a sweep file: it joins a training config
-            load_config(str(configs / "ablation-tiny-cpu.yaml"), sweep_path=str(path))
+        if path.name in sweep_files:
+            load_config(str(configs / sweep_files[path.name]), sweep_path=str(path))
         else:
             load_config(str(path))
 

@@ -28,7 +28,10 @@ COMMON = {
     "model.box_batch_size_per_image": 512,               # TRAIN.BATCH_SIZE_PER_IM: 512
     "model.rpn_batch_size_per_image": 256,               # TRAIN.RPN_BATCH_SIZE_PER_IM (default)
     "model.rpn_pre_nms_top_n_train": 2000,               # TRAIN.RPN_PRE_NMS_TOP_N: 2000
-    "model.rpn_post_nms_top_n_train": 2000,              # TRAIN.RPN_POST_NMS_TOP_N (default)
+    "model.rpn_post_nms_top_n_train": 2000,              # TRAIN.RPN_POST_NMS_TOP_N (default) ...
+    "model.rpn_post_nms_per": "batch",                   # ... per batch: FPN collect() keeps the batch's top 2000
+    "model.box_reg_beta": 1.0,                           # fast_rcnn_heads.py: SmoothL1Loss, Caffe2's default beta
+    "model.mask_target": "binary",                       # roi_data/mask_rcnn.py: mask > 0, rasterized in the RoI
     "model.rpn_pre_nms_top_n_test": 1000,                # TEST.RPN_PRE_NMS_TOP_N: 1000
     "model.rpn_post_nms_top_n_test": 1000,               # TEST.RPN_POST_NMS_TOP_N: 1000
     "model.box_nms_thresh": 0.5,                         # TEST.NMS: 0.5
@@ -41,6 +44,7 @@ COMMON = {
     "scaling.num_workers": 8,                            # NUM_GPUS: 8
     "solver.momentum": 0.9,                              # SOLVER.MOMENTUM (default)
     "solver.weight_decay": 0.0001,                       # SOLVER.WEIGHT_DECAY: 0.0001
+    "solver.bias_lr_factor": 2.0,                        # modeling/optimizer.py: a bias's gradient x2, no decay
     "solver.gamma": 0.1,                                 # SOLVER.GAMMA: 0.1
     "solver.warmup_iters": 500,                          # SOLVER.WARM_UP_ITERS (default)
     "solver.warmup_factor": pytest.approx(1 / 3),        # SOLVER.WARM_UP_FACTOR (default), WARM_UP_METHOD linear

@@ -54,11 +54,26 @@ def test_lr_warms_up_linearly_then_decays_at_the_steps():
     assert lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
 
 
-def test_no_weight_decay_on_biases_and_norms():
+def test_no_weight_decay_on_biases_and_norms_and_biases_at_twice_the_lr_as_detectron():
+    """lib/modeling/optimizer.py lines 113-118 (official): a bias gets no weight decay and its gradient
+    scaled by 2 before the momentum update (2x lr); `solver.bias_lr_factor` 1 is detectron2's."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    decayed, plain = training_step.build_optimizer(model, SolverConfig(weight_decay=0.5)).param_groups
+    optimizer = training_step.build_optimizer(model, SolverConfig(weight_decay=0.5, lr=0.1, warmup_iters=2,
+                                                                  warmup_factor=0.5, steps=[3]))
+    decayed, norms, biases = optimizer.param_groups
     assert decayed["weight_decay"] == 0.5 and [p.ndim for p in decayed["params"]] == [4]
-    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+    assert norms["weight_decay"] == biases["weight_decay"] == 0.0
+    assert [p is model[1].weight for p in norms["params"]] == [True]
+    assert {id(p) for p in biases["params"]} == {id(model[0].bias), id(model[1].bias)}
+    scheduler = training_step.build_lr_scheduler(optimizer, SolverConfig(lr=0.1, warmup_iters=2, warmup_factor=0.5,
+                                                                          steps=[3]))
+    for _ in range(4):  # through the warmup and the decay: the bias group stays at twice the lr
+        assert biases["lr"] == pytest.approx(2 * decayed["lr"]) and norms["lr"] == decayed["lr"]
+        optimizer.step()
+        scheduler.step()
+    assert decayed["lr"] == pytest.approx(0.01)
+    one = training_step.build_optimizer(model, SolverConfig(bias_lr_factor=1.0, lr=0.1)).param_groups
+    assert one[2]["lr"] == one[0]["lr"] == 0.1
 
 
 def test_vocabulary_mismatch_names_the_field(synth_shards):

@@ -31,7 +31,10 @@ def model_config(normalization: str) -> ModelConfig:
         mask_head=MaskHeadConfig(mode="transfer+mlp", conv_channels=16, num_convs=1, mlp_input="reduced", mlp_channels=4),
         min_size=SIDE, max_size=SIDE + 1, anchor_sizes=[16, 32, 64, 128, 256], box_head_dim=32,
         rpn_batch_size_per_image=64, box_batch_size_per_image=32,  # a real draw from each image's candidates
-        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150)
+        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
+        # Per batch (the official default), an image's proposals depend on its micro-batch-mates, as its
+        # padding does (which SIDE rules out): per image, nothing but the float sums does.
+        rpn_post_nms_per="image")
 
 
 def image(seed: int, instances: list[tuple[list[float], int, bool]]) -> Batch:
