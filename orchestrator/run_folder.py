@@ -210,6 +210,12 @@ def load_state(folder: str) -> dict:
 def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None) -> TrainState:
     model.load_state_dict(contents["model"])
     if optimizer is not None:
+        saved_groups = len(contents["optimizer"]["param_groups"])
+        if saved_groups != len(optimizer.param_groups):
+            raise ValueError(f"checkpoint: its optimizer has {saved_groups} parameter groups, this maskx builds "
+                             f"{len(optimizer.param_groups)} (biases got their own group, at solver.bias_lr_factor "
+                             "x lr, on 2026-12-07); it cannot continue exactly. Start a new run, with "
+                             "model.init_from to keep its weights")
         optimizer.load_state_dict(contents["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(contents["scheduler"])

@@ -93,25 +93,38 @@ def max_image_pixels() -> int:
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: Optional[int] = None) -> torch.Tensor:
-    """(3, H, W) uint8 from JPEG or PNG bytes (or another format Pillow and torchvision both read).
-    ValueError naming `name` for bytes that are not an image; ImageTooLarge (a ValueError) where the
-    header's width x height is over `max_pixels` (default `max_image_pixels()`)."""
+    """(3, H, W) uint8 from single-frame JPEG or PNG bytes (8- or 16-bit; 16-bit scaled to 8).
+    ValueError naming `name` for bytes that are not one of those (another format, an animated PNG);
+    ImageTooLarge (a ValueError) where the header's width x height is over `max_pixels` (default
+    `max_image_pixels()`)."""
     limit = max_pixels or max_image_pixels()
     try:
         with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below is the one that counts
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data)).size  # the header only
+            header = Image.open(io.BytesIO(data))  # reads the header only
+            (width, height), kind, frames = header.size, header.format, getattr(header, "n_frames", 1)
     except Image.DecompressionBombError as exc:  # over twice Pillow's limit (179 megapixels)
         raise ImageTooLarge(f"{name}: over the limit of {limit} pixels ({MAX_IMAGE_PIXELS_VARIABLE}): {exc}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{name}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+    # Other formats are refused, not decoded: a GIF's frames (or an animated PNG's) decode as one
+    # tensor each the header's size, so a 78 KB GIF of 20 frames became 240 MB past the pixel limit.
+    if kind not in ("JPEG", "PNG"):
+        raise ValueError(f"{name}: not a JPEG or PNG (a {kind})")
+    if frames != 1:
+        raise ValueError(f"{name}: an animated PNG of {frames} frames; send one frame")
     if width * height > limit:
         raise ImageTooLarge(f"{name}: over the limit of {limit} pixels ({MAX_IMAGE_PIXELS_VARIABLE}): "
                             f"{width}x{height} is {width * height}")
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as exc:
         raise ValueError(f"{name}: not a JPEG or PNG ({str(exc).splitlines()[0]})") from None
+    if image.dtype == torch.uint16:  # a 16-bit PNG: its top 8 bits, not its values divided by 255 later
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"{name}: decoded to {image.dtype} {tuple(image.shape)}, not (3, H, W) uint8")
+    return image
 
 
 def read_image(path: str, max_pixels: Optional[int] = None) -> torch.Tensor:

@@ -44,7 +44,9 @@ def test_shipped_configs_all_load():
     shipped = sorted(configs.glob("*.yaml"))
     assert {"tiny-cpu.yaml", "coco-r50.yaml", "voc-to-nonvoc-r50.yaml", "vg3k-r50.yaml"} <= {p.name for p in shipped}
     sweep_files = {"ablation-mask-head.yaml": "ablation-tiny-cpu.yaml",  # a sweep joins a training config
-                   "transfer-mask-head.yaml": "transfer-families-cpu.yaml"}
+                   "transfer-mask-head.yaml": "transfer-families-cpu.yaml",
+                   "transfer-gate.yaml": "transfer-families-cpu.yaml",
+                   "transfer-disjoint.yaml": "transfer-families-cpu.yaml"}
     for path in shipped:
         if path.name in sweep_files:
             load_config(str(configs / sweep_files[path.name]), sweep_path=str(path))

@@ -162,3 +162,15 @@ def test_the_best_model_on_s3_replaces_the_one_before_and_loads_as_a_checkpoint(
     assert torch.equal(run_folder.load_state(local)["model"]["weight"], torch.full((2, 2), 6.0))
     assert run_folder.load_complete_state(f"{folder}/best_00000006")["iteration"] == 6
     assert run_folder.resume_state(folder) is None
+
+
+def test_a_checkpoint_whose_optimizer_had_other_parameter_groups_is_a_clear_error(tmp_path):
+    """Checkpoints from before biases had their own group cannot continue exactly."""
+    model = torch.nn.Linear(4, 2)
+    older = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = build_optimizer(model, SolverConfig())
+    scheduler = build_lr_scheduler(optimizer, SolverConfig())
+    contents = run_folder.checkpoint_contents(model, older, scheduler, run_folder.TrainState(2))
+    assert len(optimizer.param_groups) != len(older.param_groups)
+    with pytest.raises(ValueError, match="1 parameter groups.*model.init_from"):
+        run_folder.restore(contents, model, optimizer, scheduler)

@@ -94,3 +94,43 @@ def test_masks_pasted_one_at_a_time_are_torchvision_s():
     one_at_a_time = torch.stack(list(binary_masks(unpasted, (150, 190))))
     assert torch.equal(one_at_a_time, pasted["masks"][:, 0] > 0.5) and one_at_a_time.any()
     assert mask_rles(unpasted, (150, 190)) == mask_rles(pasted, (150, 190))
+
+
+def encoded(frames, format, **save):
+    import io
+
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=format, **({"save_all": True, "append_images": frames[1:]} if len(frames) > 1 else {}),
+                   **save)
+    return buffer.getvalue()
+
+
+def test_only_single_frame_jpeg_and_png_decode_and_always_to_3_x_h_x_w_uint8():
+    """A GIF's frames decoded one tensor each the header's size: 20 frames of 2000x2000 in ~80 KB
+    were 240 MB. Other formats and animated PNGs are refused; 16-bit PNGs keep their top 8 bits."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from maskx.orchestrator.serving.inference import decode_image_bytes
+
+    frames = [Image.new("P", (2000, 2000), i) for i in range(20)]
+    gif = encoded(frames, "GIF")
+    assert len(gif) < 200_000
+    with pytest.raises(ValueError, match="image: not a JPEG or PNG \\(a GIF\\)"):
+        decode_image_bytes(gif, "image")
+    with pytest.raises(ValueError, match="not a JPEG or PNG \\(a GIF\\)"):
+        decode_image_bytes(encoded(frames[:1], "GIF"), "image")
+    with pytest.raises(ValueError, match="not a JPEG or PNG \\(a WEBP\\)"):
+        decode_image_bytes(encoded([Image.new("RGB", (8, 8))], "WEBP"), "image")
+    animated = encoded([Image.new("RGB", (64, 64), (i, 0, 0)) for i in range(3)], "PNG")
+    with pytest.raises(ValueError, match="image: an animated PNG of 3 frames"):
+        decode_image_bytes(animated, "image")
+
+    deep = np.full((6, 5), 0xC8FF, dtype=np.uint16)  # 16-bit grey 51455: 200 in 8 bits
+    image = decode_image_bytes(encoded([Image.fromarray(deep)], "PNG"), "image")
+    assert image.dtype == torch.uint8 and image.shape == (3, 6, 5) and int(image.min()) == int(image.max()) == 200
+    grey = decode_image_bytes(encoded([Image.new("L", (7, 4), 90)], "PNG"), "image")
+    assert grey.dtype == torch.uint8 and grey.shape == (3, 4, 7) and int(grey.max()) == 90
+    jpeg = decode_image_bytes(encoded([Image.new("RGB", (9, 8), (10, 120, 240))], "JPEG"), "image")
+    assert jpeg.dtype == torch.uint8 and jpeg.shape == (3, 8, 9)
