@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "--backend-store-uri database)")
     server.add_argument("--default-permission", default="READ", help="with --auth: what a user may do with others' "
                                                                      "experiments and models (READ, EDIT, MANAGE, NO_PERMISSIONS)")
+    server.add_argument("--allowed-hosts", metavar="NAME,...", default="",
+                        help="names clients reach the server by, e.g. mlflow.mlflow.svc.cluster.local: MLflow answers "
+                             "other Host headers than localhost and private IPs with 403")
+    server.add_argument("--cors-allowed-origins", metavar="URL,...", default="",
+                        help="origins of other web apps whose pages may call the API, e.g. https://dash.example.com")
+    server.add_argument("--insecure-no-auth", action="store_true",
+                        help="allow --host beyond loopback without --auth (anyone who reaches it can edit everything)")
     server.add_argument("--workers", type=int, default=1, help="server processes (default 1; more with PostgreSQL)")
 
     demo = sub.add_parser("demo", help="the embedded end-to-end demo: synthetic data, local Ray, local MLflow")
@@ -388,6 +395,10 @@ def run_report(args) -> int:
     return 0
 
 
+def split_names(listed: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in listed.split(",") if name.strip())
+
+
 def run_mlflow_server(args) -> int:
     import os
 
@@ -396,7 +407,10 @@ def run_mlflow_server(args) -> int:
     setup = ServerSetup(store=args.store, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
                         artifacts_destination=args.artifacts_destination, auth=args.auth,
                         admin_password_file=args.admin_password_file, auth_database_uri=args.auth_database_uri,
-                        default_permission=args.default_permission, workers=args.workers)
+                        default_permission=args.default_permission, workers=args.workers,
+                        allowed_hosts=split_names(args.allowed_hosts),
+                        cors_allowed_origins=split_names(args.cors_allowed_origins),
+                        insecure_no_auth=args.insecure_no_auth)
     command, environment = server_command(setup)
     print(describe(setup), flush=True)
     os.execve(command[0], command, {**os.environ, **environment})

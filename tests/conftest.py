@@ -193,6 +193,9 @@ def stop_mlflow_server(process):
     process.wait(timeout=30)
 
 
+TEAM_SERVER_NAME = "mlflow.mlflow.svc.cluster.local"  # the name cluster/mlflow-server.yaml's Service gives it
+
+
 @dataclass
 class TeamServer:
     """`maskx mlflow-server` as a team runs it: runs and registry in PostgreSQL, artifacts proxied to
@@ -244,7 +247,8 @@ def team_server(tmp_path_factory):
         environment.pop(name, None)
     process = subprocess.Popen([str(Path(sys.executable).parent / "maskx"), "mlflow-server", "--store", str(store),
                                 "--port", str(port), "--backend-store-uri", database,
-                                "--artifacts-destination", "s3://team/artifacts", "--auth"],
+                                "--artifacts-destination", "s3://team/artifacts", "--auth",
+                                "--allowed-hosts", TEAM_SERVER_NAME],
                                env=environment, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

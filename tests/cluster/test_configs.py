@@ -100,6 +100,10 @@ def test_the_team_mlflow_server_runs_maskx_on_postgres_and_s3_with_logins_and_ev
     tracking = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"]
     service = documents["Service"]["metadata"]
     assert tracking == f"http://{service['name']}.{service['namespace']}.svc.cluster.local:5000"
+    # MLflow refuses Host headers it is not given (403): the name the jobs use must be among them.
+    from maskx.orchestrator.cli import split_names
+
+    assert f"{service['name']}.{service['namespace']}.svc.cluster.local" in split_names(args.allowed_hosts)
 
 
 @pytest.mark.parametrize("name", ["runtime_env.yaml", "runtime_env_elastic.yaml"])

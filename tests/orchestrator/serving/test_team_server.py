@@ -120,3 +120,23 @@ def test_credentials_in_the_tracking_uri_log_in_and_reach_no_param_tag_or_logged
     assert logged.data.params["mlflow.tracking_uri"] == team_server.uri.replace("http://", "http://***@")
     for text in (str(logged.data.params), str(logged.data.tags), config_yaml, tracking.redacted_uri):
         assert password not in text
+
+
+@pytest.mark.core
+def test_the_server_answers_the_name_it_is_given_and_refuses_other_host_headers(team_server):
+    """MLflow 3.17 answers Host headers other than localhost and private IPs with 403 (its DNS-rebinding
+    guard) while /health stays green: a cluster's own Service name must be given (--allowed-hosts)."""
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+    from ...conftest import TEAM_SERVER_NAME
+
+    port = team_server.uri.rsplit(":", 1)[1]
+    named = f"{TEAM_SERVER_NAME}:{port}"
+    assert not is_allowed_host_header(get_default_allowed_hosts(), named)  # MLflow alone would refuse it
+
+    def status_as(host):
+        return requests.get(f"{team_server.uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                            headers={"Host": host}, auth=team_server.user, timeout=30).status_code
+
+    assert status_as(named) == 200 and status_as(f"localhost:{port}") == 200
+    assert status_as(f"mlflow.attacker.example:{port}") == 403
