@@ -105,12 +105,18 @@ class Tracking:
         return mlflow_at(self.uri).register_model(model_uri, name, tags=tags).version
 
     def alias_version(self, name: str, alias: str) -> Optional[str]:
+        """The version `alias` points at; None only where the registry says there is no such alias (or
+        model). Any other failure (403, 5xx, a timeout) raises: a champion that could not be read is
+        not an absent one."""
         from mlflow.exceptions import MlflowException
 
         try:
             return self.client.get_model_version_by_alias(name, alias).version
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                    exc.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in exc.message):
+                return None
+            raise
 
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)

@@ -43,15 +43,16 @@ def promote(cfg: TrainConfig, best: Trial, tracking: Tracking, sweep_run_id: str
     if current is None:
         decision = "promoted: no champion yet"
     else:
-        champion_value = _champion_value(cfg, tracking, name, alias, current)
+        champion_value = _champion_value(cfg, tracking, name, current)
         if champion_value is None:
             decision = f"kept the champion: it has no {sw.metric} comparable with this sweep's"
         else:
             better = best.metric > champion_value if sw.mode == "max" else best.metric < champion_value
             decision = "promoted: beats the champion" if better else "kept the champion: the new model does not beat it"
+    if decision.startswith("promoted") and not move_alias_if_unchanged(tracking, name, alias, current, version):
+        decision = (f"kept the champion: {alias} moved while this sweep compared with "
+                    f"{'no champion' if current is None else 'v' + current}; compare again")
     promotion = Promotion(decision, name, version, best.metric, current, champion_value, sw.metric)
-    if promotion.promoted:
-        tracking.set_alias(name, alias, version)
     # The trial's card, and why this version is in the registry.
     tracking.describe(name, version, f"{tracking.run(best.mlflow_run_id).description()}\n"
                                      f"Registered by sweep `{cfg.name}` ({sweep_run_id}): its best trial on `{sw.metric}` "
@@ -61,15 +62,26 @@ def promote(cfg: TrainConfig, best: Trial, tracking: Tracking, sweep_run_id: str
     return promotion
 
 
-def _champion_value(cfg: TrainConfig, tracking: Tracking, name: str, alias: str, version: str) -> Optional[float]:
+def move_alias_if_unchanged(tracking: Tracking, name: str, alias: str, expected: Optional[str], version: str) -> bool:
+    """Point `alias` at `version` if it still points where the comparison found it (`expected`; None:
+    nowhere); False, and nothing moved, if another sweep moved it meanwhile. MLflow has no
+    compare-and-set for aliases: this narrows the race between two sweeps to the two calls here."""
+    if tracking.alias_version(name, alias) != expected:
+        return False
+    tracking.set_alias(name, alias, version)
+    return True
+
+
+def _champion_value(cfg: TrainConfig, tracking: Tracking, name: str, version: str) -> Optional[float]:
     """The champion's figure on this sweep's metric: COCO metrics are recomputed on this sweep's eval
-    set; a training-loss metric can only be taken from the champion's registration tags."""
+    set, on the version the alias pointed at (not the alias, which may move meanwhile); a
+    training-loss metric can only be taken from the champion's registration tags."""
     from ..run_setup import set_up_run
     from ..serving.inference import evaluate_model
 
     metric = cfg.sweep.metric
     if metric.startswith(("bbox/", "segm/")):
-        return evaluate_model(set_up_run(cfg, train=False), f"models:/{name}@{alias}").metrics.get(metric)
+        return evaluate_model(set_up_run(cfg, train=False), f"models:/{name}/{version}").metrics.get(metric)
     tags = tracking.version_tags(name, version)
     if tags.get("maskx.metric") == metric and tags.get("maskx.eval_set") == (cfg.data.val or ""):
         return float(tags["maskx.metric_value"])
