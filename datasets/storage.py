@@ -106,6 +106,32 @@ def write_bytes(url: str, payload: bytes) -> None:
         raise s3_error(url, exc) from None
 
 
+def create_exclusive(url: str, payload: bytes) -> bool:
+    """Write `payload` to `url` only if nothing is there: True if this call created it, False if it
+    existed (locally O_EXCL; on S3 a conditional put, If-None-Match: *). Two writers racing: one wins."""
+    if not is_s3(url):
+        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        try:
+            descriptor = os.open(url, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(payload)
+        return True
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(url)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise s3_error(url, exc) from None
+    except Exception as exc:
+        raise s3_error(url, exc) from None
+    return True
+
+
 def put_file(local_path: str, url: str, metadata: Optional[dict[str, str]] = None) -> None:
     """Move a finished local file to url: a rename locally, a multipart upload to S3."""
     if not is_s3(url):

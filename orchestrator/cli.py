@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML config, e.g. configs/tiny-cpu.yaml")
     train.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. solver.lr=0.01")
     train.add_argument("--resume", metavar="RUN_NAME", help="continue this run from its latest checkpoint")
+    train.add_argument("--run-name", metavar="NAME", help="create this run, or continue it if it exists (a cluster job "
+                                                          "that may be retried; default: a new name each time)")
     train.add_argument("--record-keys-to", metavar="FOLDER",
                        help="audit what the model saw: each rank appends every sample key it trains on, with its "
                             "iteration, to FOLDER/rank{R}.txt on the host it runs on")
@@ -247,7 +249,8 @@ def run_train(args) -> int:
     from maskx.orchestrator.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume, record_keys_to=args.record_keys_to, verbose=args.verbose)
+    result = train(cfg, resume=args.resume, run_name=args.run_name, record_keys_to=args.record_keys_to,
+                   verbose=args.verbose)
     print(f"run {result.run_name}: checkpoint {result.checkpoint}")
     _print_metrics(result.metrics)
     if result.model_version:

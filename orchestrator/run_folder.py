@@ -38,7 +38,9 @@ import json
 import logging
 import os
 import random
+import secrets
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -88,8 +90,18 @@ def read_mlflow_run(folder: str) -> Optional[str]:
 
 
 def write_mlflow_run(folder: str, run_id: str, redacted_tracking_uri: str) -> None:
-    storage.write_bytes(storage.join(folder, MLFLOW_RUN_FILE),
-                        json.dumps({"run_id": run_id, "tracking_uri": redacted_tracking_uri}).encode())
+    """Claim the run folder for MLflow run `run_id`: created exclusively, so two drivers starting one
+    run name at once cannot both log into it (the second gets FileExistsError)."""
+    record = storage.join(folder, MLFLOW_RUN_FILE)
+    if not storage.create_exclusive(record, json.dumps({"run_id": run_id, "tracking_uri": redacted_tracking_uri}).encode()):
+        raise FileExistsError(f"run folder {folder}: another driver started a run in it just now "
+                              f"(MLflow run {read_mlflow_run(folder)}); this one ({run_id}) stops")
+
+
+def new_run_name(config_name: str) -> str:
+    """A generated run name: the config's, the UTC start time, and a random part, so that two runs
+    started in the same second (a sweep, two users, a retried job) never share a folder."""
+    return f"{config_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,7 +64,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     connect()
     if spans_several_hosts(cfg):
         check_paths_reach_every_node(cfg, tracking.uri)
-    run_name = resume or run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume and run_name and resume != run_name:
+        raise ValueError(f"--resume {resume} and --run-name {run_name}: one run at a time")
+    # --resume continues a run that exists; --run-name (a sweep's trial, a retried cluster job) creates
+    # the run or continues it; otherwise a new name, which nothing else can be using.
+    run_name = resume or run_name or run_folder.new_run_name(cfg.name)
     folder = run_folder.run_folder(cfg.checkpoint.storage_path, run_name)
     if resume and run_folder.read_mlflow_run(folder) is None:
         raise FileNotFoundError(f"--resume {resume}: no run of that name under {cfg.checkpoint.storage_path}")
@@ -146,7 +149,11 @@ def _mlflow_run(setup: RunSetup, run_name: str, folder: str, tracking: Tracking,
     if setup.class_frequency is not None:
         log_class_frequency(mlflow_run, setup.class_frequency, cfg.data.repeat_threshold, setup.vocab)
     log_classes(mlflow_run, [use.manifest for use in setup.manifests if use.context == "train"], setup.set_a)
-    run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
+    try:
+        run_folder.write_mlflow_run(folder, mlflow_run.run_id, tracking.redacted_uri)
+    except FileExistsError:
+        mlflow_run.close_if_open("FAILED", "another driver started this run name at the same time")
+        raise
     return mlflow_run
 
 

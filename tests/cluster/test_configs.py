@@ -58,7 +58,10 @@ def test_kuberay_rayjob_runs_maskx_train_on_an_authenticated_gpu_cluster():
     assert argv[0] == "maskx"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "train"
-    load_config(os.path.join(REPO, args.config))  # the config it names exists and is valid
+    cfg = load_config(os.path.join(REPO, args.config))  # the config it names exists and is valid
+    # A retried job (backoffLimit) continues its run from S3 instead of starting another at iteration 0.
+    assert spec["backoffLimit"] > 0 and args.run_name == job["metadata"]["name"] and not args.resume
+    assert cfg.checkpoint.storage_path.startswith("s3://") or "checkpoint.storage_path=s3://" in spec["entrypoint"]
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == __import__("ray").__version__
     head = cluster["headGroupSpec"]

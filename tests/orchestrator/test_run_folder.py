@@ -174,3 +174,39 @@ def test_a_checkpoint_whose_optimizer_had_other_parameter_groups_is_a_clear_erro
     assert len(optimizer.param_groups) != len(older.param_groups)
     with pytest.raises(ValueError, match="1 parameter groups.*model.init_from"):
         run_folder.restore(contents, model, optimizer, scheduler)
+
+
+def claims_of(folder):
+    """Two drivers claiming one run folder at once: how many got it."""
+    import concurrent.futures
+
+    def claim(run_id):
+        try:
+            run_folder.write_mlflow_run(folder, run_id, "http://tracking")
+            return run_id
+        except FileExistsError as exc:
+            assert "another driver started a run in it just now" in str(exc)
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        won = [r for r in pool.map(claim, [f"run-{i}" for i in range(8)]) if r]
+    return won
+
+
+def test_a_new_run_never_continues_another(tmp_path):
+    """Generated names differ within one second; a run folder is claimed by one MLflow run only."""
+    names = {run_folder.new_run_name("tiny-cpu") for _ in range(50)}
+    assert len(names) == 50 and all(name.startswith("tiny-cpu-") for name in names)
+    won = claims_of(str(tmp_path / "run"))
+    assert len(won) == 1 and run_folder.read_mlflow_run(str(tmp_path / "run")) == won[0]
+
+
+@pytest.mark.integration
+@pytest.mark.core
+@pytest.mark.s3
+def test_a_run_folder_on_s3_is_claimed_by_one_driver(s3_endpoint):
+    from maskx.datasets import storage
+
+    storage.s3_client().create_bucket(Bucket="claims")
+    won = claims_of("s3://claims/run")
+    assert len(won) == 1 and run_folder.read_mlflow_run("s3://claims/run") == won[0]
