@@ -80,3 +80,28 @@ def test_installing_maskx_leaves_an_installed_datasets_package_alone(wheel, tmp_
     usage = subprocess.run([str(tmp_path / "env" / "bin" / "maskx"), "--help"], cwd=tmp_path, capture_output=True,
                            text=True, check=True)
     assert "usage: maskx" in usage.stdout and "train" in usage.stdout
+
+
+# What the code needs from each dependency, and since which release it exists: the floors in
+# pyproject.toml must be at least these (a user with an older one would install and then fail).
+NEEDED_SINCE = {
+    "torch": ("2.6", "torch.load(weights_only=True) on every checkpoint"),
+    "mlflow": ("3.5", "MLflow 3's model APIs; mlflow server --allowed-hosts"),
+    "ray": ("2.60", "Ray Train V2's elastic ScalingConfig and FailureConfig.max_preemption_failures"),
+}
+
+
+def test_the_dependency_floors_are_the_versions_the_code_needs():
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = {}
+    for line in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        floors[requirement.name] = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    for name, (since, why) in NEEDED_SINCE.items():
+        assert floors[name] and min(floors[name]) >= Version(since), f"{name}>={since} ({why}); pyproject says {floors[name]}"
+        assert Version(importlib.metadata.version(name)) >= Version(since)
