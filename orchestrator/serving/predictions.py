@@ -5,8 +5,10 @@ results (what COCO test-dev takes and what analysis tools read), with overlays o
 `segmentation` (RLE). A class that came from COCO keeps its COCO category id, so the file scores
 against COCO's own annotation files; a class from elsewhere (a VG synset) gets id 1000 + its maskx
 label. Every entry also carries `category_name`, and `categories.json` lists every id and name.
-An image's id is the number in its file name (COCO's `000000123456.jpg` is 123456), else its
-position in the sorted list (from 1); over shards, the id its record holds.
+An image's id is the number in its file name (COCO's `000000123456.jpg` is 123456) where every
+file's name holds one and no two are the same, else every image's position in the sorted list (from
+1); `image_ids.json` maps each id to its file. Over shards, the id its record holds. Overlays go to
+`overlays/<file name>.png`, never over an input.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 CATEGORIES_FILE = "categories.json"
+IMAGE_IDS_FILE = "image_ids.json"
+OVERLAYS_FOLDER = "overlays"
 NON_COCO_CATEGORY_OFFSET = 1000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -64,9 +68,19 @@ def image_files(images: str) -> list[str]:
     return paths
 
 
-def image_id_of(path: str, position: int) -> int:
-    digits = re.fullmatch(r"\D*(\d+)", os.path.splitext(os.path.basename(path))[0])
-    return int(digits.group(1)) if digits else position + 1
+def image_ids(paths: list[str]) -> list[int]:
+    """One id per path, all different: the numbers in the file names if each has one and they are
+    unique (`2.jpg` beside `a.jpg`, or `a1.jpg` beside `b1.jpg`, would share one), else positions."""
+    numbers = [re.fullmatch(r"\D*(\d+)", os.path.splitext(os.path.basename(path))[0]) for path in paths]
+    if all(numbers) and len({int(n.group(1)) for n in numbers}) == len(paths):
+        return [int(n.group(1)) for n in numbers]
+    return list(range(1, len(paths) + 1))
+
+
+def write_image_ids(folder: str, ids: list[int], paths: list[str]) -> None:
+    """`image_ids.json`: each image id of the results and the file it is."""
+    storage.write_bytes(storage.join(folder, IMAGE_IDS_FILE),
+                        json.dumps({str(i): path for i, path in zip(ids, paths)}, indent=1).encode())
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -79,27 +93,31 @@ def predict_images(loaded: LoadedModel, images: str, out: str, batch_size: int =
                    score_threshold: float = 0.5, progress: bool = True) -> PredictionSummary:
     """The model over every image file in a folder or glob; an unreadable file is skipped and listed."""
     paths = image_files(images)
+    ids = dict(zip(paths, image_ids(paths)))
     os.makedirs(out, exist_ok=True)
+    if overlays:
+        os.makedirs(os.path.join(out, OVERLAYS_FOLDER), exist_ok=True)
     summary = PredictionSummary(os.path.join(out, RESULTS_FILE))
     records = []
     loaded.model.eval()
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
-        for chunk in _batches(list(enumerate(paths)), batch_size):
+        for chunk in _batches(paths, batch_size):
             decoded = []
-            for position, path in chunk:
+            for path in chunk:
                 try:
-                    decoded.append((position, path, read_image(path)))
+                    decoded.append((path, read_image(path)))
                 except ValueError as exc:
                     log.warning("%s; skipped", exc)
                     summary.unreadable.append(path)
-            outputs = loaded.model([image.float().div_(255) for _, _, image in decoded]) if decoded else []
-            for (position, path, image), output in zip(decoded, outputs):
-                records += detection_records(image_id_of(path, position), output, tuple(image.shape[-2:]))
+            outputs = loaded.model([image.float().div_(255) for _, image in decoded]) if decoded else []
+            for (path, image), output in zip(decoded, outputs):
+                records += detection_records(ids[path], output, tuple(image.shape[-2:]))
                 if overlays:
-                    name = os.path.splitext(os.path.basename(path))[0] + ".png"
-                    write_png(draw_overlay(image, output, loaded.vocab, score_threshold), os.path.join(out, name))
+                    write_png(draw_overlay(image, output, loaded.vocab, score_threshold),
+                              os.path.join(out, OVERLAYS_FOLDER, os.path.basename(path) + ".png"))
             summary.images += len(decoded)
             bar.update(len(chunk))
+    write_image_ids(out, list(ids.values()), list(ids))
     return _write(summary, coco_results(records, loaded.vocab), loaded.vocab)
 
 

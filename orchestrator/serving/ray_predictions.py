@@ -6,7 +6,9 @@ decodes, normalizes and resizes a block's images in a CPU task (`PreResizedTrans
 model runs in a pool of actors (`actors=(MIN, MAX)`, `gpus_per_actor`) on the prepared images, and
 the driver writes each block as it comes:
 
-    OUT/plan.json            what the job is (model, inputs, block size, images); a rerun checks it
+    OUT/plan.json            what the job is (model and its weights' digest, inputs, block size,
+                             images); a rerun checks it, so a moved alias is another job
+    OUT/image_ids.json       each image id and its file
     OUT/results/000042.json  block 42's detections as COCO results (the format of `results.json`)
     OUT/blocks/000042.json   block 42 is done: its images, detections, unreadable files and the nodes
                              that predicted it
@@ -21,6 +23,7 @@ cluster, s3:// or a shared filesystem.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -44,7 +47,7 @@ from ..config import TrainConfig
 from ..ray_cluster import connect
 from .evaluation import detection_records
 from .inference import decode_image_bytes, loaded_from
-from .predictions import IMAGE_SUFFIXES, coco_results, image_files, image_id_of, write_categories
+from .predictions import IMAGE_SUFFIXES, coco_results, image_files, image_ids, write_categories, write_image_ids
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def list_images(images: str) -> list[str]:
 def image_blocks(images: str, block_size: int) -> list[dict]:
     """One row per block of `block_size` images: their references and image ids."""
     refs = list_images(images)
-    ids = [image_id_of(ref, position) for position, ref in enumerate(refs)]
+    ids = image_ids(refs)
     return [{"block": number, "refs": refs[start:start + block_size], "ids": ids[start:start + block_size],
              "samples": 0} for number, start in enumerate(range(0, len(refs), block_size))]
 
@@ -202,9 +205,13 @@ def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict]
         vocab.require_same(shard_vocab, f"--shards {shards}", "the model was trained on")
     else:
         blocks = image_blocks(images, block_size)
-    plan = {"model": model_uri, "inputs": shards or images, "block_size": None if shards else block_size,
-            "blocks": len(blocks), "images": sum(len(b["refs"]) for b in blocks) if images else None}
+    # The weights' digest, not the URI alone: models:/NAME@ALIAS may name other weights by the rerun.
+    plan = {"model": model_uri, "weights_sha256": weights_digest(state_dict), "inputs": shards or images,
+            "block_size": None if shards else block_size, "blocks": len(blocks),
+            "images": sum(len(b["refs"]) for b in blocks) if images else None}
     _check_plan(out, plan)
+    if images:
+        write_image_ids(out, [i for b in blocks for i in b["ids"]], [r for b in blocks for r in b["refs"]])
     done = _written_blocks(out)
     pending = [b for b in blocks if b["block"] not in done]
     summary = RaySummary(out, blocks_done_before=len(blocks) - len(pending))
@@ -279,9 +286,21 @@ def _written_blocks(out: str) -> dict[int, dict]:
             for name in names if name.endswith(".json") and name[:-5].isdigit()}
 
 
+def weights_digest(state_dict: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _check_plan(out: str, plan: dict) -> None:
     """The plan at `out`, written now or, from an earlier run, the same one: else a clear error."""
     url = storage.join(out, PLAN_FILE)
+    if storage.stat(url) is None and storage.stat(storage.join(out, MANIFEST_FILE)) is not None:
+        raise ValueError(f"--out {out} holds a manifest.json but no plan.json: a dataset's shards, or another "
+                         "tool's output; name a new --out")
     if storage.stat(url) is None:
         storage.write_bytes(url, json.dumps(plan, indent=1).encode())
         return

@@ -228,7 +228,7 @@ def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(f
     assert main(["predict", "--model", result.checkpoint, "--images", str(images), "--out", str(tmp_path / "pred"),
                  "--overlays"]) == 0
     assert "10 images; 1 unreadable files skipped" in capsys.readouterr().out
-    assert len(list((tmp_path / "pred").glob("*.png"))) == 10
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg.png"))) == 10
     assert main(["predict", "--model", result.checkpoint, "--shards", synth_shards["coco_val"],
                  "--out", str(tmp_path / "pred-shards")]) == 0
     (tmp_path / "eval").mkdir()
