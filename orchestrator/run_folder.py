@@ -39,6 +39,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,6 +160,19 @@ def write_checkpoint(folder: str, contents: dict, config_yaml: str, vocab: Vocab
              for name in sorted(os.listdir(folder))}
     with open(os.path.join(folder, COMPLETE_FILE), "w") as f:
         json.dump({"iteration": contents["iteration"], "files": files}, f, indent=1)
+
+
+def write_checkpoint_to_scratch(contents: dict, config_yaml: str, vocab: Vocabulary, evaluation: Optional[dict] = None,
+                                unsent_metrics: list = ()) -> str:
+    """`write_checkpoint` into a new temporary folder, returned; removed again if the write fails
+    (a full disk must not also fill /tmp with half checkpoints, one per retry)."""
+    folder = tempfile.mkdtemp(prefix="maskx-checkpoint-")
+    try:
+        write_checkpoint(folder, contents, config_yaml, vocab, evaluation, unsent_metrics)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
 
 @dataclass(frozen=True)
@@ -371,6 +385,9 @@ def load_complete_state(url: str, legacy: bool = False) -> dict:
         found = storage.stat(storage.join(url, name))
         if found is None:
             raise UnfinishedCheckpoint(f"{name} is missing ({COMPLETE_FILE} lists it)")
+        if found[0] < expected["bytes"]:  # an upload cut off (or still going): never finished, not damaged
+            raise UnfinishedCheckpoint(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}: "
+                                       "cut off before it was whole")
         if found[0] != expected["bytes"]:
             raise ValueError(f"{name} is {found[0]} bytes, {COMPLETE_FILE} says {expected['bytes']}")
     with tempfile.TemporaryDirectory(prefix="maskx-checkpoint-") as scratch:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -326,10 +325,10 @@ def report_checkpoint(worker: Worker) -> None:
         metrics.update(worker.evaluation.metrics)
         evaluation = worker.evaluation.summary()
     # Ray Train deletes the local folder once it is uploaded (by a thread, with checkpoint.upload: async).
-    folder = tempfile.mkdtemp(prefix="maskx-checkpoint-")
     contents = run_folder.checkpoint_contents(worker.model, worker.optimizer, worker.scheduler,
                                               dataclasses.replace(worker.state, position=merged))
-    run_folder.write_checkpoint(folder, contents, dump_config(worker.config), worker.setup.vocab, evaluation, unsent)
+    folder = run_folder.write_checkpoint_to_scratch(contents, dump_config(worker.config), worker.setup.vocab,
+                                                    evaluation, unsent)
     upload = CheckpointUploadMode.ASYNC if worker.config.checkpoint.upload == "async" and not worker.last \
         else CheckpointUploadMode.SYNC
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),

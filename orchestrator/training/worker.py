@@ -181,8 +181,8 @@ def agreed_resume_state(folder: str, offered: Optional[ray.train.Checkpoint], ra
         try:
             found = run_folder.resume_state(folder, offered.path if offered else None)
             choice = [("checkpoint", found[0]) if found else None]
-        except ValueError as exc:
-            choice = [("error", str(exc))]
+        except Exception as exc:  # not only ValueError: storage down or credentials gone must not strand the others
+            choice = [("error", str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")]
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:

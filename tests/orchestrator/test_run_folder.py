@@ -72,9 +72,7 @@ def test_a_checkpoint_cut_off_at_any_moment_is_passed_over_for_the_previous_one(
     elif moment == "record there, a file not yet":
         (newest / "config.yaml").unlink()
     else:
-        damaged = bytearray(state.read_bytes())
-        damaged[len(damaged) // 2] ^= 0xFF
-        state.write_bytes(bytes(damaged))
+        damage(state)
     with caplog.at_level(logging.WARNING):
         assert resumed_iteration(tmp_path) == 4
     assert "checkpoint_00000006 passed over" in caplog.text
@@ -86,13 +84,33 @@ def test_between_two_checkpoints_the_earlier_one_is_the_newest(tmp_path):
     assert resumed_iteration(tmp_path) == 4
 
 
+def damage(state):
+    """The same size, other bytes: finished, then damaged."""
+    damaged = bytearray(state.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    state.write_bytes(bytes(damaged))
+
+
 def test_a_folder_whose_checkpoints_are_all_broken_is_an_error_listing_them(tmp_path):
     write_run(tmp_path, (2, 4))
-    for name in ("checkpoint_00000002", "checkpoint_00000004"):
-        (tmp_path / name / "state.pt").write_bytes(b"half a file")
+    damage(tmp_path / "checkpoint_00000004" / "state.pt")
+    (tmp_path / "checkpoint_00000002" / "state.pt").write_bytes((tmp_path / "checkpoint_00000002" / "state.pt").read_bytes() + b"x")
     with pytest.raises(ValueError, match=r"none of its 2 checkpoints is complete and readable \(checkpoint_00000004: "
-                                         r"state.pt is 11 bytes.*checkpoint_00000002: .*refusing to start the run over"):
+                                         r"state.pt does not match its checksum.*checkpoint_00000002: state.pt is \d+ "
+                                         r"bytes.*refusing to start the run over"):
         run_folder.resume_state(str(tmp_path))
+
+
+def test_a_file_shorter_than_its_record_is_an_unfinished_upload_not_damage(tmp_path, caplog):
+    """An upload cut off mid-file (or still going) leaves a file shorter than complete.json says: that
+    checkpoint never finished, so a folder of such checkpoints starts over instead of refusing every restart."""
+    write_run(tmp_path, (2, 4))
+    for name in ("checkpoint_00000002", "checkpoint_00000004"):
+        state = tmp_path / name / "state.pt"
+        state.write_bytes(state.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        assert run_folder.resume_state(str(tmp_path)) is None
+    assert "cut off before it was whole" in caplog.text and "the run starts over" in caplog.text
 
 
 def test_a_folder_whose_checkpoints_never_finished_starts_over(tmp_path, caplog):
@@ -107,7 +125,7 @@ def test_a_folder_whose_checkpoints_never_finished_starts_over(tmp_path, caplog)
     assert "none of its 2 checkpoints finished (checkpoint_00000004: state.pt is missing" in caplog.text
     assert "the run starts over" in caplog.text
     write_run(tmp_path, (6,))
-    (tmp_path / "checkpoint_00000006" / "state.pt").write_bytes(b"half a file")
+    damage(tmp_path / "checkpoint_00000006" / "state.pt")
     with pytest.raises(ValueError, match="none of its 3 checkpoints is complete and readable"):
         run_folder.resume_state(str(tmp_path))
 
@@ -210,3 +228,23 @@ def test_a_run_folder_on_s3_is_claimed_by_one_driver(s3_endpoint):
     storage.s3_client().create_bucket(Bucket="claims")
     won = claims_of("s3://claims/run")
     assert len(won) == 1 and run_folder.read_mlflow_run("s3://claims/run") == won[0]
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_scratch_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    class FullDisk:
+        def save(self, path):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = torch.nn.Linear(4, 2)
+    optimizer = build_optimizer(model, SolverConfig())
+    contents = run_folder.checkpoint_contents(model, optimizer, build_lr_scheduler(optimizer, SolverConfig()),
+                                              run_folder.TrainState(2))
+    with pytest.raises(OSError, match="No space left"):
+        run_folder.write_checkpoint_to_scratch(contents, dump_config(TrainConfig()), FullDisk())
+    assert list(tmp_path.iterdir()) == []
+    folder = run_folder.write_checkpoint_to_scratch(contents, dump_config(TrainConfig()),
+                                                    build_vocabulary(COCO_CATEGORIES))
+    assert os.path.dirname(folder) == str(tmp_path) and "complete.json" in os.listdir(folder)
