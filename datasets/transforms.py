@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Optional
@@ -58,13 +59,17 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
             label = vocab.label(ann["category"])
             if label is None or (train and ann.get("iscrowd", 0)):
                 continue
-            x, y, w, h = ann["bbox"]
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                raise ValueError(f"bbox {ann['bbox']} is not finite")
             boxes.append([x, y, x + w, y + h])
             labels.append(label)
             rles.append(ann.get("segmentation"))
             iscrowd.append(int(ann.get("iscrowd", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise BadSample(f"sample {key}: bad annotation ({type(exc).__name__}: {exc})") from None
+    if any(r is not None and not is_compressed_rle(r, height, width) for r in rles):
+        raise BadSample(f"sample {key}: bad RLE (not a {height}x{width} compressed RLE)")
     has_mask = [r is not None and (mask_labels is None or l in mask_labels) for r, l in zip(rles, labels)]
     target = {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -74,15 +79,19 @@ def decode_sample(sample: dict, vocab: Vocabulary, mask_labels: Optional[set[int
     if train and any(has_mask):
         # Decoded by the train step (`decode_masks`), not here: RLE decoding cost as much as the JPEG,
         # and the step's process has cores to spare while the GPU works.
-        mask_rles = [r for r, m in zip(rles, has_mask) if m]
-        if any(not isinstance(r, dict) or r.get("size") != [height, width] or not isinstance(r.get("counts"), str)
-               for r in mask_rles):
-            raise BadSample(f"sample {key}: bad RLE (not a {height}x{width} compressed RLE)")
-        target["mask_rles"] = mask_rles
+        target["mask_rles"] = [r for r, m in zip(rles, has_mask) if m]
     if not train:
-        target.update(image_id=int(record["image_id"]), source=record["source"], iscrowd=torch.tensor(iscrowd, dtype=torch.int64),
+        try:
+            image_id, source = int(record["image_id"]), str(record["source"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadSample(f"sample {key}: bad record ({type(exc).__name__}: {exc})") from None
+        target.update(image_id=image_id, source=source, iscrowd=torch.tensor(iscrowd, dtype=torch.int64),
                       segmentations=rles, key=key)
     return image, target
+
+
+def is_compressed_rle(rle, height: int, width: int) -> bool:
+    return isinstance(rle, dict) and rle.get("size") == [height, width] and isinstance(rle.get("counts"), str)
 
 
 def decode_masks(target: dict, key: str = "?") -> dict:

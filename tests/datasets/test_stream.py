@@ -196,3 +196,36 @@ def test_masks_that_do_not_decode_are_dropped_in_the_step_not_the_run(caplog):
     assert "masks" not in decoded and not decoded["has_mask"].any()
     assert "sample coco-000000000042: its masks do not decode" in caplog.text
     assert "mask_rles" in target  # the batch itself is left as it was
+
+
+def test_parseable_but_malformed_samples_are_skipped_and_counted_in_training_and_evaluation(synth_shards, tmp_path,
+                                                                                           caplog):
+    """JSON that parses and a JPEG that decodes, but a record that cannot be used: counted like a
+    corrupt sample in the evaluation stream (what `maskx eval` and `predict --shards` read) and
+    refused as a BadSample by training's decode, never a crash later in the batch or in COCO eval."""
+    from maskx.datasets.transforms import BadSample, decode_sample
+
+    manifest = load_manifest(synth_shards["coco_train"])
+    good = manifest.shard_urls()[0]
+    with tarfile.open(good) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    jpeg, record = members[0][1], json.loads(members[1][1])
+    annotation = record["annotations"][0]
+    malformed = {
+        "no-image-id": {k: v for k, v in record.items() if k != "image_id"},
+        "text-bbox": {**record, "annotations": [{**annotation, "bbox": ["a", "b", "c", "d"]}]},
+        "nan-bbox": {**record, "annotations": [{**annotation, "bbox": [1, 2, float("nan"), 4]}]},
+        "bad-rle": {**record, "annotations": [{**annotation, "segmentation": {"size": [1, 1], "counts": "0"}}]},
+    }
+    bad = [(f"{name}{suffix}", payload) for name, rec in malformed.items()
+           for suffix, payload in ((".jpg", jpeg), (".json", json.dumps(rec).encode()))]
+    _write_tar(tmp_path / "malformed.tar", members[:4] + bad)
+    stream = EvalStream([Source("coco", [str(tmp_path / "malformed.tar")], [6])], manifest.vocab(), batch_size=100)
+    with caplog.at_level("WARNING"):
+        keys = [k for b in stream for k in b.keys]
+    assert len(keys) == 2 and stream.skips.count == 4
+    assert "bad record" in caplog.text and "bad annotation" in caplog.text and "bad RLE" in caplog.text
+    for name in ("text-bbox", "nan-bbox", "bad-rle"):
+        sample = {"__key__": name, "jpg": jpeg, "json": json.dumps(malformed[name]).encode()}
+        with pytest.raises(BadSample):
+            decode_sample(sample, manifest.vocab(), None, train=True)
