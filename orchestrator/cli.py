@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from maskx.datasets.shard_format import DEFAULT_MAX_SKIPPED_FRACTION
+from maskx.orchestrator.redaction import redact
 
 EXIT_BAD_INPUT = 2  # a config, path or input the command cannot use (argparse's usage errors exit 2 too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -442,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (FileNotFoundError, PermissionError, ValueError, RuntimeError) as exc:
-        print(f"maskx {args.command}: {exc}", file=sys.stderr)
+        print(redact(f"maskx {args.command}: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception:  # anything else (MLflow's own errors embed the tracking URI): its traceback, redacted
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -377,4 +377,8 @@ def packaged_config(name: str) -> str:
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The config as YAML, as checkpoints, registered models and MLflow keep it: credentials in a URL
+    (`mlflow.tracking_uri: http://user:password@host`) and secret-named keys' values redacted."""
+    from .redaction import redact_text
+
+    return redact_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -24,7 +24,7 @@ ROOMS = {
     "training": ("maskx.orchestrator.tuning", "maskx.orchestrator.cli", "maskx.orchestrator.demo"),
     "tuning": ("maskx.orchestrator.cli", "maskx.orchestrator.demo"),
 }
-SHARED = ("config", "run_setup", "run_folder", "ray_cluster", "compat")
+SHARED = ("config", "run_setup", "run_folder", "ray_cluster", "compat", "redaction")
 
 
 def module_name(path: Path) -> str:

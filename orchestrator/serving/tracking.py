@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from ..config import resolve_tracking_uri
-from .redaction import flatten_params, redact, redact_text
+from ..redaction import flatten_params, redact, redact_text
 
 if TYPE_CHECKING:
     from ..run_setup import TrainingData

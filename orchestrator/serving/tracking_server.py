@@ -120,7 +120,7 @@ def artifacts_destination(setup: ServerSetup) -> str:
 
 def describe(setup: ServerSetup) -> str:
     """One line for the console, with no secret in it."""
-    from .redaction import redact
+    from ..redaction import redact
 
     return (f"MLflow tracking server at http://{setup.host}:{setup.port} (runs {redact(backend_store_uri(setup))}, "
             f"artifacts {artifacts_destination(setup)}{', logins on' if setup.auth else ''})")

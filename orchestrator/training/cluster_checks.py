@@ -8,7 +8,7 @@ from typing import Optional
 from maskx.datasets import storage
 
 from ..config import TrainConfig
-from ..serving.redaction import redact
+from ..redaction import redact
 
 
 def spans_several_hosts(cfg: TrainConfig) -> bool:

@@ -18,7 +18,7 @@ from ..reporting.report import log_report
 from ..run_setup import RunSetup, set_up_run
 from ..serving.model_logging import log_finished_run
 from ..serving.evaluation import coco_metric_names
-from ..serving.redaction import error_summary
+from ..redaction import error_summary, redact
 from ..serving.tracking import TrackedRun, Tracking, connection_errors
 from .class_frequency import log_class_frequency
 from .cluster_checks import check_paths_reach_every_node, spans_several_hosts
@@ -103,8 +103,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
         except connection_errors() as unreachable:  # the training failure is the news, not the tracking server
             log.warning("MLflow run %s left open: %s unreachable (%s)", mlflow_run.run_id, tracking.redacted_uri,
                         error_summary(unreachable))
-        raise RuntimeError(f"run {run_name} failed ({exc}); its checkpoints are in {folder}; "
-                           f"continue it with `maskx train --config ... --resume {run_name}`") from exc
+        raise RuntimeError(redact(f"run {run_name} failed ({exc}); its checkpoints are in {folder}; "
+                                  f"continue it with `maskx train --config ... --resume {run_name}`")) from exc
 
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics, version = {}, None

@@ -132,3 +132,23 @@ def test_periodic_evaluation_is_scored_beside_training_unless_asked_otherwise():
     assert load_config(TINY, ["eval_mode=inline"]).eval_mode == "inline"
     with pytest.raises(ConfigError, match=r"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got -1"):
         load_config(TINY, ["eval_cpus=-1"])
+
+
+def test_no_credential_reaches_a_config_file_or_the_command_line_s_error(synth_shards, monkeypatch, capsys):
+    """dump_config writes what checkpoints, best models and registered models keep as config.yaml;
+    the CLI's error lines and tracebacks (MLflow's own messages carry the tracking URI) are redacted."""
+    from maskx.orchestrator.cli import main
+    from maskx.orchestrator.config import TrainConfig, dump_config
+
+    from ..conftest import free_port
+
+    cfg = TrainConfig()
+    cfg.mlflow.tracking_uri = "http://alice:s3cret@mlflow.internal:5000"
+    written = dump_config(cfg)
+    assert "s3cret" not in written and "tracking_uri: http://***@mlflow.internal:5000" in written
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    nobody = f"http://alice:s3cret@127.0.0.1:{free_port()}"  # nothing listens: MLflow's error names the URI
+    assert main(["eval", "--config", "configs/tiny-cpu.yaml", "--model", "models:/demo/1",
+                 f"mlflow.tracking_uri={nobody}", f"data.val={synth_shards['coco_val']}"]) != 0
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "http://***@127.0.0.1" in err
