@@ -9,7 +9,10 @@ Past the limit, the least recently used shards go (a reader that has one open re
 freed when it closes). While a reader reads one shard, a thread fetches the next few of its order.
 
 A shard whose download does not match its manifest entry is not kept: the reader streams it from S3
-as it would without the cache, and its damage is skipped and counted there.
+as it would without the cache, and its damage is skipped and counted there. A download that fails
+(the disk full, S3 refusing) is not the step's failure either: that shard streams from S3. A partial
+download counts against the limit while its process lives, and is removed once it does not (a
+reader killed mid-download).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from . import storage
 log = logging.getLogger(__name__)
 
 SUFFIX = ".tar"
+PARTIAL = ".partial-"  # a download in progress: <sha256>.tar.partial-<pid>
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class ShardCache:
         with self.lock:
             pending = self.fetching.pop(shard.sha256, None)
         if pending is not None:
-            pending.result()
+            pending.exception()  # a failed fetch ahead was logged by fetch: this shard tries once more
         return self.fetch(shard)
 
     def fetch(self, shard: CachedShard) -> Optional[str]:
@@ -90,8 +94,9 @@ class ShardCache:
             if os.path.exists(path):
                 os.utime(path)  # used now: the last to go
                 return path
-            partial = f"{path}.partial-{os.getpid()}"
+            partial = f"{path}{PARTIAL}{os.getpid()}"
             try:
+                self.evict(room_for=shard.bytes)
                 storage.download(shard.url, partial)
                 size, digest = os.path.getsize(partial), storage.file_sha256(partial)
                 if (size, digest) != (shard.bytes, shard.sha256):
@@ -99,24 +104,35 @@ class ShardCache:
                                 "cached, read from S3 instead", shard.url, size, digest[:12], shard.bytes,
                                 shard.sha256[:12])
                     return None
-                self.evict(room_for=size)
                 os.replace(partial, path)
+            except Exception as exc:  # the disk full, S3 refusing: the reader streams this shard instead
+                log.warning("shard %s: not cached (%s: %s); read from S3 instead", shard.url, type(exc).__name__, exc)
+                return None
             finally:
-                if os.path.exists(partial):
+                try:
                     os.remove(partial)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # whatever stood there (it failed the download): the next evict tries again
+                    log.warning("shard cache: %s not removed (%s)", partial, exc)
         return path
 
     def evict(self, room_for: int) -> None:
         """Remove the least recently used shards until `room_for` more bytes fit under the limit."""
-        entries = []
+        entries, downloading = [], 0
         for entry in os.scandir(self.settings.folder):
-            if entry.name.endswith(SUFFIX):
-                try:
+            try:
+                if entry.name.endswith(SUFFIX):
                     stat = entry.stat()
-                except FileNotFoundError:  # another process evicted it just now
-                    continue
-                entries.append((stat.st_mtime, stat.st_size, entry.path))
-        total = sum(size for _, size, _ in entries)
+                    entries.append((stat.st_mtime, stat.st_size, entry.path))
+                elif PARTIAL in entry.name:
+                    if process_alive(entry.name.rsplit(PARTIAL, 1)[1]):
+                        downloading += entry.stat().st_size
+                    else:  # its reader died mid-download
+                        os.remove(entry.path)
+            except FileNotFoundError:  # another process evicted or finished it just now
+                continue
+        total = downloading + sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if total + room_for <= self.settings.limit_bytes:
                 break
@@ -125,6 +141,18 @@ class ShardCache:
             except FileNotFoundError:
                 pass
             total -= size
+
+
+def process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 _CACHES: dict[tuple[int, CacheSettings], ShardCache] = {}

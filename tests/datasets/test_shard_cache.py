@@ -93,3 +93,30 @@ def test_the_eval_stream_reads_every_sample_once_through_the_cache_across_epochs
     epochs = [[key for batch in EvalStream(sources, vocab, batch_size=4) for key in batch.keys] for _ in range(2)]
     assert epochs[0] == epochs[1] and sorted(epochs[0]) == sorted(f"coco-{i:012d}" for i in range(1, 25))
     assert shard_gets(counted, shards) == {shard.url: 1 for shard in shards}
+
+
+def test_a_download_that_fails_streams_the_shard_from_s3_instead_of_failing_the_step(counted, shards, tmp_path,
+                                                                                     caplog):
+    shard = shards[0]
+    cache = ShardCache(CacheSettings(str(tmp_path), 10**9))
+    # Where the download would go, something it cannot write (as a full disk refuses): IsADirectoryError.
+    (tmp_path / f"{shard.sha256}.tar.partial-{os.getpid()}").mkdir()
+    with caplog.at_level("WARNING"), cache.open(shard) as f:
+        assert f.read() == storage.read_bytes(shard.url)
+    assert "not cached (IsADirectoryError" in caplog.text and "read from S3 instead" in caplog.text
+
+
+def test_a_dead_reader_s_partial_download_is_removed_and_a_live_one_counts_against_the_limit(counted, shards, tmp_path):
+    first, second = shards[:2]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"{first.sha256}.tar.partial-{dead.pid}").write_bytes(b"x" * 10**6)  # killed mid-download
+    live = tmp_path / f"{second.sha256}.tar.partial-{os.getpid()}"  # a reader of this node, downloading now
+    live.write_bytes(b"x" * first.bytes)
+    cache = ShardCache(CacheSettings(str(tmp_path), limit_bytes=2 * first.bytes + 10, ahead=0))
+    with cache.open(first) as f:
+        assert len(f.read()) == first.bytes
+    assert not (tmp_path / f"{first.sha256}.tar.partial-{dead.pid}").exists()
+    assert (tmp_path / f"{first.sha256}.tar").exists() and live.exists()
+    cache.evict(room_for=first.bytes)  # a third shard's worth: only the finished one can go
+    assert not (tmp_path / f"{first.sha256}.tar").exists() and live.exists()
