@@ -243,6 +243,10 @@ class TrainConfig:
     # CPUs a background COCOeval reserves: 0, a core Ray has not handed out (it runs one thread); where
     # training holds every CPU of the cluster, a task asking for one waits until training ends.
     eval_cpus: float = 0.0
+    # How long the run's last step waits for background COCOeval tasks still running; one not done by
+    # then is cancelled and scored in rank 0 (a task that never got its CPUs would otherwise hold the
+    # run's end forever).
+    eval_wait_s: float = 600.0
     # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
     # docs/benchmarks.md) or pycocotools' own.
     eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
@@ -269,6 +273,8 @@ class TrainConfig:
             raise ValueError(f"eval_batch_size: images per forward pass when evaluating, 1 or more; got {self.eval_batch_size}")
         if self.eval_cpus < 0:
             raise ValueError(f"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got {self.eval_cpus}")
+        if self.eval_wait_s <= 0:
+            raise ValueError(f"eval_wait_s: seconds the last step waits for background COCOeval, > 0; got {self.eval_wait_s}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,12 +37,16 @@ def _score(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int
 
 
 class BackgroundScoring:
-    """Rank 0's COCOeval tasks in flight, by the iteration they evaluate."""
+    """Rank 0's COCOeval tasks in flight, by the iteration they evaluate. At the run's end it waits
+    `wait_s` for them at most; a task not done by then (one that never got its CPUs, say) is
+    cancelled and its records scored here, so the last step never waits forever."""
 
-    def __init__(self, *, vocab: Vocabulary, set_a: list[int], backend: str, cpus: float, error_analysis: bool):
+    def __init__(self, *, vocab: Vocabulary, set_a: list[int], backend: str, cpus: float, error_analysis: bool,
+                 wait_s: float = 600.0):
         self.vocab, self.set_a, self.backend, self.cpus = vocab, set_a, backend, cpus
-        self.error_analysis = error_analysis
+        self.error_analysis, self.wait_s = error_analysis, wait_s
         self.pending: list[tuple[int, ray.ObjectRef]] = []
+        self.shares: dict[int, list[tuple[Records, int]]] = {}  # kept to score here if a task never ends
 
     def submit(self, shares: list[tuple[Records, int]], iteration: int) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -51,12 +55,13 @@ class BackgroundScoring:
         task = _score.options(num_cpus=self.cpus, scheduling_strategy=here).remote(
             shares, vocab=self.vocab, set_a=self.set_a, backend=self.backend, error_analysis=self.error_analysis)
         self.pending.append((iteration, task))
+        self.shares[iteration] = shares
 
     def finished(self, wait: bool = False) -> list[tuple[int, Optional[Evaluation]]]:
         """(iteration, evaluation) of the tasks done (all of them with `wait`), in iteration order; a
         task that failed is logged and gives None: training does not stop for an evaluation."""
         tasks = [task for _, task in self.pending]
-        done, _ = ray.wait(tasks, num_returns=len(tasks), timeout=None if wait else 0) if tasks else ([], [])
+        done, _ = ray.wait(tasks, num_returns=len(tasks), timeout=self.wait_s if wait else 0) if tasks else ([], [])
         results = []
         for iteration, task in [p for p in self.pending if p[1] in done]:
             try:
@@ -64,6 +69,15 @@ class BackgroundScoring:
             except Exception as exc:
                 log.warning("evaluation of iteration %d failed in its COCOeval task: %s", iteration, exc)
                 results.append((iteration, None))
+            del self.shares[iteration]
+        if wait:
+            for iteration, task in [p for p in self.pending if p[1] not in done]:
+                log.warning("the COCOeval task of iteration %d did not end within %.0f s (eval_wait_s): cancelled, "
+                            "scored here", iteration, self.wait_s)
+                ray.cancel(task, force=True)
+                results.append((iteration, score_shares(self.shares.pop(iteration), self.vocab, self.set_a,
+                                                        self.backend, self.error_analysis)))
+            self.pending = []
         self.pending = [p for p in self.pending if p[1] not in done]
         return sorted(results, key=lambda result: result[0])
 

@@ -24,6 +24,12 @@ def spans_several_hosts(cfg: TrainConfig) -> bool:
     return resources.get("GPU" if cfg.scaling.use_gpu else "CPU", 0) == 0
 
 
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
 def check_paths_reach_every_node(cfg: TrainConfig, tracking_uri: str) -> None:
     """Every path a worker opens must be one each host sees: `s3://`, a tracking server, or a local
     folder under `scaling.shared_paths`."""
@@ -52,3 +58,17 @@ def check_paths_reach_every_node(cfg: TrainConfig, tracking_uri: str) -> None:
                          + "; ".join(problems)
                          + ". Or, if they are on a filesystem every node mounts at the same path, list it in "
                            "scaling.shared_paths")
+
+
+def check_eval_cpus_fit(cfg: TrainConfig, cluster_cpus: float) -> None:
+    """A background COCOeval that asks for CPUs the training workers hold never starts before
+    training ends: refuse the run at start, naming the field. Only where the cluster already holds the
+    training: one smaller is waiting for its autoscaler, whose new nodes this cannot foresee."""
+    if cfg.scaling.elastic or not (cfg.data.val and cfg.eval_every and cfg.eval_mode == "background"
+                                   and cfg.eval_cpus > 0):
+        return
+    held = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if held <= cluster_cpus < held + cfg.eval_cpus:
+        raise ValueError(f"eval_cpus {cfg.eval_cpus:g}: the training workers hold {held:g} of the cluster's "
+                         f"{cluster_cpus:g} CPUs, so a background COCOeval asking for {cfg.eval_cpus:g} would wait "
+                         "until training ends; set eval_cpus 0 (a core Ray has not handed out) or add CPUs")

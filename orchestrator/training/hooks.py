@@ -168,7 +168,8 @@ class PeriodicEvaluation(Hook):
             return
         if cfg.eval_every and cfg.eval_mode == "background":
             self.background = BackgroundScoring(vocab=setup.vocab, set_a=setup.set_a, backend=cfg.eval_backend,
-                                                cpus=cfg.eval_cpus, error_analysis=cfg.eval_error_analysis)
+                                                cpus=cfg.eval_cpus, error_analysis=cfg.eval_error_analysis,
+                                                wait_s=cfg.eval_wait_s)
         if worker.mlflow_run and (cfg.mlflow.eval_figures or cfg.mlflow.eval_images):
             self.figures = FigureLogger(worker.mlflow_run)
             self.examples = ExampleImages(setup.val_sources, setup.vocab, setup.set_a, cfg.mlflow.eval_images)

@@ -13,15 +13,15 @@ from typing import Optional
 from .. import run_folder
 from ..config import TrainConfig, dump_config
 from ..ray_cluster import connect
+from ..redaction import error_summary, redact
 from ..reporting.data_figures import log_classes
 from ..reporting.report import log_report
 from ..run_setup import RunSetup, set_up_run
-from ..serving.model_logging import log_finished_run
 from ..serving.evaluation import coco_metric_names
-from ..redaction import error_summary, redact
+from ..serving.model_logging import log_finished_run
 from ..serving.tracking import TrackedRun, Tracking, connection_errors
 from .class_frequency import log_class_frequency
-from .cluster_checks import check_paths_reach_every_node, spans_several_hosts
+from .cluster_checks import check_eval_cpus_fit, check_paths_reach_every_node, cluster_cpus, spans_several_hosts
 from .train_loop import train_loop_per_worker
 from .worker import WorkerJob
 
@@ -64,6 +64,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
     connect()
     if spans_several_hosts(cfg):
         check_paths_reach_every_node(cfg, tracking.uri)
+    check_eval_cpus_fit(cfg, cluster_cpus())
     if resume and run_name and resume != run_name:
         raise ValueError(f"--resume {resume} and --run-name {run_name}: one run at a time")
     # --resume continues a run that exists; --run-name (a sweep's trial, a retried cluster job) creates

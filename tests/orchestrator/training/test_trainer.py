@@ -15,3 +15,16 @@ def test_keep_best_names_a_metric_maskx_computes_and_needs_a_val_set(metric, pro
     cfg = load_config(TINY, ["data.val=null", f"checkpoint.keep_best={metric}"])
     with pytest.raises(ValueError, match=f"checkpoint.keep_best: .*{problem}"):
         check_keep_best(cfg)
+
+
+def test_a_background_evaluation_that_could_never_get_its_cpus_is_refused_at_start():
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.training.cluster_checks import check_eval_cpus_fit
+
+    cfg = load_config("configs/tiny-cpu.yaml", ["eval_cpus=1", "scaling.num_workers=2"])  # 2 workers x 1 CPU
+    with pytest.raises(ValueError, match="eval_cpus 1: the training workers hold 2 of the cluster's 2 CPUs"):
+        check_eval_cpus_fit(cfg, cluster_cpus=2)
+    check_eval_cpus_fit(cfg, cluster_cpus=3)  # a core left for it
+    check_eval_cpus_fit(cfg, cluster_cpus=0)  # a head waiting for its autoscaler: not judged
+    check_eval_cpus_fit(load_config("configs/tiny-cpu.yaml", ["eval_cpus=0"]), cluster_cpus=2)
+    check_eval_cpus_fit(load_config("configs/tiny-cpu.yaml", ["eval_cpus=1", "eval_mode=inline"]), cluster_cpus=2)
