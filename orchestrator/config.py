@@ -94,6 +94,10 @@ class SolverConfig:
     steps: list[int] = field(default_factory=lambda: [60000, 80000])
     gamma: float = 0.1
     clip_grad_norm: Optional[float] = None
+    # A step whose loss is NaN or infinite on any rank: `raise` (detectron2's FloatingPointError; the run
+    # fails at once, on every rank, naming the samples: a retry would replay them into the same NaN) or
+    # `skip_step` (no weight update; the run goes on and counts them as train/skipped_steps).
+    on_nonfinite: Literal["raise", "skip_step"] = "raise"
     amp: bool = True  # bf16 autocast, on GPU only
 
 

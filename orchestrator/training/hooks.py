@@ -121,7 +121,7 @@ def window_metrics(window: Window, worker: Worker) -> dict[str, float]:
     steps = max(window.steps, 1)
     position = worker.own_position()
     sums = torch.tensor([[window.loss_sums[n] for n in names]
-                         + [float(window.images), window.images / window.elapsed_s, window.data_wait_s / steps,
+                         + [float(window.loss_images), window.images / window.elapsed_s, window.data_wait_s / steps,
                             float(position.skipped), float(position.drawn)]], dtype=torch.float64)
     peaks = torch.tensor([peak_memory_mb(worker.device)], dtype=torch.float64)
     if dist.is_initialized():
@@ -130,8 +130,10 @@ def window_metrics(window: Window, worker: Worker) -> dict[str, float]:
         dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
         sums, peaks = sums.cpu(), peaks.cpu()
     values = sums[0].tolist()
-    images, throughput, data_wait, skipped, drawn = values[len(names):]
-    metrics = {f"loss/{n}": v / max(images, 1.0) for n, v in zip(names, values)}
+    loss_images, throughput, data_wait, skipped, drawn = values[len(names):]
+    metrics = {f"loss/{n}": v / max(loss_images, 1.0) for n, v in zip(names, values)}
+    if window.skipped_steps:  # the same on every rank: they skip together
+        metrics["train/skipped_steps"] = float(window.skipped_steps)
     seconds_per_iter = window.elapsed_s / steps
     metrics.update({"train/images_per_s": throughput, "train/lr": lr_of(worker.optimizer),
                     "train/s_per_iter": seconds_per_iter, "train/data_time_s": data_wait / worker.world_size,

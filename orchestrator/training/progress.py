@@ -23,13 +23,17 @@ class Window:
         self.start = self.step_end = self.clock()
         self.images, self.steps, self.data_wait_s = 0, 0, 0.0
         self.loss_sums: dict[str, float] = {}  # each loss times the images it was measured on
+        self.loss_images, self.skipped_steps = 0, 0  # images the losses were measured on; steps with no losses
 
     def batch_arrived(self) -> None:
         self.data_wait_s += self.clock() - self.step_end
 
     def step_done(self, losses: dict[str, float], images: int) -> None:
+        """A step's losses (none for a step skipped on a non-finite loss) over its images."""
         for name, value in losses.items():
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value * images
+        self.loss_images += images if losses else 0
+        self.skipped_steps += 0 if losses else 1
         self.images += images
         self.steps += 1
         self.step_end = self.clock()

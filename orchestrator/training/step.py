@@ -45,9 +45,14 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -
     return torch.optim.lr_scheduler.ChainedScheduler([warmup, decay], optimizer=optimizer)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A step whose loss is NaN or infinite on some rank; every rank raises it with the same message."""
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches: Sequence[Batch],
                device: torch.device, amp: bool = False, clip_grad_norm: Optional[float] = None,
-               layout: Optional[EpochLayout] = None, loss_normalization: str = "step") -> dict[str, float]:
+               layout: Optional[EpochLayout] = None, loss_normalization: str = "step",
+               on_nonfinite: str = "raise") -> dict[str, float]:
     """One SGD step over one or more micro-batches: their gradients accumulate, and DDP all-reduces
     once, after the last. Each micro-batch's losses are weighted by its share of the step
     (`layout`: this rank's micro-batches of a global batch over the layout's ranks; default: all of
@@ -57,7 +62,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     rank. Returns the losses (and `loss`, their sum) as this rank's part of the step's, per image of
     this rank: averaged over ranks by their images (what the metrics do), they are the step's losses,
     whatever the layout. `amp`: bf16 autocast (the worker asks for it on GPUs; CPU autocast runs the
-    same path in tests)."""
+    same path in tests).
+
+    A loss that is not finite on any rank is known to every rank before the step's gradients meet
+    (one all-reduce of a flag): with `on_nonfinite` "raise" every rank raises the same NonFiniteLoss
+    naming the ranks, their losses and samples; with "skip_step" no rank updates the weights (the lr
+    schedule moves on) and the step returns no losses."""
     model.train()
     images = [len(batch.keys) for batch in micro_batches]
     inputs = [batch.to_device(device) for batch in micro_batches]
@@ -72,6 +82,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
         mask_weights = [m * world_size / max(step_with_masks, 1) for m in with_masks]
     optimizer.zero_grad(set_to_none=True)
     weighted_sums: dict[str, float] = {}
+    bad: Optional[tuple[list[str], dict[str, float]]] = None  # this rank's first non-finite micro-batch
     for i, ((batch_images, targets), image_weight, mask_weight) in enumerate(zip(inputs, image_weights, mask_weights)):
         last = i == len(micro_batches) - 1
         accumulate = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else nullcontext()
@@ -79,13 +90,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 losses = model(batch_images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); "
-                                         "lower solver.lr or set solver.clip_grad_norm")
-            weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
-            sum(value * weights[name] for name, value in losses.items()).backward()
-        for name, value in losses.items():
-            weighted_sums[name] = weighted_sums.get(name, 0.0) + value.item() * weights[name]
+            if bad is None and not torch.isfinite(loss):
+                bad = (list(micro_batches[i].keys), {k: v.item() for k, v in losses.items()})
+            # The last micro-batch's backward is where DDP's ranks meet: they agree first, so that
+            # none waits there for a rank that stopped.
+            if last and not _finite_on_every_rank(bad is None, device):
+                optimizer.zero_grad(set_to_none=True)
+                return _non_finite(bad, on_nonfinite, scheduler)
+            if bad is None:
+                weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
+                sum(value * weights[name] for name, value in losses.items()).backward()
+        if bad is None:
+            for name, value in losses.items():
+                weighted_sums[name] = weighted_sums.get(name, 0.0) + value.item() * weights[name]
     # Weights carry W / G (DDP averages over ranks): per image of this rank, times G / (W x its images).
     world_size, global_images = (layout.world_size, layout.plan.global_batch) if layout else (1, sum(images))
     per_image = global_images / (world_size * sum(images)) if sum(images) else 0.0
@@ -96,6 +113,31 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     optimizer.step()
     scheduler.step()
     return totals
+
+
+def _finite_on_every_rank(finite_here: bool, device: torch.device) -> bool:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return finite_here
+    flag = torch.tensor([int(finite_here)], dtype=torch.int32, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _non_finite(bad: Optional[tuple[list[str], dict[str, float]]], on_nonfinite: str, scheduler) -> dict[str, float]:
+    """Every rank's non-finite micro-batch, gathered so that every rank says the same; then raise or skip."""
+    reports = [(0, bad)]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, bad)
+        reports = list(enumerate(gathered))
+    where = "; ".join(f"rank {rank}: {losses} in samples {', '.join(keys)}" for rank, (keys, losses) in
+                      ((r, b) for r, b in reports if b is not None))
+    if on_nonfinite == "skip_step":
+        log.warning("non-finite loss (%s): step skipped, weights unchanged (solver.on_nonfinite skip_step)", where)
+        scheduler.step()
+        return {}
+    raise NonFiniteLoss(f"loss is not finite ({where}); lower solver.lr, set solver.clip_grad_norm, or "
+                        "solver.on_nonfinite=skip_step to step over such batches")
 
 
 def _summed_over_ranks(count: int, device: torch.device) -> int:

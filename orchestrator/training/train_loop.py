@@ -6,13 +6,17 @@ concern (metrics, evaluation, checkpoints, keys log, system metrics) is a hook (
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from ..compat import ray_train_report_logger
 from .hooks import build_hooks
+from .step import NonFiniteLoss
 from .worker import Worker, WorkerJob
 
+FATAL_ERROR = "fatal_error"  # what the ranks return instead of raising an error no retry can fix
 
-def train_loop_per_worker(loop_config: dict) -> None:
+
+def train_loop_per_worker(loop_config: dict) -> Optional[dict]:
     job: WorkerJob = loop_config["job"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not job.verbose:
@@ -26,7 +30,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for step in worker.steps():
             for hook in hooks:
                 hook.before_step(worker)
-            worker.run_step(step)
+            try:
+                worker.run_step(step)
+            except NonFiniteLoss as exc:
+                # Every rank is here with the same message (train_step agrees first). Raising would
+                # make Ray Train restart from the last checkpoint and replay the same samples into
+                # the same NaN, max_failures times: the ranks end the run instead, and the driver fails it.
+                logging.getLogger(__name__).error("%s", exc)
+                return {FATAL_ERROR: str(exc)}  # rank 0's return value is the driver's Result.return_value
             for hook in hooks:
                 hook.after_step(worker)
     finally:

@@ -22,7 +22,7 @@ from ..serving.model_logging import log_finished_run
 from ..serving.tracking import TrackedRun, Tracking, connection_errors
 from .class_frequency import log_class_frequency
 from .cluster_checks import check_eval_cpus_fit, check_paths_reach_every_node, cluster_cpus, spans_several_hosts
-from .train_loop import train_loop_per_worker
+from .train_loop import FATAL_ERROR, train_loop_per_worker
 from .worker import WorkerJob
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, record_keys_to: Option
                         error_summary(unreachable))
         raise RuntimeError(redact(f"run {run_name} failed ({exc}); its checkpoints are in {folder}; "
                                   f"continue it with `maskx train --config ... --resume {run_name}`")) from exc
+
+    fatal = (result.return_value or {}).get(FATAL_ERROR)
+    if fatal:  # the ranks ended the run on an error no restart can fix (train_loop.py)
+        mlflow_run.close_if_open("FAILED", error_summary(RuntimeError(fatal)))
+        raise RuntimeError(redact(f"run {run_name} failed: {fatal}. Its checkpoints are in {folder}; a retry "
+                                  "would replay the same samples, so it was not retried"))
 
     checkpoint = result.checkpoint.path if result.checkpoint else None
     metrics, version = {}, None

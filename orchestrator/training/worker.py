@@ -26,7 +26,7 @@ from ..serving.evaluation import Evaluation
 from ..serving.tracking import TrackedRun, Tracking
 from .init_from import initialize_from
 from .metric_logger import MetricLogger
-from .step import build_lr_scheduler, build_optimizer, train_step
+from .step import NonFiniteLoss, build_lr_scheduler, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,13 @@ class Worker:
     def run_step(self, step: Step) -> None:
         """One optimizer step on the global batch (this rank's micro-batches, gradients accumulated)."""
         solver = self.config.solver
-        self.losses = train_step(self.trained, self.optimizer, self.scheduler, step.micro_batches, self.device,
-                                 solver.amp and self.device.type == "cuda", solver.clip_grad_norm, layout=self.layout,
-                                 loss_normalization=self.config.model.loss_normalization)
+        try:
+            self.losses = train_step(self.trained, self.optimizer, self.scheduler, step.micro_batches, self.device,
+                                     solver.amp and self.device.type == "cuda", solver.clip_grad_norm,
+                                     layout=self.layout, loss_normalization=self.config.model.loss_normalization,
+                                     on_nonfinite=solver.on_nonfinite)
+        except NonFiniteLoss as exc:
+            raise NonFiniteLoss(f"iteration {self.state.iteration + 1}: {exc}") from None
         self.state.iteration += 1
         self.state.position.advance(step.index, step.partitions)
         self.step = step

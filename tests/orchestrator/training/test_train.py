@@ -341,3 +341,21 @@ def test_a_hung_rank_fails_the_step_after_the_collective_timeout(local_ray, synt
             os.close(os.open(hanging, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_non_finite_loss_fails_the_run_at_once_on_every_rank_instead_of_retrying_into_it(local_ray, synth_shards,
+                                                                                         tmp_path):
+    """lr 1e4 sends the loss to inf/NaN within a few steps. Both ranks agree on it, end the run, and
+    the driver fails it naming the samples; with 3 retries allowed none is spent (a retry replays the
+    same samples from the same checkpoint)."""
+    from mlflow import MlflowClient
+
+    overrides = tiny_overrides(synth_shards, tmp_path, 20) + [
+        "solver.lr=10000", "solver.warmup_iters=0", "data.val=null", "checkpoint.max_failures=3",
+        "checkpoint.every=100"]
+    with pytest.raises(RuntimeError, match=r"(?s)failed: iteration \d+: loss is not finite \(rank \d: .*in samples "
+                                           r".*so it was not retried"):
+        train(load_config(TINY, overrides))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("maskx-demo").experiment_id])
+    assert run.info.status == "FAILED" and "loss is not finite" in run.data.tags["maskx.end_reason"]
