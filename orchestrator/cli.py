@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from maskx.datasets.shard_format import DEFAULT_MAX_SKIPPED_FRACTION
-from maskx.orchestrator.redaction import redact
+from maskx.orchestrator.redaction import redact, redact_logs
 
 EXIT_BAD_INPUT = 2  # a config, path or input the command cannot use (argparse's usage errors exit 2 too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -438,6 +438,7 @@ def _print_metrics(metrics: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    redact_logs()
     commands = {"synth": run_synth, "prepare": run_prepare, "train": run_train, "tune": run_tune, "eval": run_eval,
                 "predict": run_predict, "export": run_export, "browse": run_browse, "report": run_report, "demo": run_demo_command,
                 "mlflow-server": run_mlflow_server}

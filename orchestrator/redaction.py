@@ -3,6 +3,7 @@ are replaced by `***` in params, tags, the logged config and every message that 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -58,3 +59,26 @@ def redact_text(text: str) -> str:
         key = line.split(":", 1)[0]
         lines.append(f"{key}: {REDACTED}" if ":" in line and _SECRET_KEY.search(key) else redact(line))
     return "\n".join(lines) + "\n"
+
+
+class RedactingFilter(logging.Filter):
+    """On a handler: every record it writes with URL credentials redacted (an MLflow error logged
+    with its request URL, a library's own message naming a store), whatever logger it came from."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def redact_logs() -> None:
+    """Redact what the root logger's handlers write (call after logging.basicConfig)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

@@ -9,6 +9,7 @@ import logging
 from typing import Optional
 
 from ..compat import ray_train_report_logger
+from ..redaction import redact_logs
 from .hooks import build_hooks
 from .step import NonFiniteLoss
 from .worker import Worker, WorkerJob
@@ -19,6 +20,7 @@ FATAL_ERROR = "fatal_error"  # what the ranks return instead of raising an error
 def train_loop_per_worker(loop_config: dict) -> Optional[dict]:
     job: WorkerJob = loop_config["job"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    redact_logs()
     if not job.verbose:
         # Ray Train logs every report as a dict of all metrics; maskx's console line says it better.
         ray_train_report_logger().setLevel(logging.WARNING)

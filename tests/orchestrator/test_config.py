@@ -152,3 +152,28 @@ def test_no_credential_reaches_a_config_file_or_the_command_line_s_error(synth_s
                  f"mlflow.tracking_uri={nobody}", f"data.val={synth_shards['coco_val']}"]) != 0
     err = capsys.readouterr().err
     assert "s3cret" not in err and "http://***@127.0.0.1" in err
+
+
+def test_log_records_from_any_logger_are_written_redacted():
+    """MLflow logs its request URL (with user:password@) from its own loggers; the handlers maskx's
+    CLI and workers set up write it redacted, messages and tracebacks alike."""
+    import io
+    import logging
+
+    from maskx.orchestrator.redaction import RedactingFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("mlflow.utils.rest_utils.test")
+    logger.addHandler(handler)
+    try:
+        logger.warning("retrying %s", "http://alice:s3cret@mlflow.internal:5000/api/2.0/mlflow/runs/get")
+        try:
+            raise ConnectionError("HTTPConnectionPool for http://alice:s3cret@mlflow.internal:5000 refused")
+        except ConnectionError:
+            logger.exception("request failed")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "s3cret" not in written and written.count("http://***@mlflow.internal:5000") >= 2, written
