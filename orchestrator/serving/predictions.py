@@ -5,9 +5,9 @@ results (what COCO test-dev takes and what analysis tools read), with overlays o
 `segmentation` (RLE). A class that came from COCO keeps its COCO category id, so the file scores
 against COCO's own annotation files; a class from elsewhere (a VG synset) gets id 1000 + its maskx
 label. Every entry also carries `category_name`, and `categories.json` lists every id and name.
-An image's id is the number in its file name (COCO's `000000123456.jpg` is 123456) where every
-file's name holds one and no two are the same, else every image's position in the sorted list (from
-1); `image_ids.json` maps each id to its file. Over shards, the id its record holds. Overlays go to
+An image's id is the number in its file name (COCO's `000000123456.jpg` is 123456) where no other
+file's name gives the same number; any other file gets the next id past the largest of those
+(`image_ids.json` maps each id to its file). Over shards, the id its record holds. Overlays go to
 `overlays/<file name>.png`, never over an input.
 """
 from __future__ import annotations
@@ -69,12 +69,21 @@ def image_files(images: str) -> list[str]:
 
 
 def image_ids(paths: list[str]) -> list[int]:
-    """One id per path, all different: the numbers in the file names if each has one and they are
-    unique (`2.jpg` beside `a.jpg`, or `a1.jpg` beside `b1.jpg`, would share one), else positions."""
+    """One id per path, all different: the number in the file name (COCO's `000000123456.jpg` is
+    123456) where no other file's name gives the same number; every other file (no number, or one
+    another file shares: `a1.jpg` and `b1.jpg`) gets the next id past the largest of those."""
     numbers = [re.fullmatch(r"\D*(\d+)", os.path.splitext(os.path.basename(path))[0]) for path in paths]
-    if all(numbers) and len({int(n.group(1)) for n in numbers}) == len(paths):
-        return [int(n.group(1)) for n in numbers]
-    return list(range(1, len(paths) + 1))
+    numbers = [int(n.group(1)) if n else None for n in numbers]
+    unique = {n for n in numbers if n is not None and numbers.count(n) == 1}
+    next_id = max(unique, default=0) + 1
+    ids = []
+    for number in numbers:
+        if number in unique:
+            ids.append(number)
+        else:
+            ids.append(next_id)
+            next_id += 1
+    return ids
 
 
 def write_image_ids(folder: str, ids: list[int], paths: list[str]) -> None:

@@ -15,9 +15,11 @@ from ...predicting import write_known_logits_checkpoint
 
 def test_image_ids_never_collide():
     assert predictions.image_ids(["/x/000000000139.jpg", "/x/000000000285.jpg"]) == [139, 285]  # COCO's own
-    assert predictions.image_ids(["/x/2.jpg", "/x/a.jpg"]) == [1, 2]  # was 2 and 2
+    # a stray file in a COCO folder leaves the COCO ids as they are (they score against COCO's annotations)
+    assert predictions.image_ids(["/x/000000000139.jpg", "/x/000000000285.jpg", "/x/broken.jpg"]) == [139, 285, 286]
+    assert predictions.image_ids(["/x/2.jpg", "/x/a.jpg"]) == [2, 3]  # was 2 and 2
     assert predictions.image_ids(["/x/a1.jpg", "/x/b1.jpg"]) == [1, 2]  # was 1 and 1
-    assert predictions.image_ids(["/x/img7.png", "/x/img07.jpg"]) == [1, 2]  # was 7 and 7
+    assert predictions.image_ids(["/x/img7.png", "/x/img07.jpg", "/x/img8.jpg"]) == [9, 10, 8]  # 7 twice
 
 
 @pytest.fixture(scope="module")

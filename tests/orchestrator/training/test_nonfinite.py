@@ -1,7 +1,6 @@
 """A loss that is not finite on one rank: every rank knows before the gradients meet, and all raise
 the same error naming the rank and its samples (none left waiting in DDP's all-reduce), or, with
 `solver.on_nonfinite: skip_step`, all step over it with their weights unchanged and train on."""
-import multiprocessing
 import os
 import sys
 
@@ -12,10 +11,17 @@ from maskx.models import build_model
 from maskx.orchestrator.config import SolverConfig
 from maskx.orchestrator.training.step import NonFiniteLoss, build_lr_scheduler, build_optimizer, train_step
 
-from ...conftest import free_port
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_step_cut as cut  # noqa: E402  (its images and tiny model)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def poisoned(model):
@@ -24,7 +30,11 @@ def poisoned(model):
         model.roi_heads.box_predictor.cls_score.bias[0] = float("nan")
 
 
-def run_rank(rank, port, on_nonfinite, answers):
+def run_rank(rank, port, on_nonfinite, out):
+    """One rank of a gloo group, in its own process (a fresh interpreter: a fork of pytest's process,
+    Ray's threads in it, can hang in gloo)."""
+    import json
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
@@ -49,37 +59,38 @@ def run_rank(rank, port, on_nonfinite, answers):
             bare.roi_heads.box_predictor.cls_score.bias.data.copy_(saved["roi_heads.box_predictor.cls_score.bias"])
         # The ranks train on together after a skipped step (DDP's reducer is not left expecting a backward).
         after = train_step(model, optimizer, scheduler, mine, torch.device("cpu")) if "losses" in answer else {}
-        answers.put((rank, dict(answer, unchanged=unchanged, after=after)))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(dict(answer, unchanged=unchanged, after=after), f)
     finally:
         dist.destroy_process_group()
 
 
-def two_ranks(on_nonfinite):
-    context = multiprocessing.get_context("fork")
-    answers, port = context.Queue(), free_port()
-    ranks = [context.Process(target=run_rank, args=(rank, port, on_nonfinite, answers)) for rank in (0, 1)]
-    for process in ranks:
-        process.start()
+def two_ranks(on_nonfinite, tmp_path):
+    import json
+    import subprocess
+
+    port, out = free_port(), str(tmp_path / "answer")
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_nonfinite as t; "
+            f"t.run_rank(int(sys.argv[1]), {port}, {on_nonfinite!r}, {out!r})")
+    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)]) for rank in (0, 1)]
     try:
-        for process in ranks:
-            process.join(timeout=120)
-        assert [p.exitcode for p in ranks] == [0, 0]  # none left waiting in the all-reduce
+        assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]  # none left waiting in the all-reduce
     finally:
-        for process in ranks:
-            process.kill()
-    return dict(answers.get(timeout=5) for _ in ranks)
+        for rank in ranks:
+            rank.kill()
+    return {rank: json.load(open(f"{out}.{rank}")) for rank in (0, 1)}
 
 
-def test_every_rank_raises_the_same_error_naming_the_rank_and_its_samples():
-    got = two_ranks("raise")
+def test_every_rank_raises_the_same_error_naming_the_rank_and_its_samples(tmp_path):
+    got = two_ranks("raise", tmp_path)
     assert got[0]["error"] == got[1]["error"]
     assert "rank 1: {" in got[0]["error"] and "nan" in got[0]["error"] and "sample-3, sample-4" in got[0]["error"]
     assert "rank 0" not in got[0]["error"] and "solver.on_nonfinite=skip_step" in got[0]["error"]
     assert got[0]["unchanged"] and got[1]["unchanged"]
 
 
-def test_with_skip_step_every_rank_keeps_its_weights_moves_the_schedule_and_trains_on():
-    got = two_ranks("skip_step")
+def test_with_skip_step_every_rank_keeps_its_weights_moves_the_schedule_and_trains_on(tmp_path):
+    got = two_ranks("skip_step", tmp_path)
     for rank in (0, 1):
         assert got[rank]["losses"] == {} and got[rank]["lr_moved"] and got[rank]["unchanged"]
         assert got[rank]["after"]["loss"] > 0 and torch.isfinite(torch.tensor(got[rank]["after"]["loss"]))

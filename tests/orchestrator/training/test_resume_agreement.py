@@ -1,48 +1,52 @@
 """Resuming on several ranks: whatever rank 0 meets while finding the checkpoint (a damaged folder,
 storage it cannot reach), every rank raises it at once; none is left in the broadcast."""
-import multiprocessing
+import json
 import os
+import socket
+import subprocess
+import sys
 
-from ...conftest import free_port
 
+def resume_on_rank(rank, port, folder, out):
+    """One rank, in its own interpreter (a fork of pytest's process, Ray's threads in it, can hang in gloo)."""
+    import datetime
 
-def resume_on_rank(rank, port, folder, answers):
     import torch.distributed as dist
 
     from maskx.orchestrator.training.worker import agreed_resume_state
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        os.environ.pop(name, None)
-    # No credentials anywhere: rank 0's listing fails at once with a StorageError (an OSError).
-    os.environ.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
-                      AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")
-    import datetime
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     try:
         agreed_resume_state(folder, None, rank)
-        answers.put((rank, "no error"))
+        answer = "no error"
     except Exception as exc:
-        answers.put((rank, f"{type(exc).__name__}: {exc}"))
+        answer = f"{type(exc).__name__}: {exc}"
     finally:
         dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(answer, f)
 
 
-def test_an_error_on_rank_0_that_is_not_a_value_error_is_every_rank_s():
-    context = multiprocessing.get_context("fork")
-    answers = context.Queue()
-    port = free_port()
-    ranks = [context.Process(target=resume_on_rank, args=(rank, port, "s3://runs/run-1", answers)) for rank in (0, 1)]
-    for process in ranks:
-        process.start()
+def test_an_error_on_rank_0_that_is_not_a_value_error_is_every_rank_s(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "answer")
+    # No credentials anywhere: rank 0's listing fails at once with a StorageError (an OSError).
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    environment.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
+                       AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_resume_agreement as t; "
+            f"t.resume_on_rank(int(sys.argv[1]), {port}, 's3://runs/run-1', {out!r})")
+    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)], env=environment) for rank in (0, 1)]
     try:
-        for process in ranks:
-            process.join(timeout=50)  # under the collective's 60 s: a stranded rank would still be waiting
-        assert all(p.exitcode == 0 for p in ranks), [p.exitcode for p in ranks]
+        # Under the collective's 60 s: a rank stranded in the broadcast would still be waiting.
+        assert [rank.wait(timeout=50) for rank in ranks] == [0, 0]
     finally:
-        for process in ranks:
-            process.kill()
-    got = dict(answers.get(timeout=5) for _ in ranks)
+        for rank in ranks:
+            rank.kill()
+    got = {rank: json.load(open(f"{out}.{rank}")) for rank in (0, 1)}
     assert got[0] == got[1] == "ValueError: StorageError: s3://runs/run-1: no AWS credentials found " \
                                "(environment, config file or instance role)", got
