@@ -293,10 +293,18 @@ def test_a_killed_driver_is_continued_by_resume_from_its_newest_complete_checkpo
     ours = ray.get_runtime_context().get_job_id()
 
     def train_actors_alive():
-        return [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")])
-                if a.class_name in ("TrainController", "RayTrainWorker") and a.job_id != ours]
+        """The killed run's controller and workers that Ray calls alive, or whose process has not exited
+        yet: Ray marks an actor dead before its process is gone, and a worker finishing its checkpoint
+        write in that moment made a checkpoint complete after this test had read the folder."""
+        alive = []
+        for actor in list_actors(detail=True, limit=10000):
+            if actor.class_name not in ("TrainController", "RayTrainWorker") or actor.job_id == ours:
+                continue
+            if actor.state == "ALIVE" or (actor.pid and os.path.exists(f"/proc/{actor.pid}")):
+                alive.append(f"{actor.class_name} {actor.state} pid {actor.pid}")
+        return alive
 
-    wait_until(lambda: not train_actors_alive(), "the killed run's controller and workers gone",
+    wait_until(lambda: not train_actors_alive(), "the killed run's controller and workers gone, processes too",
                details=lambda: str(train_actors_alive()), timeout=120, interval=0.5)
     newest_complete = run_folder.resume_state(str(folder))[1]["iteration"]
     recorded = json.loads((folder / MLFLOW_RUN_FILE).read_text())["run_id"]
