@@ -70,15 +70,15 @@ class BackgroundScoring:
                 log.warning("evaluation of iteration %d failed in its COCOeval task: %s", iteration, exc)
                 results.append((iteration, None))
             del self.shares[iteration]
+        self.pending = [p for p in self.pending if p[1] not in done]
         if wait:
-            for iteration, task in [p for p in self.pending if p[1] not in done]:
+            for iteration, task in self.pending:
                 log.warning("the COCOeval task of iteration %d did not end within %.0f s (eval_wait_s): cancelled, "
                             "scored here", iteration, self.wait_s)
                 ray.cancel(task, force=True)
                 results.append((iteration, score_shares(self.shares.pop(iteration), self.vocab, self.set_a,
                                                         self.backend, self.error_analysis)))
             self.pending = []
-        self.pending = [p for p in self.pending if p[1] not in done]
         return sorted(results, key=lambda result: result[0])
 
 
