@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,20 @@ def create_exclusive(url: str, payload: bytes) -> bool:
     """Write `payload` to `url` only if nothing is there: True if this call created it, False if it
     existed (locally O_EXCL; on S3 a conditional put, If-None-Match: *). Two writers racing: one wins."""
     if not is_s3(url):
-        os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
+        # Written whole beside it, then hard-linked into place: link() fails if the name exists, and
+        # a reader never sees the file half written (O_EXCL alone leaves a moment where it is empty).
+        folder = os.path.dirname(os.path.abspath(url))
+        os.makedirs(folder, exist_ok=True)
+        descriptor, tmp = tempfile.mkstemp(dir=folder, prefix=".exclusive-")
         try:
-            descriptor = os.open(url, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(descriptor, "wb") as f:
+                f.write(payload)
+            os.chmod(tmp, 0o644)
+            os.link(tmp, url)
         except FileExistsError:
             return False
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(payload)
+        finally:
+            os.unlink(tmp)
         return True
     from botocore.exceptions import ClientError
 

@@ -203,7 +203,8 @@ def claims_of(folder):
             run_folder.write_mlflow_run(folder, run_id, "http://tracking")
             return run_id
         except FileExistsError as exc:
-            assert "another driver started a run in it just now" in str(exc)
+            # The loser reads the winner's record at once: it must be whole, never half written.
+            assert "another driver started a run in it just now (MLflow run run-" in str(exc)
             return None
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -215,8 +216,11 @@ def test_a_new_run_never_continues_another(tmp_path):
     """Generated names differ within one second; a run folder is claimed by one MLflow run only."""
     names = {run_folder.new_run_name("tiny-cpu") for _ in range(50)}
     assert len(names) == 50 and all(name.startswith("tiny-cpu-") for name in names)
-    won = claims_of(str(tmp_path / "run"))
-    assert len(won) == 1 and run_folder.read_mlflow_run(str(tmp_path / "run")) == won[0]
+    for attempt in range(20):
+        folder = str(tmp_path / f"run-{attempt}")
+        won = claims_of(folder)
+        assert len(won) == 1 and run_folder.read_mlflow_run(folder) == won[0]
+        assert os.listdir(folder) == [run_folder.MLFLOW_RUN_FILE]
 
 
 @pytest.mark.integration
