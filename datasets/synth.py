@@ -13,11 +13,13 @@ blob on a plain background that any head segments from contrast alone.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -171,34 +173,47 @@ def _bbox(polygons) -> list[float]:
     return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
 
 
-def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int, occlusion: bool = False) -> str:
+def write_coco_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int, classes,
+                     draw_scene: Callable) -> str:
+    """out/coco/SPLIT/*.jpg and its annotations file: `draw_scene(rng, width, height)` draws one image
+    and returns it with its objects' (class, annotation fields)."""
     images_dir = os.path.join(out, "coco", split)
     os.makedirs(images_dir, exist_ok=True)
     images, annotations = [], []
     for i in range(num_images):
         image_id = first_id + i
         width, height = rng.choice([(160, 128), (192, 144), (144, 144)])
-        objects = []
-        count = rng.randint(2, 4) if occlusion else rng.randint(1, 3)
-        for x, y, w, h in place_boxes(rng, width, height, count, max_iou=0.5 if occlusion else None):
-            synth_class = rng.choice(COCO_SYNTH)
-            objects.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
-        if occlusion:
-            shown = visible_masks(objects, width, height)
-            objects = [(synth_class, polygons) for synth_class, polygons, _ in shown]
-            labels = [(synth_class, rle_annotation(visible)) for synth_class, _, visible in shown]
-        else:
-            labels = []
-            for synth_class, polygons in objects:
-                bbox = _bbox(polygons)
-                labels.append((synth_class, {"bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "segmentation": polygons}))
+        image, labels = draw_scene(rng, width, height)
         file_name = f"{image_id:012d}.jpg"
-        _draw_image(rng, width, height, objects).save(os.path.join(images_dir, file_name), quality=90)
+        image.save(os.path.join(images_dir, file_name), quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 0})
         for synth_class, label in labels:
             annotations.append({"id": len(annotations) + first_id * 10, "image_id": image_id,
                                 "category_id": synth_class.coco_id, "iscrowd": 0, **label})
-    return write_coco_annotations(out, split, images, annotations, COCO_SYNTH)
+    return write_coco_annotations(out, split, images, annotations, classes)
+
+
+def _coco_scene(rng: random.Random, width: int, height: int, occlusion: bool):
+    objects = []
+    count = rng.randint(2, 4) if occlusion else rng.randint(1, 3)
+    for x, y, w, h in place_boxes(rng, width, height, count, max_iou=0.5 if occlusion else None):
+        synth_class = rng.choice(COCO_SYNTH)
+        objects.append((synth_class, shape_polygons(synth_class.shape, x, y, w, h)))
+    if occlusion:
+        shown = visible_masks(objects, width, height)
+        objects = [(synth_class, polygons) for synth_class, polygons, _ in shown]
+        labels = [(synth_class, rle_annotation(visible)) for synth_class, _, visible in shown]
+    else:
+        labels = []
+        for synth_class, polygons in objects:
+            bbox = _bbox(polygons)
+            labels.append((synth_class, {"bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "segmentation": polygons}))
+    return _draw_image(rng, width, height, objects), labels
+
+
+def _write_coco_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int, occlusion: bool = False) -> str:
+    scene = functools.partial(_coco_scene, occlusion=occlusion)
+    return write_coco_split(out, split, num_images, rng, first_id, COCO_SYNTH, scene)
 
 
 def write_coco_annotations(out: str, split: str, images: list[dict], annotations: list[dict], classes) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .synth import (SynthClass, box_iou, place_boxes, rle_annotation, shape_polygons, shard_synthetic, visible_masks,
-                    write_coco_annotations)
+                    write_coco_split)
 from .vocab import COCO_CATEGORIES, VOC_COCO_IDS
 
 # Shapes whose masks stay distinct inside a tight box (not ellipse vs disk, not bar vs square).
@@ -90,21 +90,12 @@ def _draw(rng: random.Random, width: int, height: int, objects, blobs: tuple[int
 
 def _write_split(out: str, split: str, num_images: int, rng: random.Random, first_id: int, same_colour: float,
                  blobs: tuple[int, int], noise_std: float) -> str:
-    images_dir = os.path.join(out, "coco", split)
-    os.makedirs(images_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        image_id = first_id + i
-        width, height = rng.choice([(160, 128), (192, 144), (144, 144)])
+    def draw_scene(rng, width, height):
         shown = visible_masks(_scene(rng, width, height, same_colour), width, height)
-        objects = [(family, polygons) for family, polygons, _ in shown]
-        file_name = f"{image_id:012d}.jpg"
-        _draw(rng, width, height, objects, blobs, noise_std).save(os.path.join(images_dir, file_name), quality=90)
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height, "license": 0})
-        for family, _, visible in shown:
-            annotations.append({"id": len(annotations) + first_id * 10, "image_id": image_id,
-                                "category_id": family.coco_id, "iscrowd": 0, **rle_annotation(visible)})
-    return write_coco_annotations(out, split, images, annotations, FAMILY_CLASSES)
+        image = _draw(rng, width, height, [(family, polygons) for family, polygons, _ in shown], blobs, noise_std)
+        return image, [(family, rle_annotation(visible)) for family, _, visible in shown]
+
+    return write_coco_split(out, split, num_images, rng, first_id, FAMILY_CLASSES, draw_scene)
 
 
 def write_families(out: str, train_images: int = 1600, val_images: int = 300, seed: int = 0, same_colour: float = 0.5,
