@@ -19,7 +19,9 @@ def _norm_layer(norm: str):
         return FrozenBatchNorm2d
     if norm == "bn":
         return nn.BatchNorm2d
-    return lambda channels: nn.GroupNorm(32, channels)
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(32, channels)
+    raise ValueError(f"model.backbone.norm: {norm!r} is not one of 'frozen_bn', 'bn', 'gn'")
 
 
 def load_backbone_weights(body: resnet.ResNet, path: str) -> None:

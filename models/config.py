@@ -5,11 +5,14 @@ takes plain arguments.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-NORMS = ("frozen_bn", "bn", "gn", "none")
+NORMS = ("frozen_bn", "bn", "gn")
+# Old names kept working (with a warning): "none" always built GroupNorm, as "gn" does.
+RENAMED_NORMS = {"none": "gn"}
 CLASSIFIER_LOSSES = ("ce", "focal")
 MASK_HEAD_MODES = ("class_specific", "class_agnostic", "class_agnostic+mlp", "transfer", "transfer+mlp")
 TRANSFER_INPUTS = ("cls", "box", "cls+box", "randn")
@@ -37,9 +40,9 @@ class BackboneConfig:
     __pydantic_config__ = _STRICT
     name: str = "resnet50"
     fpn_channels: int = 256
-    # frozen_bn: the BN statistics of the ImageNet weights, frozen (Detectron; needs `weights`). gn or
-    # bn train from scratch. none: no normalization at all, for the tiny CPU configs that train a
-    # ResNet-18 from scratch on 128 px images (what frozen_bn without weights amounted to).
+    # frozen_bn: the BN statistics of the ImageNet weights, frozen (Detectron; needs `weights`).
+    # gn: GroupNorm(32), trains from scratch at any batch (the tiny CPU configs). bn: BatchNorm, synced
+    # across the GPUs of a run (SyncBatchNorm), per process on CPU.
     norm: str = "frozen_bn"
     trainable_layers: int = 3
     # A local state dict of the ResNet body (torchvision key names). Never downloaded.
@@ -52,6 +55,10 @@ class BackboneConfig:
 
     def validate(self, where: str = "model.backbone") -> None:
         _check_choice(f"{where}.name", self.name, BACKBONES)
+        if self.norm in RENAMED_NORMS:
+            warnings.warn(f"{where}.norm: {self.norm!r} is now called {RENAMED_NORMS[self.norm]!r} (it always built "
+                          f"GroupNorm); write {RENAMED_NORMS[self.norm]!r}", FutureWarning, stacklevel=2)
+            self.norm = RENAMED_NORMS[self.norm]
         _check_choice(f"{where}.norm", self.norm, NORMS)
         if not 0 <= self.trainable_layers <= 5:
             raise ValueError(f"{where}.trainable_layers: {self.trainable_layers} is not in 0..5")

@@ -126,6 +126,10 @@ class ScalingConfig:
         bounds = self.num_workers if isinstance(self.num_workers, list) else [self.num_workers] * 2
         if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
             raise ValueError(f"scaling.num_workers: an int >= 1 or [min, max] with 1 <= min <= max, got {self.num_workers}")
+        # NCCL cannot put two ranks of one group on one GPU: a fraction would place two workers on one.
+        if self.use_gpu and (self.gpus_per_worker < 1 or self.gpus_per_worker != int(self.gpus_per_worker)):
+            raise ValueError(f"scaling.gpus_per_worker: a whole number >= 1 with use_gpu (each worker is one rank "
+                             f"on its own GPU), got {self.gpus_per_worker}")
 
     @property
     def elastic(self) -> bool:

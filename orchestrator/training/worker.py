@@ -26,6 +26,7 @@ from ..serving.evaluation import Evaluation
 from ..serving.tracking import TrackedRun, Tracking
 from .init_from import initialize_from
 from .metric_logger import MetricLogger
+from .parallel import ddp_options, sync_batch_norm
 from .step import NonFiniteLoss, build_lr_scheduler, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class Worker:
         self.device = ray.train.torch.get_device()
         cfg = job.setup.config
         torch.manual_seed(cfg.seed + self.rank)
-        self.model = build_model(cfg.model).to(self.device)  # bare: what checkpoints and evaluation take
+        # bare: what checkpoints and evaluation take
+        self.model = sync_batch_norm(build_model(cfg.model), self.device.type, self.world_size).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
         self.state = TrainState()
@@ -66,10 +68,7 @@ class Worker:
         self.previous_world_size = self.state.world_size if self.resumed else None
         self.state.plan, self.state.world_size = self.setup.plan, self.world_size
         self.layout = self.setup.layout(self.world_size)
-        # Every trainable parameter takes part in every step, also on VG batches without a mask (the
-        # mask loss keeps the mask branch in the graph at zero weight; tests/models/test_partial_supervision.py),
-        # so DDP needs no search for unused parameters after each backward.
-        self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs={"find_unused_parameters": False})
+        self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs=ddp_options(self.model))
         self.metric_logger = MetricLogger(self.mlflow_run, in_training_process=True) if self.rank == 0 else None
         # What the current step did, for the hooks: the step, its losses, the latest logged training
         # metrics; whether the model was evaluated after it, the evaluation when scored at once (it

@@ -110,6 +110,36 @@ def test_elastic_worker_counts():
             load_config(TINY, [f"scaling.num_workers={bad}"])
 
 
+def test_a_gpu_worker_takes_whole_gpus():
+    """NCCL cannot run two ranks of one group on one GPU: a fraction is refused with use_gpu, not at the first all-reduce."""
+    assert load_config(TINY, ["scaling.use_gpu=true", "scaling.gpus_per_worker=2"]).scaling.gpus_per_worker == 2
+    assert load_config(TINY, ["scaling.gpus_per_worker=0.5"]).scaling.gpus_per_worker == 0.5  # CPU workers: unused
+    for bad in ("0.5", "1.5", "0"):
+        with pytest.raises(ConfigError, match=rf"scaling.gpus_per_worker: a whole number >= 1 with use_gpu.*got {bad}"):
+            load_config(TINY, ["scaling.use_gpu=true", f"scaling.gpus_per_worker={bad}"])
+
+
+def test_norm_none_is_read_as_gn_with_a_warning_because_it_always_built_group_norm():
+    import torch
+
+    from maskx.models import build_model
+
+    with pytest.warns(FutureWarning, match=r"model.backbone.norm: 'none' is now called 'gn' \(it always built GroupNorm\)"):
+        old = load_config(TINY, ["model.backbone.norm=none"])
+    assert old.model.backbone.norm == "gn"
+    new = load_config(TINY)
+    assert new.model.backbone.norm == "gn"
+    torch.manual_seed(0)
+    old_weights = build_model(old.model).state_dict()
+    torch.manual_seed(0)
+    model = build_model(new.model)
+    assert model.state_dict().keys() == old_weights.keys()  # checkpoints of `none` runs load as they are
+    assert all(torch.equal(old_weights[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.backbone.body.bn1, torch.nn.GroupNorm)
+    with pytest.raises(ConfigError, match=r"model.backbone.norm: 'layer' is not one of 'frozen_bn', 'bn', 'gn'"):
+        load_config(TINY, ["model.backbone.norm=layer"])
+
+
 def test_a_repeat_threshold_outside_0_1_is_an_error_naming_it():
     assert load_config(TINY).data.repeat_threshold is None  # off unless asked for
     assert load_config(TINY, ["data.repeat_threshold=0.001"]).data.repeat_threshold == 0.001

@@ -18,6 +18,7 @@ from maskx.datasets.partitions import DataPlan, EpochLayout
 from maskx.datasets.transforms import Augmentation
 from maskx.models import BackboneConfig, MaskHeadConfig, ModelConfig, build_model
 from maskx.orchestrator.config import SolverConfig
+from maskx.orchestrator.training.parallel import ddp_options
 from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer, train_step
 
 SIDE = 128  # every image the same size: a batch pads its images to the largest, and padding shows at the borders
@@ -27,7 +28,7 @@ SET_A = [1, 2]
 def model_config(normalization: str) -> ModelConfig:
     return ModelConfig(
         num_classes=5, mask_classes=SET_A, loss_normalization=normalization,
-        backbone=BackboneConfig(name="resnet18", fpn_channels=16, norm="none", trainable_layers=5),
+        backbone=BackboneConfig(name="resnet18", fpn_channels=16, norm="gn", trainable_layers=5),
         mask_head=MaskHeadConfig(mode="transfer+mlp", conv_channels=16, num_convs=1, mlp_input="reduced", mlp_channels=4),
         min_size=SIDE, max_size=SIDE + 1, anchor_sizes=[16, 32, 64, 128, 256], box_head_dim=32,
         rpn_batch_size_per_image=64, box_batch_size_per_image=32,  # a real draw from each image's candidates
@@ -116,7 +117,7 @@ def run_rank(rank: int, world_size: int, port: int, cut: list[list[int]], out: s
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     layout = EpochLayout(DataPlan(global_batch=4, partitions=4), world_size=world_size, batch_size=2)
     mine = [part for part in cut if layout.rank_of(part[0]) == rank]
-    grad, losses = step("step", mine, layout=layout, model=lambda bare: torch.nn.parallel.DistributedDataParallel(bare))
+    grad, losses = step("step", mine, layout=layout, model=lambda bare: torch.nn.parallel.DistributedDataParallel(bare, **ddp_options(bare)))
     torch.save({"grad": grad, "losses": losses, "images": sum(len(part) for part in mine)}, f"{out}.{rank}")
     dist.destroy_process_group()
 
