@@ -3,7 +3,7 @@
 Runs where only the repository arrives and Ray and MLflow are absent: torch, torchvision and maskx's
 own data code (webdataset, pycocotools). Sample data is read from `--data` (default `.gpu-data/`,
 which git ignores: `make gpu-data` copies ../shared/data/coco-tiny there before the repository is
-sent). Four parts, side by side in one process:
+sent). Five parts, side by side in one process:
 
 1. model train step, maskx vs torchvision Mask R-CNN on the same batch (bench/model_step.py):
    s/iter, img/s, peak memory, at 81 and 3081 classes;
@@ -11,7 +11,9 @@ sent). Four parts, side by side in one process:
 3. a single-process training loop over real shards built from the sample (the backbone trained
    from scratch with batch norm: no ImageNet weights travel there): end-to-end img/s, the
    time a step waits for the loader, GPU utilization when nvidia-smi answers;
-4. the data path: JPEG decode and resize to training size on the device vs on the CPU.
+4. the data path: JPEG decode and resize to training size on the device vs on the CPU;
+5. what the backbone saves for backward under bf16 autocast with maskx's FrozenBatchNorm vs
+   torchvision's (bench/frozen_bn_memory.py).
 
     python bench/gpu_report.py --device cuda --write     # R-50-FPN, 1333x800, batch 8, bf16
     python bench/gpu_report.py --tiny                    # tiny sizes (always on a CPU): what the test runs
@@ -226,6 +228,12 @@ def data_path_rows(args) -> list[tuple[str, str]]:
     return rows
 
 
+def frozen_bn_rows(args) -> list[tuple[str, str]]:
+    from frozen_bn_memory import rows  # bench/ is the script's folder
+
+    return rows(args.device, args.backbone, args.batch, args.size, args.max_size)
+
+
 def measured(part: str, measure, *args) -> list[tuple[str, str]]:
     """One part's rows, printed as they come; a part that fails gives a row saying why and the others
     still run (a lent GPU is minutes of one session: one failure must not lose the other figures)."""
@@ -275,6 +283,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="maskx-gpu-report-") as workdir:
         rows += measured("training loop", training_loop_rows, args, workdir)
     rows += measured("data path", data_path_rows, args)
+    rows += measured("frozen BN memory", frozen_bn_rows, args)
     width = max(len(name) for name, _ in rows)
     for name, figure in rows:
         print(f"{name:{width}}  {figure}")

@@ -14,9 +14,20 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 _LAYERS_BY_TRAINABLE = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 
 
+class DtypeKeepingFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (the same buffers), computed in its input's dtype, as detectron2's.
+    torchvision's multiplies by float32 statistics, so under bf16 autocast every one returned float32:
+    the whole ResNet's elementwise path, activations and what backward keeps of them, at twice the bytes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + bias.to(x.dtype).reshape(1, -1, 1, 1)
+
+
 def _norm_layer(norm: str):
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d
+        return DtypeKeepingFrozenBatchNorm2d
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "gn":

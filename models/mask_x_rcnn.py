@@ -5,11 +5,9 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
-from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -18,7 +16,7 @@ from .config import ClassifierLossConfig, MaskHeadConfig, ModelConfig
 from .losses import sigmoid_prior_bias, softmax_prior_bias
 from .mask_head import ClassAgnosticMaskWeights, ClassSpecificMaskWeights, MaskXPredictor, MLPMaskBranch
 from .roi_heads import MaskXRoIHeads
-from .rpn import MaskXRPN
+from .rpn import Float32AnchorGenerator, Float32RPNHead, MaskXRPN
 from .transfer import RandomClassEmbedding, TransferredMaskWeights, WeightTransfer, det_weights_dim
 
 FPN_LEVELS = ["0", "1", "2", "3"]
@@ -156,8 +154,8 @@ def build_model(cfg: ModelConfig) -> MaskXRCNN:
     backbone = resnet_fpn_backbone(bb.name, bb.fpn_channels, bb.norm, bb.trainable_layers, bb.weights)
     channels = backbone.out_channels
 
-    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
-    rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0])
+    anchors = Float32AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+    rpn_head = Float32RPNHead(channels, anchors.num_anchors_per_location()[0])
     if cfg.rpn_loss.kind == "focal":
         nn.init.constant_(rpn_head.cls_logits.bias, sigmoid_prior_bias(cfg.rpn_loss.prior_prob or RPN_POSITIVE_FRACTION))
     rpn = MaskXRPN(

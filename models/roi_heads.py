@@ -97,10 +97,16 @@ class MaskXRoIHeads(RoIHeads):
             has_mask = torch.ones_like(target["labels"], dtype=torch.bool)
         return has_mask.bool() & self.is_set_a[target["labels"]]
 
+    def box_outputs(self, box_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and box deltas in float32 whatever the autocast: the boxes decoded from them
+        and the losses on them keep float32's precision (see rpn.py)."""
+        class_logits, box_regression = self.box_predictor(box_features)
+        return class_logits.float(), box_regression.float()
+
     def mask_logits(self, features, proposals, image_shapes, class_ids):
         mask_features = self.mask_roi_pool(features, proposals, image_shapes)
         mask_features = self.mask_head(mask_features)
-        return self.mask_predictor(mask_features, class_ids, self.box_predictor)
+        return self.mask_predictor(mask_features, class_ids, self.box_predictor).float()
 
     def mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> torch.Tensor:
         """BCE over positives matched to a has_mask instance; exactly 0 when there are none.
@@ -157,14 +163,14 @@ class MaskXRoIHeads(RoIHeads):
             losses = {}
             if self.box_head_trains:
                 box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-                class_logits, box_regression = self.box_predictor(box_features)
+                class_logits, box_regression = self.box_outputs(box_features)
                 losses["loss_classifier"], losses["loss_box_reg"] = self.fastrcnn_loss(
                     class_logits, box_regression, labels, regression_targets)
             losses["loss_mask"] = self.mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
             return [], losses
 
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
+        class_logits, box_regression = self.box_outputs(box_features)
 
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
         result = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, labels, scores)]

@@ -1,15 +1,39 @@
 """torchvision's RPN with a configurable objectness loss (cross-entropy or focal) and normalizer, and
-the training proposals kept per image (torchvision) or per batch (the official FPN collect)."""
+the training proposals kept per image (torchvision) or per batch (the official FPN collect).
+
+Box geometry stays float32 under autocast. torchvision makes anchors in the feature maps' dtype and
+decodes proposals in the head's, which under bf16 autocast is bf16: 8 bits of mantissa, so between
+1024 and 2048 px a coordinate can only be a multiple of 8 (anchors off by up to 7 px, regression
+targets of small boxes wrong, NMS's per-level offsets flipping suppression). Here the anchors are
+float32 and the head's outputs are cast to float32 before anything decodes or scores them; every box
+after them (proposals, RoIs, regression targets, the mask targets' RoIs) follows in float32."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from .losses import objectness_loss
 from .sampling import RPN_STREAM, SeededSampler, sampling_seeds
+
+
+class Float32AnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, always float32 (the feature maps only give their grid sizes and device)."""
+
+    def forward(self, image_list, feature_maps):
+        grids = [torch.empty((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
+        return super().forward(image_list, grids)
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head (the same parameters), its objectness and box deltas returned in float32."""
+
+    def forward(self, x):
+        logits, bbox_reg = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in bbox_reg]
 
 
 class MaskXRPN(RegionProposalNetwork):

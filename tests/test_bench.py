@@ -34,7 +34,7 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("model step, 11 classes: maskx / torchvision", "inference, 11 classes: maskx / torchvision",
                 "training loop, 3 iterations", "img/s end to end",
-                "JPEG decode + resize to 128 px on cpu"):
+                "JPEG decode + resize to 128 px on cpu", "backbone under bf16 autocast, FrozenBN maskx / torchvision"):
         assert row in result.stdout
     assert "failed:" not in result.stdout, result.stdout
 
