@@ -255,6 +255,11 @@ class TrainConfig:
     # then is cancelled and scored in rank 0 (a task that never got its CPUs would otherwise hold the
     # run's end forever).
     eval_wait_s: float = 600.0
+    # How long the other ranks wait while rank 0 alone scores an evaluation (inline, and the last one,
+    # after its eval_wait_s). They wait in a gloo barrier of their own, outside NCCL's
+    # scaling.collective_timeout_s, whose watchdog would otherwise end the run while rank 0 is still
+    # in COCOeval (minutes at COCO val's size with the error analysis). A rank 0 that dies is found by Ray.
+    eval_timeout_s: float = 14400.0
     # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
     # docs/benchmarks.md) or pycocotools' own.
     eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
@@ -283,6 +288,9 @@ class TrainConfig:
             raise ValueError(f"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got {self.eval_cpus}")
         if self.eval_wait_s <= 0:
             raise ValueError(f"eval_wait_s: seconds the last step waits for background COCOeval, > 0; got {self.eval_wait_s}")
+        if self.eval_timeout_s <= self.eval_wait_s:
+            raise ValueError(f"eval_timeout_s: seconds the other ranks wait for rank 0's scoring, more than eval_wait_s "
+                             f"({self.eval_wait_s}); got {self.eval_timeout_s}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -187,12 +187,19 @@ class PeriodicEvaluation(Hook):
                     self.log(worker, evaluation, iteration, log_line(evaluation.metrics, iteration))
         if not (cfg.data.val and worker.due(cfg.eval_every)):
             return
+        # Whether rank 0 scores this one alone while the others wait (every rank reads it from the config).
+        background = bool(cfg.eval_every) and cfg.eval_mode == "background"
+        inline = worker.last or not background
+        if worker.last and background:
+            worker.wait_for_rank0()  # rank 0 waited up to eval_wait_s for the background tasks above
         worker.evaluated = True
         share = predict_on_shards(worker.model, worker.setup.val_sources, worker.setup.vocab,
                                   batch_size=cfg.eval_batch_size, device=worker.device, rank=worker.rank,
                                   world_size=worker.world_size)
         shares = worker.gather_to_rank0(share)
         if shares is None:  # not rank 0
+            if inline:
+                worker.wait_for_rank0()
             return
         if self.examples and self.examples.samples and not self.logged_before(worker, worker.iteration):
             detections, title = self.examples.predictions(worker.model, worker.device), title_of(worker.iteration)
@@ -204,6 +211,7 @@ class PeriodicEvaluation(Hook):
                                          cfg.eval_error_analysis)
         worker.scored.append((worker.iteration, worker.evaluation))
         self.log(worker, worker.evaluation, worker.iteration, log_line(worker.evaluation.metrics))
+        worker.wait_for_rank0()
 
     def after_train(self, worker: Worker) -> None:
         if self.figures is not None:

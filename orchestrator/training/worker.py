@@ -4,6 +4,7 @@ step did. The train loop runs its steps; the hooks (`hooks.py`) read and add to 
 """
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -69,6 +70,7 @@ class Worker:
         self.state.plan, self.state.world_size = self.setup.plan, self.world_size
         self.layout = self.setup.layout(self.world_size)
         self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs=ddp_options(self.model))
+        self.rank0_wait_group = rank0_wait_group(self.world_size, cfg.eval_timeout_s)
         self.metric_logger = MetricLogger(self.mlflow_run, in_training_process=True) if self.rank == 0 else None
         # What the current step did, for the hooks: the step, its losses, the latest logged training
         # metrics; whether the model was evaluated after it, the evaluation when scored at once (it
@@ -138,6 +140,12 @@ class Worker:
     def collective_device(self) -> torch.device:
         return self.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
 
+    def wait_for_rank0(self) -> None:
+        """Every rank meets here after rank 0 alone did what may outlast the collective timeout (scoring
+        an evaluation): see `rank0_wait_group`. Every rank must call it, rank 0 when it is done."""
+        if self.rank0_wait_group is not None:
+            dist.barrier(group=self.rank0_wait_group)
+
     def gather_to_rank0(self, obj) -> Optional[list]:
         """Every rank's `obj` on rank 0 (in rank order), None on the others."""
         if self.world_size == 1 or not dist.is_initialized():
@@ -172,6 +180,15 @@ class Worker:
             self.mlflow_run.set_tags({INIT_FROM_TAG: taken})
         except Exception as exc:  # the server is down: the log line above says it too
             log.warning("MLflow unreachable (%s): %s is not tagged", type(exc).__name__, INIT_FROM_TAG)
+
+
+def rank0_wait_group(world_size: int, timeout_s: float) -> Optional[dist.ProcessGroup]:
+    """A gloo group for the ranks to wait in while rank 0 works alone: with NCCL, a rank waiting in a
+    collective past `scaling.collective_timeout_s` is ended by NCCL's watchdog; a gloo barrier with its
+    own timeout (`eval_timeout_s`) holds no NCCL operation. Made by every rank at once (new_group is collective)."""
+    if world_size == 1 or not dist.is_initialized():
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def agreed_resume_state(folder: str, offered: Optional[ray.train.Checkpoint], rank: int) -> Optional[dict]:
