@@ -42,11 +42,18 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/data_stream.py
 
 # The lent GPU machine receives the repository only: copy the sample data into it first (git ignores
-# .gpu-data/), then run gpu-report there. It needs torch and torchvision; maskx needs no install.
+# .gpu-data/), with the wheels of maskx's data and config dependencies for its image's Python (3.12;
+# nothing can be downloaded there), then run gpu-report there (carry .gpu-data). It uses the image's
+# torch and torchvision; maskx needs no install.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_IMAGE_PYTHON ?= 3.12
+GPU_WHEELS := webdataset braceexpand pycocotools ijson pydantic pydantic-core annotated-types typing-inspection
 
 gpu-data:
 	mkdir -p .gpu-data && cp -r ../shared/data/coco-tiny .gpu-data/
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_IMAGE_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-c constraints.txt -d .gpu-data/wheels $(GPU_WHEELS)
 
 gpu-report:
 	$(GPU_PYTHON) bench/gpu_report.py --write

@@ -1,9 +1,10 @@
 """`make gpu-report`: the figures maskx needs from a lent GPU, from one command, with no edit.
 
-Runs where only the repository arrives and Ray and MLflow are absent: torch, torchvision and maskx's
-own data code (webdataset, pycocotools). Sample data is read from `--data` (default `.gpu-data/`,
-which git ignores: `make gpu-data` copies ../shared/data/coco-tiny there before the repository is
-sent). Five parts, side by side in one process:
+Runs where only the repository arrives and Ray and MLflow are absent: the machine's torch and
+torchvision, maskx from this checkout (an installed maskx elsewhere is refused), and the wheels of
+maskx's data and config code (webdataset, pycocotools, ijson, pydantic) for the image's Python,
+which `make gpu-data` puts in .gpu-data/wheels beside the sample (git ignores .gpu-data/; ~21 MB
+with ../shared/data/coco-tiny, under the 64 MiB that travels). Five parts, side by side in one process:
 
 1. model train step, maskx vs torchvision Mask R-CNN on the same batch (bench/model_step.py):
    s/iter, img/s, peak memory, at 81 and 3081 classes;
@@ -18,7 +19,9 @@ sent). Five parts, side by side in one process:
     python bench/gpu_report.py --device cuda --write     # R-50-FPN, 1333x800, batch 8, bf16
     python bench/gpu_report.py --tiny                    # tiny sizes (always on a CPU): what the test runs
 
-`--write` adds the table, date, device and command to docs/benchmarks.md.
+`--write` adds the table, date, device and command to $OUT/gpu-report.md on the lent machine (what
+comes back from it), to docs/benchmarks.md elsewhere, or to `--out`. Each part prints its wall time:
+the whole report must fit the lent minutes (under 5).
 """
 from __future__ import annotations
 
@@ -41,12 +44,32 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".gpu-data" / "coco-tiny"
 
 
+def make_dependencies_importable(data: str) -> None:
+    """maskx's data and config code needs webdataset, pycocotools, ijson and pydantic, which the GPU
+    image lacks and cannot download: `make gpu-data` puts their wheels (for the image's Python) in
+    .gpu-data/wheels, installed here into a scratch folder on sys.path."""
+    import importlib.util
+
+    wheels = sorted(Path(data).parent.glob("wheels/*.whl"))
+    if not wheels or all(importlib.util.find_spec(name) for name in ("webdataset", "pycocotools", "ijson", "pydantic")):
+        return
+    target = tempfile.mkdtemp(prefix="maskx-gpu-site-")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--target", target, *map(str, wheels)], check=True)
+    sys.path.insert(0, target)
+
+
 def make_maskx_importable() -> None:
     """The GPU machine receives the repository, not an installed maskx: lay out `maskx.*` as links to
-    the folders (what the package-dir mapping in pyproject.toml installs) and put it on sys.path."""
+    the folders (what the package-dir mapping in pyproject.toml installs) and put it on sys.path. A
+    maskx installed from anywhere else is refused: its figures would be another code's."""
     from importlib.util import find_spec
 
     if find_spec("maskx") is not None and find_spec("maskx.models") is not None:
+        found = Path(find_spec("maskx.models").origin).resolve().parent
+        if found != (REPO / "models").resolve():
+            sys.exit(f"gpu-report: the maskx Python imports is {found.parent}, not this checkout ({REPO}): its "
+                     "figures would not be this code's. Run it where that maskx is not installed, or pip install -e .")
         return
     root = Path(tempfile.mkdtemp(prefix="maskx-import-"))
     (root / "maskx").mkdir()
@@ -98,7 +121,8 @@ def model_step_rows(args) -> list[tuple[str, str]]:
 def inference_rows(args) -> list[tuple[str, str]]:
     """Inference on a batch, maskx vs torchvision, every image with 100 detections (score threshold 0,
     the worst case: COCO evaluation's 100) and their masks pasted at image size: what one model
-    replica on one device serves (the figure batch inference at scale is planned from)."""
+    replica on one device serves (the figure batch inference at scale is planned from). In float32,
+    as maskx predict, eval and serving run (docs/training.md: no autocast at inference)."""
     from model_step import PeakMemory, synthetic_batch, torchvision_mask_rcnn
 
     from maskx.models import build_model
@@ -114,7 +138,7 @@ def inference_rows(args) -> list[tuple[str, str]]:
             model.eval().to(args.device)
             # At 3081 classes and threshold 0 one batch takes seconds (docs/benchmarks.md): few repeats.
             warmup, steps = min(args.warmup, 1), min(args.steps, 3)
-            with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp):
+            with torch.no_grad():
                 for _ in range(warmup):
                     model(images)
                 with PeakMemory(args.device) as memory:
@@ -129,7 +153,7 @@ def inference_rows(args) -> list[tuple[str, str]]:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         (ours, ours_mib, ours_dets), (tv, tv_mib, tv_dets) = timed["maskx"], timed["torchvision"]
-        rows.append((f"inference, {num_classes} classes: maskx / torchvision s/batch",
+        rows.append((f"inference (fp32), {num_classes} classes: maskx / torchvision s/batch",
                      f"{ours:.3f} / {tv:.3f} (ratio {ours / tv:.2f}); {args.batch / ours:.1f} / {args.batch / tv:.1f} img/s; "
                      f"{ours_dets:.0f} / {tv_dets:.0f} detections per image; peak {ours_mib:.0f} / {tv_mib:.0f} MiB"))
     return rows
@@ -235,24 +259,38 @@ def frozen_bn_rows(args) -> list[tuple[str, str]]:
 
 
 def measured(part: str, measure, *args) -> list[tuple[str, str]]:
-    """One part's rows, printed as they come; a part that fails gives a row saying why and the others
-    still run (a lent GPU is minutes of one session: one failure must not lose the other figures)."""
+    """One part's rows and its wall time, printed as they come; a part that fails gives a row saying
+    why and the others still run (a lent GPU is minutes of one session: one failure must not lose the
+    other figures)."""
+    start = time.perf_counter()
     try:
         rows = measure(*args)
     except Exception as exc:  # noqa: BLE001 - reported in the table, with the traceback above it
         traceback.print_exc()
         rows = [(part, f"failed: {type(exc).__name__}: {exc}")]
+    rows.append((f"{part}: wall time of the part", f"{time.perf_counter() - start:.0f} s"))
     for name, figure in rows:
         print(f"{name}  {figure}", flush=True)
     return rows
 
 
-def write_rows(rows: list[tuple[str, str]], device: str, command: str) -> None:
+def report_file(out: str) -> Path:
+    """Where --write puts the table: --out, else the lent machine's $OUT (what comes back from it: a
+    docs/ written there is lost), else docs/benchmarks.md."""
+    if out:
+        return Path(out)
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"]) / "gpu-report.md"
+    return REPO / "docs" / "benchmarks.md"
+
+
+def write_rows(rows: list[tuple[str, str]], device: str, command: str, path: Path) -> None:
     date = datetime.date.today().isoformat()
     lines = [f"\n### {date}, {device_name(device)}, torch {torch.__version__}\n", f"`{command}`\n\n",
              "| measure | figure |\n", "|---|---|\n"] + [f"| {name} | {figure} |\n" for name, figure in rows]
-    with open(REPO / "docs" / "benchmarks.md", "a") as f:
+    with open(path, "a") as f:
         f.writelines(lines)
+    print(f"table written to {path}")
 
 
 def main() -> None:
@@ -260,7 +298,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="R-18, 128 px, batch 2, a few iterations (always on a CPU)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="COCO sample: annotations/ and train2017/ (default .gpu-data/coco-tiny)")
-    parser.add_argument("--write", action="store_true", help="add the table, date, device and command to docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true", help="add the table, date, device and command to --out")
+    parser.add_argument("--out", default="", help="the file --write appends to (default $OUT/gpu-report.md where OUT "
+                                                  "is set, as on the lent machine; else docs/benchmarks.md)")
     args = parser.parse_args()
     args.tiny = args.tiny or args.device == "cpu"  # the full sizes take hours on a CPU
     # Tiny: every part's code path in seconds (CI runs it), with the CPU configs' reduced MLP input
@@ -268,12 +308,14 @@ def main() -> None:
     sizes = dict(backbone="resnet18", size=128, max_size=160, batch=2, num_classes=[11], steps=1, warmup=0,
                  iterations=3, loader_workers=0, decode_images=4, amp=False, mlp_input="reduced") if args.tiny else \
         dict(backbone="resnet50", size=800, max_size=1333, batch=8, num_classes=[81, 3081], steps=10, warmup=3,
-             iterations=300, loader_workers=6, decode_images=50, amp=args.device == "cuda", mlp_input="upsampled")
+             iterations=200, loader_workers=6, decode_images=50, amp=args.device == "cuda", mlp_input="upsampled")
     for key, value in sizes.items():
         setattr(args, key, value)
     if not (Path(args.data) / "train2017").is_dir():
         sys.exit(f"gpu-report: no sample data in {args.data}: run `make gpu-data` (copies ../shared/data/coco-tiny there)")
+    make_dependencies_importable(args.data)
     make_maskx_importable()
+    started = time.perf_counter()
     torch.manual_seed(0)
     rows = [("setup", f"{device_name(args.device)}; {args.backbone}-FPN, {args.max_size}x{args.size}, batch "
                       f"{args.batch}, {'bf16 autocast' if args.amp else 'fp32'}")]
@@ -284,13 +326,16 @@ def main() -> None:
         rows += measured("training loop", training_loop_rows, args, workdir)
     rows += measured("data path", data_path_rows, args)
     rows += measured("frozen BN memory", frozen_bn_rows, args)
+    rows.append(("gpu-report: wall time", f"{time.perf_counter() - started:.0f} s (the lent GPU's minutes: keep it under 300)"))
     width = max(len(name) for name, _ in rows)
     for name, figure in rows:
         print(f"{name:{width}}  {figure}")
-    if args.write and args.tiny:
+    destination = report_file(args.out)
+    if args.write and args.tiny and destination == REPO / "docs" / "benchmarks.md":
         print("tiny mode: nothing written to docs/benchmarks.md")
     elif args.write:
-        write_rows(rows, args.device, "python bench/gpu_report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        write_rows(rows, args.device, "python bench/gpu_report.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                   destination)
 
 
 if __name__ == "__main__":

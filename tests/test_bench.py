@@ -1,5 +1,6 @@
 """The benchmarks run (tiny sizes): a figure in docs/benchmarks.md must stay reproducible. The GPU report's
 tiny CPU mode stays in the CI lane (it is what the first lent GPU runs); the others run in the full lane."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +30,32 @@ def test_gpu_report_runs_in_its_tiny_cpu_mode(synth_paths, tmp_path):
     shutil.copy(synth_paths["coco_train_annotations"], data / "annotations" / "instances_train2017.json")
     shutil.copytree(synth_paths["coco_train_images"], data / "train2017")
     # Not -P: the script imports its sibling bench/model_step.py from its own folder.
-    result = subprocess.run([sys.executable, str(BENCH / "gpu_report.py"), "--tiny", "--device", "cpu", "--data", str(data)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "out"  # as the lent machine's $OUT: what comes back from it
+    out.mkdir()
+    result = subprocess.run([sys.executable, str(BENCH / "gpu_report.py"), "--tiny", "--device", "cpu", "--data", str(data),
+                             "--write"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OUT": str(out)})
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("model step, 11 classes: maskx / torchvision", "inference, 11 classes: maskx / torchvision",
-                "training loop, 3 iterations", "img/s end to end",
+    table = (out / "gpu-report.md").read_text()
+    for row in ("model step, 11 classes: maskx / torchvision", "inference (fp32), 11 classes: maskx / torchvision",
+                "training loop, 3 iterations", "img/s end to end", "gpu-report: wall time",
                 "JPEG decode + resize to 128 px on cpu", "backbone under bf16 autocast, FrozenBN maskx / torchvision"):
-        assert row in result.stdout
+        assert row in result.stdout and row in table
     assert "failed:" not in result.stdout, result.stdout
+
+
+def test_gpu_report_refuses_to_time_a_maskx_that_is_not_its_checkout(synth_paths, tmp_path):
+    """Copied into another folder, the report's checkout is that folder; the maskx Python imports (this
+    repository's) is another code: refused before anything is timed."""
+    import shutil
+
+    other = tmp_path / "other-checkout"
+    shutil.copytree(BENCH, other / "bench")
+    (other / ".gpu-data" / "coco-tiny" / "train2017").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(other / "bench" / "gpu_report.py"), "--tiny", "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "not this checkout" in result.stderr, result.stderr[-2000:]
+    assert "model step" not in result.stdout
 
 
 @pytest.mark.slow
