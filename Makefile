@@ -55,8 +55,11 @@ gpu-data:
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-c constraints.txt -d .gpu-data/wheels $(GPU_WHEELS)
 
+# The speed figures, then the training path's correctness smoke (finite losses, float32 proposals, host
+# syncs and GPU idle per step); on the lent machine both tables land in $OUT.
 gpu-report:
 	$(GPU_PYTHON) bench/gpu_report.py --write
+	$(GPU_PYTHON) bench/gpu_train_smoke.py
 
 clean:
 	rm -rf $(VENV) demo-out mlruns mlflow.db .pytest_cache browse report.html exports predictions-ray

@@ -100,3 +100,26 @@ def test_transfer_controls_measure_the_span_and_the_shuffled_rows(tmp_path):
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert shuffled.returncode == 0, shuffled.stderr[-3000:]
     assert "as trained" in shuffled.stdout and "set-B rows shuffled across families" in shuffled.stdout
+
+
+@pytest.mark.bench
+def test_gpu_train_smoke_runs_the_worker_s_training_path_in_its_tiny_cpu_mode(synth_paths, tmp_path):
+    """The first GPU minutes' correctness check, on a CPU under CPU autocast: gloo world size 1, DDP as the
+    worker sets it, the real loader and train_step for both recipes; finite losses, float32 proposals,
+    host syncs counted. Its table goes to $OUT as on the lent machine."""
+    import shutil
+
+    data = tmp_path / "coco"
+    (data / "annotations").mkdir(parents=True)
+    shutil.copy(synth_paths["coco_train_annotations"], data / "annotations" / "instances_train2017.json")
+    shutil.copytree(synth_paths["coco_train_images"], data / "train2017")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, str(BENCH / "gpu_train_smoke.py"), "--tiny", "--amp", "--data", str(data)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(out)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (out / "gpu-train-smoke.md").read_text()
+    for recipe in ("COCO R-50 recipe", "VG-3k stage-2 heads, 3001 classes"):
+        assert f"| {recipe}: 6 steps, losses | all finite" in table
+        assert f"| {recipe}: proposals' dtype under bf16 autocast | float32 |" in table
+        assert f"| {recipe}: host syncs a step (last 2) | " in table
