@@ -126,3 +126,24 @@ def test_dockerfile_copies_everything_the_wheel_build_reads():
     with open(os.path.join(CLUSTER, "Dockerfile")) as f:
         copied = {word for line in f if line.startswith("COPY") for word in line.split()[1:-1] if not word.startswith("--")}
     assert set(SOURCES) <= copied
+
+
+def test_gpu_nodes_that_have_efa_use_it_and_nccl_is_told_to():
+    """p4d and p5 reach each other over EFA on 4 network cards in one placement group; every runtime env
+    (and the RayJob's) points NCCL's libfabric at EFA with GPUDirect RDMA and fork safety; the RayJob's
+    workers ask the EFA device plugin for the devices (docs/cluster.md, "EFA")."""
+    config = read("aws.yaml")
+    for group in ("p4d-spot", "p5-ondemand"):
+        node = config["available_node_types"][group]["node_config"]
+        interfaces = node["NetworkInterfaces"]
+        assert [i["InterfaceType"] for i in interfaces] == ["efa"] * 4
+        assert sorted(i["NetworkCardIndex"] for i in interfaces) == [0, 1, 2, 3]
+        assert [i["DeviceIndex"] for i in interfaces] == [0, 1, 1, 1]  # AWS: device 0 on card 0 only
+        assert node["Placement"]["GroupName"]
+    job = read("kuberay-rayjob.yaml")
+    envs = [read(name)["env_vars"] for name in ("runtime_env.yaml", "runtime_env_elastic.yaml")]
+    envs.append(yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"])
+    for env in envs:
+        assert (env["FI_PROVIDER"], env["FI_EFA_USE_DEVICE_RDMA"], env["FI_EFA_FORK_SAFE"]) == ("efa", "1", "1")
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["vpc.amazonaws.com/efa"] == "4"
