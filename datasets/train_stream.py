@@ -25,7 +25,7 @@ from .batch import Batch
 from .partitions import EpochLayout, PartitionPosition, StreamPosition
 from .repeat_factors import RepeatFactors
 from .stream import SkipCounter, Source, loader_slot, seeded_rng, slot_assignment, source_shards
-from .transforms import Augmentation, BadSample, decode_sample, draw_augmentation
+from .transforms import Augmentation, BadSample, decode_masks, decode_sample, draw_augmentation
 from .vocab import Vocabulary
 
 SEED_BITS = 63  # a sample's sampling seed: a non-negative int64
@@ -177,6 +177,7 @@ class TrainStream(IterableDataset):
                 if reader is None:
                     continue
                 image, target, key, augmentation = reader.next_sample()
+                target = decode_masks(target, key)  # here, in the loader worker: not on the training thread
                 # The image's anchors and RoIs are drawn from this: the same wherever the sample trains.
                 target["sampling_seed"] = seeded_rng(self.seed, self.epoch, index, "sampling").getrandbits(SEED_BITS)
                 chunk.images.append(image)

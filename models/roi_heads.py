@@ -48,8 +48,10 @@ class MaskXRoIHeads(RoIHeads):
             is_set_a[:] = False
             is_set_a[list(mask_classes)] = True
         is_set_a[0] = False
-        # Which labels' masks may train the mask head; a buffer so it follows .to(device).
+        # Which labels' masks may train the mask head; a buffer so it follows .to(device), and a host
+        # copy for counting a step's images with masks before its targets reach the device.
         self.register_buffer("is_set_a", is_set_a, persistent=False)
+        self.is_set_a_host = is_set_a.clone()
 
     def check_targets(self, targets):
         # Unlike torchvision, "masks" is optional: images with boxes only carry none. They may have a
@@ -112,7 +114,7 @@ class MaskXRoIHeads(RoIHeads):
         """BCE over positives matched to a has_mask instance; exactly 0 when there are none.
 
         batch: the mean over every such RoI's pixels (torchvision). step: each image's mean over its mask
-        RoIs, averaged over the images with a mask to learn from (`images_with_masks`), which the train
+        RoIs, averaged over the images with a mask to learn from (counted on the device), which the train
         step weights by that count over the whole step: an image's mask RoIs weigh the same however the
         step is cut, and images without masks (set B only, VG) dilute nothing."""
         mask_proposals, mask_matched_idxs, mask_labels, mask_targets = [], [], [], []
@@ -148,7 +150,9 @@ class MaskXRoIHeads(RoIHeads):
             return pixel_losses.mean()
         per_roi = pixel_losses.flatten(1).mean(1)
         per_image = [rois.mean() for rois in per_roi.split([int(p.shape[0]) for p in mask_proposals]) if rois.numel()]
-        return torch.stack(per_image).sum() / images_with_masks(targets, self.is_set_a)
+        # The images with a usable mask, counted on the device: no host sync per image.
+        with_masks = torch.stack([self.instance_has_mask(target).any() for target in targets]).sum()
+        return torch.stack(per_image).sum() / with_masks.clamp(min=1)
 
     def forward(
         self,
@@ -187,15 +191,3 @@ class MaskXRoIHeads(RoIHeads):
                 r["masks"] = class_logits.new_zeros((0, 1, 28, 28))
         return result, {}
 
-
-def images_with_masks(targets: list[dict[str, torch.Tensor]], is_set_a: Optional[torch.Tensor] = None) -> int:
-    """How many images hold an instance whose mask trains the mask head (has_mask, class in set A)."""
-    count = 0
-    for target in targets:
-        if "masks" not in target or not target["labels"].numel():
-            continue
-        usable = target.get("has_mask", torch.ones_like(target["labels"], dtype=torch.bool)).bool()
-        if is_set_a is not None:
-            usable = usable & is_set_a[target["labels"]]
-        count += int(usable.any())
-    return count

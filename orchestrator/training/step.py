@@ -15,7 +15,6 @@ from torch import nn
 
 from maskx.datasets.batch import Batch
 from maskx.datasets.partitions import EpochLayout
-from maskx.models.roi_heads import images_with_masks
 
 from ..config import SolverConfig
 
@@ -64,49 +63,56 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     whatever the layout. `amp`: bf16 autocast (the worker asks for it on GPUs; CPU autocast runs the
     same path in tests).
 
-    A loss that is not finite on any rank is known to every rank before the step's gradients meet
-    (one all-reduce of a flag): with `on_nonfinite` "raise" every rank raises the same NonFiniteLoss
-    naming the ranks, their losses and samples; with "skip_step" no rank updates the weights (the lr
-    schedule moves on) and the step returns no losses."""
+    A loss that is not finite on any rank is known to every rank after the backward passes (one
+    all-reduce of a flag), before any weight moves: with `on_nonfinite` "raise" every rank raises the
+    same NonFiniteLoss naming the ranks, their losses and samples; with "skip_step" no rank updates
+    the weights (the lr schedule moves on) and the step returns no losses.
+
+    The host waits for the device once a step: that flag and this rank's losses, read together
+    (masks come decoded from the loader, images with masks are counted on the host, the count's
+    all-reduce runs during the forward pass; tests/orchestrator/training/test_host_syncs.py)."""
     model.train()
-    images = [len(batch.keys) for batch in micro_batches]
-    inputs = [batch.to_device(device) for batch in micro_batches]
     bare = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    with_masks = [images_with_masks(targets, bare.roi_heads.is_set_a) for _, targets in inputs]
+    micro_batches = [batch.masks_decoded() for batch in micro_batches]  # the stream's come decoded
+    images = [len(batch.keys) for batch in micro_batches]
+    # Counted on the host, from the batches as the loader shipped them: no device read per image.
+    with_masks = [batch.images_with_masks(bare.roi_heads.is_set_a_host) for batch in micro_batches]
+    inputs = [batch.to_device(device) for batch in micro_batches]
     image_weights = [layout.loss_weight(n) if layout else n / max(sum(images), 1) for n in images]
-    if loss_normalization == "batch":
-        mask_weights = image_weights
-    else:
-        step_with_masks = _summed_over_ranks(sum(with_masks), device)
-        world_size = layout.world_size if layout else 1
-        mask_weights = [m * world_size / max(step_with_masks, 1) for m in with_masks]
+    world_size = layout.world_size if layout else 1
+    # The step's images with masks over every rank: the all-reduce runs while the first forward does.
+    step_with_masks = None if loss_normalization == "batch" else _Summed(sum(with_masks), device)
     optimizer.zero_grad(set_to_none=True)
-    weighted_sums: dict[str, float] = {}
-    bad: Optional[tuple[list[str], dict[str, float]]] = None  # this rank's first non-finite micro-batch
-    for i, ((batch_images, targets), image_weight, mask_weight) in enumerate(zip(inputs, image_weights, mask_weights)):
+    weighted_sums: dict[str, torch.Tensor] = {}
+    micro_losses: list[dict[str, torch.Tensor]] = []
+    for i, ((batch_images, targets), image_weight) in enumerate(zip(inputs, image_weights)):
         last = i == len(micro_batches) - 1
         accumulate = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else nullcontext()
         with accumulate:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 losses = model(batch_images, targets)
-            loss = sum(losses.values())
-            if bad is None and not torch.isfinite(loss):
-                bad = (list(micro_batches[i].keys), {k: v.item() for k, v in losses.items()})
-            # The last micro-batch's backward is where DDP's ranks meet: they agree first, so that
-            # none waits there for a rank that stopped.
-            if last and not _finite_on_every_rank(bad is None, device):
-                optimizer.zero_grad(set_to_none=True)
-                return _non_finite(bad, on_nonfinite, scheduler)
-            if bad is None:
-                weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
-                sum(value * weights[name] for name, value in losses.items()).backward()
-        if bad is None:
-            for name, value in losses.items():
-                weighted_sums[name] = weighted_sums.get(name, 0.0) + value.item() * weights[name]
+            mask_weight = (image_weight if step_with_masks is None
+                           else with_masks[i] * world_size / step_with_masks.result().clamp(min=1))
+            weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
+            # Every micro-batch goes backward, a non-finite one too, so that every rank meets every
+            # other in DDP's all-reduce; whether the step is taken is decided after, once, for all ranks.
+            sum(value * weights[name] for name, value in losses.items()).backward()
+        losses = {name: value.detach() for name, value in losses.items()}
+        micro_losses.append(losses)
+        for name, value in losses.items():
+            weighted_sums[name] = weighted_sums.get(name, 0.0) + value * weights[name]
+    # The step's one host read: whether every rank's losses are finite, and this rank's losses with it.
+    finite = torch.stack([torch.isfinite(sum(losses.values())) for losses in micro_losses]).all()
+    finite_everywhere, *values = torch.stack([_all_ranks(finite, device).float(), *weighted_sums.values()]).tolist()
+    if not finite_everywhere:
+        optimizer.zero_grad(set_to_none=True)
+        bad = next(((list(micro_batches[i].keys), {k: v.item() for k, v in losses.items()})
+                    for i, losses in enumerate(micro_losses) if not torch.isfinite(sum(losses.values()))), None)
+        return _non_finite(bad, on_nonfinite, scheduler)
     # Weights carry W / G (DDP averages over ranks): per image of this rank, times G / (W x its images).
     world_size, global_images = (layout.world_size, layout.plan.global_batch) if layout else (1, sum(images))
     per_image = global_images / (world_size * sum(images)) if sum(images) else 0.0
-    totals = {name: value * per_image for name, value in weighted_sums.items()}
+    totals = {name: value * per_image for name, value in zip(weighted_sums, values)}
     totals["loss"] = sum(totals.values())
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -115,18 +121,27 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     return totals
 
 
-def _finite_on_every_rank(finite_here: bool, device: torch.device) -> bool:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return finite_here
-    flag = torch.tensor([int(finite_here)], dtype=torch.int32, device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def _collective_device(device: torch.device) -> torch.device:
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_ranks(flag: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`flag` (a bool on the device) and-ed over the ranks, on the device: no host read here."""
+    if not _distributed():
+        return flag
+    agreed = flag.to(_collective_device(device), torch.int32).reshape(1)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return agreed[0].to(flag.device).bool()
 
 
 def _non_finite(bad: Optional[tuple[list[str], dict[str, float]]], on_nonfinite: str, scheduler) -> dict[str, float]:
     """Every rank's non-finite micro-batch, gathered so that every rank says the same; then raise or skip."""
     reports = [(0, bad)]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, bad)
         reports = list(enumerate(gathered))
@@ -140,12 +155,23 @@ def _non_finite(bad: Optional[tuple[list[str], dict[str, float]]], on_nonfinite:
                         "solver.on_nonfinite=skip_step to step over such batches")
 
 
-def _summed_over_ranks(count: int, device: torch.device) -> int:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return count
-    total = torch.tensor([count], dtype=torch.int64, device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(total)
-    return int(total.item())
+class _Summed:
+    """A count summed over the ranks: the all-reduce starts at once and is waited for at `result()`
+    (on a GPU that wait orders the device's stream, the host goes on)."""
+
+    def __init__(self, count: int, device: torch.device):
+        self.total = torch.tensor(count, dtype=torch.int64)
+        self.work = None
+        if _distributed():
+            self.total = self.total.to(_collective_device(device)).reshape(1)
+            self.work = dist.all_reduce(self.total, async_op=True)
+
+    def result(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        return self.total.reshape(())
+
 
 
 def lr_of(optimizer: torch.optim.Optimizer) -> float:

@@ -76,10 +76,9 @@ def test_every_rank_runs_the_same_micro_batches_per_step(synth_shards):
         for batch in step.micro_batches:
             assert len(batch.images) <= 2 and all(im.dtype == torch.uint8 for im in batch.images)
             for image, target, augmentation in zip(batch.images, batch.targets, batch.augmentations):
-                # the loader ships set A (VOC) instances' RLEs; the train step decodes them, compact:
-                # one mask per instance with has_mask, no placeholders, at the source size
-                assert "masks" not in target
-                target = decode_masks(target)
+                # the loader ships set A (VOC) instances' masks decoded, compact: one mask per
+                # instance with has_mask, no placeholders, at the source size
+                assert "mask_rles" not in target
                 if target["has_mask"].any():
                     assert target["masks"].shape == (int(target["has_mask"].sum()), *image.shape[-2:])
                     assert all(target["masks"][i].any() for i in range(len(target["masks"])))
@@ -185,10 +184,25 @@ def test_training_survives_corrupt_data_and_reports_it(synth_shards, tmp_path):
     assert steps[-1].partitions[0].skipped >= 3
 
 
+def test_the_loader_workers_ship_masks_decoded_at_the_source_size(synth_shards):
+    """The RLEs are decoded in the loader workers (off the training thread): a step receives uint8
+    masks, one per instance with has_mask, at the image's source size, each inside its box."""
+    steps = run_layout(synth_shards, 1, loader_workers=2, stop=4)[0]
+    targets = [(image, t) for step in steps for batch in step.micro_batches for image, t in zip(batch.images, batch.targets)]
+    with_masks = [(image, t) for image, t in targets if t["has_mask"].any()]
+    assert with_masks and not any("mask_rles" in t for _, t in targets)
+    for image, target in with_masks:
+        masks = target["masks"]
+        assert masks.dtype == torch.uint8 and masks.shape == (int(target["has_mask"].sum()), *image.shape[-2:])
+        for mask, (x0, y0, x1, y1) in zip(masks, target["boxes"][target["has_mask"]].tolist()):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert len(xs) and xs.min() >= x0 - 1 and xs.max() <= x1 + 1 and ys.min() >= y0 - 1 and ys.max() <= y1 + 1
+
+
 def test_masks_that_do_not_decode_are_dropped_in_the_step_not_the_run(caplog):
     """The loader checks each RLE's form (a mismatched size or a non-RLE is a bad sample, skipped and
-    counted there); one whose runs do not add up shows only when the step decodes it: that instance
-    trains without its mask, and the log says which sample."""
+    counted there); one whose runs do not add up shows only when it is decoded (in the loader worker):
+    that instance trains without its mask, and the log says which sample."""
     target = {"boxes": torch.zeros(1, 4), "labels": torch.tensor([1]), "has_mask": torch.tensor([True]),
               "mask_rles": [{"size": [4, 5], "counts": "zzzz"}]}
     with caplog.at_level("WARNING"):

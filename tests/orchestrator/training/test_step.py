@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as tv_functional
 
 from maskx.datasets.batch import Batch
@@ -100,13 +99,13 @@ def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_auto
     """What runs on a GPU, where torch allows it on a CPU: uint8 source-size images resized and
     flipped in the step (on the device), bf16 autocast (`solver.amp`), non-blocking copies."""
     cfg, batches, _ = setup
-    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("mask_rles" in t for t in b.targets))
+    batch = next(b for b in batches if any(a.flip for a in b.augmentations) and any("masks" in t for t in b.targets))
     images, targets = batch.to_device(torch.device("cpu"))
     for image, target, source, source_target, augmentation in zip(images, targets, batch.images, batch.targets,
                                                                   batch.augmentations):
-        # Stated from the source image, torchvision's resize and the pycocotools RLE codec alone:
-        # shorter side to min_size (longer at most max_size), flipped when drawn so, boxes scaled and
-        # mirrored with it, masks decoded at the source size and mirrored.
+        # Stated from the source image and torchvision's resize alone: shorter side to min_size (longer
+        # at most max_size), flipped when drawn so, boxes scaled and mirrored with it, masks (decoded
+        # at the source size by the loader: test_stream.py) mirrored.
         height, width = source.shape[-2:]
         scale = min(augmentation.min_size / min(height, width), augmentation.max_size / max(height, width))
         assert image.dtype == torch.float32
@@ -118,8 +117,8 @@ def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_auto
             boxes = torch.stack([image.shape[-1] - boxes[:, 2], boxes[:, 1], image.shape[-1] - boxes[:, 0], boxes[:, 3]], 1)
         assert (image - expected_image).abs().max() <= 2 / 255
         assert torch.allclose(target["boxes"], boxes, atol=1e-3)
-        if "mask_rles" in source_target:
-            masks = torch.from_numpy(mask_utils.decode(source_target["mask_rles"])).permute(2, 0, 1)
+        if "masks" in source_target:
+            masks = source_target["masks"]
             assert torch.equal(target["masks"], masks.flip(-1) if augmentation.flip else masks)
     model, optimizer, scheduler = fresh(cfg)
     losses = training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"), amp=True)
