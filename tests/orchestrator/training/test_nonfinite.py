@@ -16,14 +16,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import test_step_cut as cut  # noqa: E402  (its images and tiny model)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def poisoned(model):
     """NaN in rank 1's classifier after DDP broadcast rank 0's weights: its loss is NaN, rank 0's is not."""
     with torch.no_grad():
@@ -67,17 +59,12 @@ def run_rank(rank, port, on_nonfinite, out):
 
 def two_ranks(on_nonfinite, tmp_path):
     import json
-    import subprocess
 
-    port, out = free_port(), str(tmp_path / "answer")
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_nonfinite as t; "
-            f"t.run_rank(int(sys.argv[1]), {port}, {on_nonfinite!r}, {out!r})")
-    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)]) for rank in (0, 1)]
-    try:
-        assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]  # none left waiting in the all-reduce
-    finally:
-        for rank in ranks:
-            rank.kill()
+    from .gloo_ranks import run_ranks
+
+    out = str(tmp_path / "answer")
+    # none left waiting in the all-reduce
+    assert run_ranks(__file__, f"t.run_rank(rank, port, {on_nonfinite!r}, {out!r})") == [0, 0]
     return {rank: json.load(open(f"{out}.{rank}")) for rank in (0, 1)}
 
 

@@ -4,9 +4,6 @@ whose timeout is `eval_timeout_s`, not in the next collective, which `scaling.co
 COCOeval takes 6; the checkpoint's gather after it must still meet."""
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -69,17 +66,10 @@ def evaluate_on_rank(rank: int, port: int, eval_mode: str, last: bool, out: str)
 
 @pytest.mark.parametrize("eval_mode, last", [("inline", False), ("background", True)], ids=["inline", "the last one"])
 def test_the_other_ranks_wait_out_rank_0_s_scoring_past_the_collective_timeout(tmp_path, eval_mode, last):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .gloo_ranks import run_ranks
+
     out = str(tmp_path / "answer")
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_rank0_wait as t; "
-            f"t.evaluate_on_rank(int(sys.argv[1]), {port}, {eval_mode!r}, {last!r}, {out!r})")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)], cwd=repo) for rank in (0, 1)]
-    try:
-        assert [rank.wait(timeout=120) for rank in ranks] == [0, 0]
-    finally:
-        for rank in ranks:
-            rank.kill()
+    assert run_ranks(__file__, f"t.evaluate_on_rank(rank, port, {eval_mode!r}, {last!r}, {out!r})", timeout=120,
+                     cwd=repo) == [0, 0]
     assert {rank: json.load(open(f"{out}.{rank}")) for rank in (0, 1)} == {0: "met", 1: "met"}

@@ -2,9 +2,6 @@
 storage it cannot reach), every rank raises it at once; none is left in the broadcast."""
 import json
 import os
-import socket
-import subprocess
-import sys
 
 
 def resume_on_rank(rank, port, folder, out):
@@ -29,24 +26,17 @@ def resume_on_rank(rank, port, folder, out):
 
 
 def test_an_error_on_rank_0_that_is_not_a_value_error_is_every_rank_s(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .gloo_ranks import run_ranks
+
     out = str(tmp_path / "answer")
     # No credentials anywhere: rank 0's listing fails at once with a StorageError (an OSError).
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
     environment.update(AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_CONFIG_FILE="/nonexistent",
                        AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_resume_agreement as t; "
-            f"t.resume_on_rank(int(sys.argv[1]), {port}, 's3://runs/run-1', {out!r})")
-    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)], env=environment) for rank in (0, 1)]
-    try:
-        # Under the collective's 60 s: a rank stranded in the broadcast would still be waiting.
-        assert [rank.wait(timeout=50) for rank in ranks] == [0, 0]
-    finally:
-        for rank in ranks:
-            rank.kill()
+    # Under the collective's 60 s: a rank stranded in the broadcast would still be waiting.
+    assert run_ranks(__file__, f"t.resume_on_rank(rank, port, 's3://runs/run-1', {out!r})", timeout=50,
+                     env=environment) == [0, 0]
     got = {rank: json.load(open(f"{out}.{rank}")) for rank in (0, 1)}
     assert got[0] == got[1] == "ValueError: StorageError: s3://runs/run-1: no AWS credentials found " \
                                "(environment, config file or instance role)", got

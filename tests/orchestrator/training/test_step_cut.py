@@ -3,9 +3,6 @@
 the elastic promise, one SGD step on the global batch at any world size, holds for every loss. With
 torchvision's per-batch means (`batch`) it does not."""
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -124,15 +121,11 @@ def run_rank(rank: int, world_size: int, port: int, cut: list[list[int]], out: s
 
 @pytest.mark.parametrize("cut", [[[0, 2], [1, 3]], [[0], [2], [1], [3]]], ids=["1 micro-batch a rank", "2 a rank"])
 def test_two_ranks_give_the_gradient_of_one(tmp_path, cut):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .gloo_ranks import run_ranks
+
     out = str(tmp_path / "grad.pt")
     # Rank r reads partitions r, r+2: samples 0 and 2 on rank 0, 1 and 3 on rank 1 (EpochLayout).
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_step_cut as t; "
-            f"t.run_rank(int(sys.argv[1]), 2, {port}, {cut!r}, {out!r})")
-    ranks = [subprocess.Popen([sys.executable, "-P", "-c", code, str(rank)]) for rank in range(2)]
-    assert [rank.wait(timeout=300) for rank in ranks] == [0, 0]
+    assert run_ranks(__file__, f"t.run_rank(rank, 2, port, {cut!r}, {out!r})") == [0, 0]
     reference, losses = step("step", CUTS["1x4"])
     ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
     assert all(relative_difference(r["grad"], reference) < 1e-5 for r in ranks)  # DDP: the same on every rank
