@@ -38,13 +38,13 @@ _STRICT = {"extra": "forbid"}
 @dataclass
 class BackboneConfig:
     __pydantic_config__ = _STRICT
-    name: str = "resnet50"
-    fpn_channels: int = 256
+    name: str = "resnet50"  # the ResNet body: resnet18, resnet34, resnet50, resnet101 (torchvision's)
+    fpn_channels: int = 256  # the FPN's width (256, the paper's; the tiny CPU configs use 64)
     # frozen_bn: the BN statistics of the ImageNet weights, frozen (Detectron; needs `weights`).
     # gn: GroupNorm(32), trains from scratch at any batch (the tiny CPU configs). bn: BatchNorm, synced
     # across the GPUs of a run (SyncBatchNorm), per process on CPU.
     norm: str = "frozen_bn"
-    trainable_layers: int = 3
+    trainable_layers: int = 3  # ResNet stages trained, from the top (3: res3-res5, Detectron's; 5: all, from scratch)
     # A local state dict of the ResNet body (torchvision key names). Never downloaded.
     weights: Optional[str] = None
 
@@ -69,8 +69,8 @@ class BackboneConfig:
 @dataclass
 class ClassifierLossConfig:
     __pydantic_config__ = _STRICT
-    kind: str = "ce"
-    gamma: float = 2.0
+    kind: str = "ce"  # ce (softmax cross-entropy for the box head, sigmoid BCE for the RPN) or focal
+    gamma: float = 2.0  # focal only: the focusing exponent (Lin et al. 2017; 0 is cross-entropy)
     # None: no alpha weighting. With kind=focal, gamma=0 and alpha=None the loss equals CE. Sampled
     # heads see a fixed foreground share already (docs/training.md, focal loss), so none by default.
     alpha: Optional[float] = None
@@ -92,18 +92,18 @@ class ClassifierLossConfig:
 @dataclass
 class MaskHeadConfig:
     __pydantic_config__ = _STRICT
-    mode: str = "transfer+mlp"
-    conv_channels: int = 256
-    num_convs: int = 4
+    mode: str = "transfer+mlp"  # where class-specific mask weights come from: transfer, transfer+mlp, class_specific, class_agnostic, class_agnostic+mlp
+    conv_channels: int = 256  # the mask head's 3x3 convolutions' width
+    num_convs: int = 4  # 3x3 convolutions of the mask head before the upsampling (4, Mask R-CNN's)
     # Weight transfer function T (Sec. 3.1): w_seg[c] = T(w_det[c]). Official (bbox2mask_weight_transfer):
     # hidden width = the mask head's (null here), MSRA init, LeakyReLU 0.1, no bias on the mask conv.
     transfer_input: str = "cls+box"  # cls | box | cls+box | randn (a fixed random embedding per class)
-    transfer_layers: int = 2
+    transfer_layers: int = 2  # T's layers: 1 (linear) or 2 (the paper's best, Table 1b)
     transfer_hidden: Optional[int] = None  # null: conv_channels
-    transfer_activation: str = "leaky_relu"
-    stop_gradient: bool = True
+    transfer_activation: str = "leaky_relu"  # between T's layers: leaky_relu (0.1, official) or relu
+    stop_gradient: bool = True  # T reads w_det without sending the mask loss back into the box head (Sec. 3.2, the paper's default)
     randn_dim: int = 300  # transfer_input randn: the embedding's width (official PRETRAINED_EMBED_DIM)
-    randn_seed: int = 0
+    randn_seed: int = 0  # transfer_input randn: the seed of the fixed embedding
     # transfer_input randn: the embedding's element std. Official `v_randn_0`
     # (lib/datasets/bbox2mask_dataset_processing/coco/glove_randn/fixed_embedding_mat_coco_randn_0.npy, 80 x
     # 300): std 0.0548, rows of norm ~0.94. maskx drew std 1 before 2026-12 (rows ~17: ~18x the official).
@@ -111,11 +111,11 @@ class MaskHeadConfig:
     # Class-agnostic MLP mask branch fused with the FCN logits (Sec. 3.4; official
     # cls_agnostic_mlp_branch): FC layers from the upsampled 28x28 mask features to 28x28 logits.
     mlp_layers: int = 1
-    mlp_hidden: int = 1024
+    mlp_hidden: int = 1024  # the MLP branch's hidden width when mlp_layers > 1
     # upsampled: the official input. reduced: a 3x3 conv to mlp_channels on the 14x14 features first
     # (the tiny CPU configs: the official first FC is C*28*28 x 784 weights, 39M at 64 channels).
     mlp_input: str = "upsampled"
-    mlp_channels: int = 128
+    mlp_channels: int = 128  # mlp_input reduced: the channels of the 3x3 conv before the MLP
 
     def validate(self, where: str = "model.mask_head") -> None:
         _check_choice(f"{where}.mode", self.mode, MASK_HEAD_MODES)
@@ -158,21 +158,21 @@ class ModelConfig:
     # step: every loss normalized by what the global step holds, so a step's gradient does not depend on
     # how its images are cut into micro-batches and ranks. batch: torchvision's means over each batch.
     loss_normalization: str = "step"
-    min_size: int = 800
-    max_size: int = 1333
-    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    box_head_dim: int = 1024
-    rpn_batch_size_per_image: int = 256
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
+    min_size: int = 800  # the model's resize at inference: shorter side (training images come resized by the stream: data.min_sizes)
+    max_size: int = 1333  # the longer side's limit for that resize
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one anchor size per FPN level, P2-P6 (Detectron's)
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # anchor aspect ratios at every level
+    box_head_dim: int = 1024  # the box head's two FC layers' width: also the width of w_det's rows that T reads
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN's losses (half foreground at most)
+    rpn_pre_nms_top_n_train: int = 2000  # training: proposals per level kept before NMS
+    rpn_post_nms_top_n_train: int = 2000  # training: proposals kept after NMS (per batch or image: rpn_post_nms_per)
     # In training, rpn_post_nms_top_n_train proposals per batch (each rank's micro-batch: the official FPN
     # collect, 2000 for a GPU's 2 images) or per image (torchvision, detectron2). Per batch, which images
     # share a micro-batch changes their proposals, as their padding already does (docs/training.md).
     rpn_post_nms_per: str = "batch"
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_test: int = 1000  # inference: proposals per level kept before NMS
+    rpn_post_nms_top_n_test: int = 1000  # inference: proposals per image kept after NMS
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box losses (a quarter foreground at most)
     # Fast R-CNN box regression's smooth-L1 beta: 1.0 (official: fast_rcnn_heads.py's SmoothL1Loss, Caffe2's
     # default); torchvision's 1/9. The RPN's stays 1/9 in both.
     box_reg_beta: float = 1.0
@@ -180,9 +180,9 @@ class ModelConfig:
     # RoI at 28x28 and keeps mask > 0; here RoIAlign of the mask at >= 0.5) or soft (torchvision: RoIAlign's
     # fractions as BCE targets).
     mask_target: str = "binary"
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    box_score_thresh: float = 0.05  # inference: detections scoring under this are dropped
+    box_nms_thresh: float = 0.5  # inference: class-wise NMS IoU
+    detections_per_img: int = 100  # inference: the most detections an image keeps (COCO's 100)
 
     def validate(self, where: str = "model", require_num_classes: bool = True) -> None:
         if self.num_classes is None:

@@ -22,24 +22,24 @@ _STRICT = {"extra": "forbid"}
 @dataclass
 class TrainSource:
     __pydantic_config__ = _STRICT
-    manifest: str
-    weight: float = 1.0
+    manifest: str  # a shards folder's manifest (local or s3://, written by `maskx prepare`)
+    weight: float = 1.0  # its share of the samples drawn, relative to the other sources' weights
 
 
 @dataclass
 class DataConfig:
     __pydantic_config__ = _STRICT
-    train: list[TrainSource] = field(default_factory=list)
-    val: Optional[str] = None
+    train: list[TrainSource] = field(default_factory=list)  # the training sources, mixed by weight: [{manifest: ..., weight: 1.0}, ...]
+    val: Optional[str] = None  # the evaluation split's manifest; null: no evaluation
     # Set A, the classes whose masks train the mask head: named class sets (coco, voc, nonvoc, vg, all),
     # class names or labels, in any mix (`[voc]`; `[person, car, 7]`).
     mask_sets: list[Union[str, int]] = field(default_factory=lambda: ["coco"])
     batch_size: int = 2  # images per worker per micro-batch (what fits one GPU)
-    loader_workers: int = 2
-    min_sizes: list[int] = field(default_factory=lambda: [800])
-    max_size: int = 1333
-    flip_prob: float = 0.5
-    shuffle_buffer: int = 256
+    loader_workers: int = 2  # DataLoader processes per worker (each decodes JPEGs and masks)
+    min_sizes: list[int] = field(default_factory=lambda: [800])  # training: each image's shorter side drawn from these (multi-scale training with several)
+    max_size: int = 1333  # training: the longer side's limit
+    flip_prob: float = 0.5  # training: horizontal flip probability
+    shuffle_buffer: int = 256  # samples each partition's reader shuffles among (seeded)
     # Samples per optimizer step, kept when the world size changes (more micro-batches per step on
     # fewer workers). Default: batch_size x the most workers (scaling.num_workers). Fixed at the run's
     # start; a resumed run keeps its own.
@@ -64,7 +64,7 @@ class DataConfig:
     # least recently used go past cache_limit_gb, and each reader fetches its next shards ahead. Every
     # process of a node shares it. Off (null) by default; local shards are always read in place.
     cache_dir: Optional[str] = None
-    cache_limit_gb: float = 100.0
+    cache_limit_gb: float = 100.0  # the most disk the shard cache takes on a node (GB)
 
     def __post_init__(self):
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
@@ -81,19 +81,19 @@ class DataConfig:
 @dataclass
 class SolverConfig:
     __pydantic_config__ = _STRICT
-    lr: float = 0.02
-    momentum: float = 0.9
+    lr: float = 0.02  # base learning rate for the global batch (0.02 for 16 images, Detectron's)
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # not on biases and norm parameters (Detectron's and detectron2's practice)
     # Biases learn at this multiple of lr: 2, Detectron's (lib/modeling/optimizer.py: their gradient
     # scaled by 2 before the momentum update); 1, detectron2's and torchvision's.
     bias_lr_factor: float = 2.0
-    max_iter: int = 90000
+    max_iter: int = 90000  # optimizer steps in the run
     # Detectron's (SOLVER.WARM_UP_*): linear from a third of lr over 500 iterations.
     warmup_iters: int = 500
-    warmup_factor: float = 1 / 3
-    steps: list[int] = field(default_factory=lambda: [60000, 80000])
-    gamma: float = 0.1
-    clip_grad_norm: Optional[float] = None
+    warmup_factor: float = 1 / 3  # the warm-up's first lr, as a fraction of lr
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])  # iterations where lr is multiplied by gamma
+    gamma: float = 0.1  # lr's factor at each of steps
+    clip_grad_norm: Optional[float] = None  # clip the gradients' global norm to this; null: no clipping (the official code does not clip)
     # A step whose loss is NaN or infinite on any rank: `raise` (detectron2's FloatingPointError; the run
     # fails at once, on every rank, naming the samples: a retry would replay them into the same NaN) or
     # `skip_step` (no weight update; the run goes on and counts them as train/skipped_steps).
@@ -109,9 +109,9 @@ class ScalingConfig:
     num_workers: Union[int, list[int]] = 1
     # While training, how often Ray looks for capacity to grow an elastic run (seconds).
     elastic_resize_monitor_interval_s: float = 60.0
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per worker (NCCL); false: CPU workers (gloo)
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves per worker (its loader workers run on them)
+    gpus_per_worker: float = 1.0  # GPUs per worker with use_gpu: a whole number (1)
     # Ray's placement group strategies: SPREAD puts each worker on its own node where it can.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     # Local folders every node sees at the same path (NFS, EFS, Lustre). On a cluster of several
@@ -151,10 +151,10 @@ class ScalingConfig:
 @dataclass
 class CheckpointConfig:
     __pydantic_config__ = _STRICT
-    every: int = 1000
-    num_to_keep: int = 3
+    every: int = 1000  # iterations between checkpoints
+    num_to_keep: int = 3  # newest checkpoints kept in the run folder (>= 2: a damaged newest falls back to the one before)
     storage_path: str = "./ray_results"  # local folder or s3://
-    max_failures: int = 3
+    max_failures: int = 3  # restarts Ray Train makes after a worker fails before the run fails
     # `async`: rank 0 writes the checkpoint to local disk, hands its upload to storage to a thread and
     # trains on (Ray Train's CheckpointUploadMode.ASYNC); `sync`: it waits for the upload. The last
     # checkpoint is uploaded before the run ends either way.
@@ -186,15 +186,15 @@ def resolve_tracking_uri(configured: Optional[str] = None, root: Optional[str] =
 class MlflowConfig:
     __pydantic_config__ = _STRICT
     tracking_uri: Optional[str] = None  # see resolve_tracking_uri
-    experiment: str = "maskx"
-    registered_model: Optional[str] = "maskx"
+    experiment: str = "maskx"  # the MLflow experiment runs log to
+    registered_model: Optional[str] = "maskx"  # the registered model a finished run's model is registered under; null: not registered
     # Every node's CPU, memory, disk, network and GPU use, as system/NODE_ADDRESS/... metrics; 0: off.
     system_metrics_every_s: float = 10.0
     # At each evaluation: its figures (PR curves, where it fails, per-class AP, AP by size) and this
     # many val images drawn with ground truth beside predictions, as MLflow images at the step
     # (orchestrator/reporting/evaluation_figures.py).
     eval_figures: bool = True
-    eval_images: int = 4
+    eval_images: int = 4  # (see eval_figures)
 
     def __post_init__(self):
         if self.eval_images < 0:
@@ -216,20 +216,20 @@ class SweepConfig:
     variant runs once per point of `space` (e.g. `seed: {grid: [0, 1, 2]}`), and the sweep writes a
     table of `table_metrics` per variant, mean and spread over those points."""
     __pydantic_config__ = _STRICT
-    space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
-    table_metrics: list[str] = field(default_factory=lambda: list(PAPER_TABLE_METRICS))
-    search: Literal["grid", "random", "optuna"] = "grid"
+    space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # dotted key: {grid|choice: [...]} or {uniform|loguniform: [lo, hi]} (see the section's text)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # named arms of an ablation, each a set of dotted overrides (see the section's text)
+    table_metrics: list[str] = field(default_factory=lambda: list(PAPER_TABLE_METRICS))  # the metrics of the variants' table
+    search: Literal["grid", "random", "optuna"] = "grid"  # how points of space are drawn
     num_samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials
-    metric: str = "segm/setB/AP"
-    mode: Literal["max", "min"] = "max"
-    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: str = "segm/setB/AP"  # what the sweep ranks trials and the champion by
+    mode: Literal["max", "min"] = "max"  # whether higher metric is better
+    scheduler: Literal["asha", "fifo"] = "asha"  # asha stops weak trials early; fifo runs every trial to the end
     grace_period: int = 1  # ASHA: reports (checkpoints) before a trial may be stopped
-    reduction_factor: float = 2.0
-    max_concurrent_trials: int = 2
+    reduction_factor: float = 2.0  # ASHA: the fraction 1/reduction_factor of trials that go on at each rung
+    max_concurrent_trials: int = 2  # trials training at once
     storage_path: Optional[str] = None  # default: <checkpoint.storage_path>/sweeps
     promote: bool = True  # register the best trial's model and move the champion alias if it wins
-    champion_alias: str = "champion"
+    champion_alias: str = "champion"  # the registered model's alias promotion moves
 
 
 @dataclass
@@ -240,9 +240,9 @@ class TrainConfig:
     # against; default: the working folder. A job from `ray job submit` runs in a copy of the working
     # dir, so pass `root=$PWD` to mean the submitting folder.
     root: Optional[str] = None
-    seed: int = 0
-    log_every: int = 20
-    eval_every: Optional[int] = None
+    seed: int = 0  # the run's seed: sample order, augmentations, sampling, initialization
+    log_every: int = 20  # iterations between logged training metrics (and the console line)
+    eval_every: Optional[int] = None  # iterations between evaluations on data.val; null: only at the end
     # Where COCOeval of the evaluations every `eval_every` iterations runs: `background`, in a Ray task
     # beside training (the ranks predict, then train on: orchestrator/training/background_evaluation.py),
     # or `inline`, in rank 0 while the others wait. The last iteration's is inline either way: a run
