@@ -309,7 +309,8 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     from maskx.orchestrator.serving import predictions
-    from maskx.orchestrator.serving.inference import load_model, write_overlay
+    from maskx.orchestrator.serving.drawing import write_overlay
+    from maskx.orchestrator.serving.inference import load_model
 
     if args.ray:
         return _run_predict_on_ray(args)

@@ -14,7 +14,8 @@ from maskx.datasets.synth import write_synthetic_shards
 
 from .config import load_config, packaged_config
 from .reporting.data_figures import write_classes_figure
-from .serving.inference import load_model, write_overlay
+from .serving.drawing import write_overlay
+from .serving.inference import load_model
 from .training.trainer import train
 
 DEFAULT_CONFIG = "tiny-cpu.yaml"

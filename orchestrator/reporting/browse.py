@@ -18,7 +18,7 @@ from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import SkipCounter, Source, seeded_rng, slot_assignment, source_shards
 from maskx.datasets.transforms import BadSample, augment, decode_masks, decode_sample, draw_augmentation
 
-from . import drawing
+from ..serving import drawing
 
 BROWSE_SEED = "browse"
 

@@ -20,7 +20,8 @@ from maskx.datasets.vocab import Vocabulary
 
 from ..serving.inference import predict
 from ..serving.tracking import TrackedRun
-from . import drawing, figures
+from ..serving import drawing
+from . import figures
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Load a trained model from wherever it lives, predict, and draw predictions over an image.
+"""Load a trained model from wherever it lives, and predict (drawing the predictions: drawing.py).
 
 A model is named by a checkpoint folder (what `maskx train` writes: state.pt, config.yaml,
 vocab.json), or by an MLflow URI: `runs:/RUN_ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`.
@@ -20,8 +20,7 @@ from typing import Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, write_png
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.io import ImageReadMode, decode_image
 
 from maskx.datasets.vocab import Vocabulary
 from maskx.models import MaskXRCNN, build_model
@@ -29,12 +28,10 @@ from maskx.models import MaskXRCNN, build_model
 from .. import run_folder
 from ..config import TrainConfig
 from ..run_setup import RunSetup
-from .evaluation import Evaluation, binary_masks, evaluate_on_shards
+from .evaluation import Evaluation, evaluate_on_shards
 from .tracking import Tracking
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-OVERLAY_MASK_ALPHA = 0.45
-OVERLAY_BOX_WIDTH = 2
 # A 48-megapixel phone photo passes; the memory a request takes: docs/benchmarks.md, "Memory per request".
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_IMAGE_PIXELS_VARIABLE = "MASKX_MAX_IMAGE_PIXELS"  # set by whoever runs the server, not by its clients
@@ -144,27 +141,6 @@ def predict(model: MaskXRCNN, image: torch.Tensor) -> dict:
 def kept(detection: dict, keep: torch.Tensor) -> dict:
     """The detections `keep` (a mask or indices) selects: every value is one row per detection."""
     return {key: value[keep] for key, value in detection.items()}
-
-
-def draw_overlay(image: torch.Tensor, detection: dict, vocab: Vocabulary, score_threshold: float = 0.5) -> torch.Tensor:
-    """Masks, boxes and class names over the image, for detections scoring at least the threshold."""
-    detection = kept(detection, detection["scores"] >= score_threshold)
-    boxes, labels, scores = detection["boxes"], detection["labels"], detection["scores"]
-    canvas = image
-    if len(boxes) and ("masks" in detection or "mask_probs" in detection):
-        masks = torch.stack(list(binary_masks(detection, tuple(image.shape[-2:]))))
-        canvas = draw_segmentation_masks(canvas, masks, alpha=OVERLAY_MASK_ALPHA)
-    names = [f"{vocab.name(int(label))} {score:.2f}" for label, score in zip(labels, scores)]
-    return draw_bounding_boxes(canvas, boxes, labels=names, width=OVERLAY_BOX_WIDTH) if len(boxes) else canvas
-
-
-def write_overlay(loaded: LoadedModel, image_path: str, out_path: str, score_threshold: float = 0.5) -> int:
-    """Predict on one image file and write the overlay PNG; returns the number of drawn detections."""
-    image = read_image(image_path)
-    detection = predict(loaded.model, image)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    write_png(draw_overlay(image, detection, loaded.vocab, score_threshold), out_path)
-    return int((detection["scores"] >= score_threshold).sum())
 
 
 def evaluate_model(setup: RunSetup, uri: str) -> Evaluation:

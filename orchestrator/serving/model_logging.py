@@ -13,7 +13,8 @@ from maskx.datasets.stream import EvalStream
 
 from .. import run_folder
 from ..run_setup import RunSetup
-from .inference import draw_overlay, load_model, predict
+from .drawing import draw_predictions
+from .inference import load_model, predict
 from .model_card import model_card
 from .pyfunc import DEFAULT_PARAMS, INPUT_COLUMN
 from .tracking import TrackedRun, mlflow_at
@@ -50,7 +51,7 @@ def log_finished_run(setup: RunSetup, checkpoint_folder: str, mlflow_run: Tracke
                 image = batch.images[0]
                 example = encode_jpeg(image).numpy().tobytes() if example is None else example
                 path = os.path.join(folder, f"{batch.keys[0].replace('/', '_')}.png")
-                write_png(draw_overlay(image, predict(loaded.model, image), setup.vocab), path)
+                write_png(draw_predictions(image, predict(loaded.model, image), setup.vocab, setup.set_a), path)
                 mlflow_run.log_artifact(path, "overlays")
     if example is None:
         size = loaded.config.model.min_size

@@ -29,7 +29,8 @@ from maskx.datasets.stream import load_sources
 from maskx.datasets.vocab import Vocabulary
 
 from .evaluation import detection_records, predict_on_shards
-from .inference import LoadedModel, draw_overlay, read_image
+from .drawing import draw_predictions, model_set_a
+from .inference import LoadedModel, read_image
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def predict_images(loaded: LoadedModel, images: str, out: str, batch_size: int =
             for (path, image), output in zip(decoded, outputs):
                 records += detection_records(ids[path], output, tuple(image.shape[-2:]))
                 if overlays:
-                    write_png(draw_overlay(image, output, loaded.vocab, score_threshold),
+                    write_png(draw_predictions(image, output, loaded.vocab, model_set_a(loaded), score_threshold),
                               os.path.join(out, OVERLAYS_FOLDER, os.path.basename(path) + ".png"))
             summary.images += len(decoded)
             bar.update(len(chunk))

@@ -2,7 +2,7 @@
 import torch
 
 from maskx.datasets.vocab import Vocabulary, VocabClass
-from maskx.orchestrator.serving.inference import draw_overlay
+from maskx.orchestrator.serving.drawing import draw_predictions
 
 
 def test_overlay_draws_kept_detections_only():
@@ -13,7 +13,7 @@ def test_overlay_draws_kept_detections_only():
     masks[1, 0, 40:60, 50:70] = 1.0
     detection = {"boxes": torch.tensor([[10.0, 10, 30, 30], [50, 40, 70, 60]]), "labels": torch.tensor([1, 2]),
                  "scores": torch.tensor([0.9, 0.2]), "masks": masks}
-    overlay = draw_overlay(image, detection, vocab, score_threshold=0.5)
+    overlay = draw_predictions(image, detection, vocab, None, score_threshold=0.5)
     assert overlay.shape == image.shape and overlay.dtype == torch.uint8
     assert not torch.equal(overlay[:, 15:25, 15:25], image[:, 15:25, 15:25])  # the kept mask is painted
     assert torch.equal(overlay[:, 45:55, 55:65], image[:, 45:55, 55:65])      # the low-score one is not
@@ -24,7 +24,7 @@ def test_overlay_without_detections_is_the_image():
     image = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
              "masks": torch.zeros(0, 1, 32, 32)}
-    assert torch.equal(draw_overlay(image, empty, vocab), image)
+    assert torch.equal(draw_predictions(image, empty, vocab, None), image)
 
 
 def test_models_logged_before_the_serving_package_still_load_their_class():
@@ -134,3 +134,17 @@ def test_only_single_frame_jpeg_and_png_decode_and_always_to_3_x_h_x_w_uint8():
     assert grey.dtype == torch.uint8 and grey.shape == (3, 4, 7) and int(grey.max()) == 90
     jpeg = decode_image_bytes(encoded([Image.new("RGB", (9, 8), (10, 120, 240))], "JPEG"), "image")
     assert jpeg.dtype == torch.uint8 and jpeg.shape == (3, 8, 9)
+
+
+def test_one_drawing_marks_set_b_in_every_picture_and_none_where_every_class_is_set_a():
+    """Overlays of `maskx predict`, `maskx overlay` and a registered model's use the evaluation
+    examples' drawing: a set-B class's box orange and named `[B]`; no set given, every class set A."""
+    from maskx.orchestrator.serving.drawing import COLORS, class_name, set_colors
+
+    vocab = Vocabulary([VocabClass("person", 1), VocabClass("kite", 38)])
+    assert class_name(vocab, 2, {1}) == "kite [B]" and class_name(vocab, 2, None) == "kite"
+    assert set_colors([1, 2], {1}) == [COLORS["A"], COLORS["B"]] and set_colors([1, 2], None) == [COLORS["A"]] * 2
+    image = torch.full((3, 64, 80), 100, dtype=torch.uint8)
+    detection = {"boxes": torch.tensor([[10.0, 10, 30, 30]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}
+    drawn = draw_predictions(image, detection, vocab, {1})
+    assert tuple(drawn[:, 20, 10].tolist()) == COLORS["B"]  # the box's left edge
