@@ -5,12 +5,11 @@ import torch
 
 from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
 from maskx.models import build_model
-from maskx.orchestrator import run_folder
-from maskx.orchestrator.config import dump_config, load_config
+from maskx.orchestrator.config import load_config
 from maskx.orchestrator.run_setup import bind_to_vocabulary
 from maskx.orchestrator.training import step as training_step
 from maskx.orchestrator.training.init_from import initialize_from
-from maskx.orchestrator.training.step import build_lr_scheduler, build_optimizer
+from maskx.orchestrator.training.model_checkpoint import write_model_checkpoint
 
 from .test_step import TINY, fresh, setup  # noqa: F401 (setup: the module's fixture)
 
@@ -86,10 +85,7 @@ def test_init_from_a_file_that_is_no_detector_is_a_clear_error(setup, tmp_path):
 def write_checkpoint(folder, cfg, vocab, seed):
     torch.manual_seed(seed)
     model = build_model(cfg.model)
-    optimizer = build_optimizer(model, cfg.solver)
-    contents = run_folder.checkpoint_contents(model, optimizer, build_lr_scheduler(optimizer, cfg.solver),
-                                              run_folder.TrainState(iteration=4))
-    run_folder.write_checkpoint(str(folder), contents, dump_config(cfg), vocab)
+    write_model_checkpoint(str(folder), cfg, vocab, model, iteration=4)
     return model.state_dict()
 
 
