@@ -405,18 +405,25 @@ def split_names(listed: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in listed.split(",") if name.strip())
 
 
+def server_setup(args):
+    """`maskx mlflow-server`'s flags as the tracking server's ServerSetup."""
+    from maskx.orchestrator.serving.tracking_server import ServerSetup
+
+    return ServerSetup(store=args.store, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+                       artifacts_destination=args.artifacts_destination, auth=args.auth,
+                       admin_password_file=args.admin_password_file, auth_database_uri=args.auth_database_uri,
+                       default_permission=args.default_permission, workers=args.workers,
+                       allowed_hosts=split_names(args.allowed_hosts),
+                       cors_allowed_origins=split_names(args.cors_allowed_origins),
+                       insecure_no_auth=args.insecure_no_auth)
+
+
 def run_mlflow_server(args) -> int:
     import os
 
-    from maskx.orchestrator.serving.tracking_server import ServerSetup, describe, server_command
+    from maskx.orchestrator.serving.tracking_server import describe, server_command
 
-    setup = ServerSetup(store=args.store, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
-                        artifacts_destination=args.artifacts_destination, auth=args.auth,
-                        admin_password_file=args.admin_password_file, auth_database_uri=args.auth_database_uri,
-                        default_permission=args.default_permission, workers=args.workers,
-                        allowed_hosts=split_names(args.allowed_hosts),
-                        cors_allowed_origins=split_names(args.cors_allowed_origins),
-                        insecure_no_auth=args.insecure_no_auth)
+    setup = server_setup(args)
     command, environment = server_command(setup)
     print(describe(setup), flush=True)
     os.execve(command[0], command, {**os.environ, **environment})

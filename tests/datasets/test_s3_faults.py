@@ -6,11 +6,10 @@ import pytest
 
 from maskx.datasets import storage
 from maskx.datasets.storage import READ_CHUNK
-from maskx.datasets.prepare import prepare_coco
 from maskx.datasets.shard_cache import CacheSettings
-from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
 from ..s3_fault_proxy import Fault
+from .s3_shards import coco_shards_on_s3
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -19,10 +18,7 @@ SHARDS = "s3://maskx-faults/coco/train"
 
 @pytest.fixture(scope="module")
 def shards_on_s3(s3_endpoint, synth_paths):
-    storage.s3_client().create_bucket(Bucket="maskx-faults")
-    prepare_coco(synth_paths["coco_train_annotations"], synth_paths["coco_train_images"], SHARDS, shard_size=24,
-                 workers=1, progress=False)
-    manifest = load_manifest(SHARDS)
+    manifest = coco_shards_on_s3(SHARDS, synth_paths, shard_size=24)
     return {url: storage.read_bytes(url) for url in manifest.shard_urls()}
 
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from maskx.datasets import storage
-from maskx.datasets.prepare import prepare_coco
 from maskx.datasets.shard_cache import CachedShard, CacheSettings, ShardCache
-from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import EvalStream, load_sources
+
+from .s3_shards import coco_shards_on_s3
 
 # moto in this process, a second each: all in the CI lane.
 pytestmark = [pytest.mark.integration, pytest.mark.core, pytest.mark.s3]
@@ -23,11 +23,8 @@ SHARDS = "s3://maskx-cache/coco/train"
 
 @pytest.fixture(scope="module")
 def shards(s3_endpoint, synth_paths):
-    storage.s3_client().create_bucket(Bucket="maskx-cache")
-    prepare_coco(synth_paths["coco_train_annotations"], synth_paths["coco_train_images"], SHARDS, shard_size=6,
-                 workers=1, progress=False)
-    return [CachedShard(url, entry.bytes, entry.sha256)
-            for url, entry in zip(load_manifest(SHARDS).shard_urls(), load_manifest(SHARDS).shards)]
+    manifest = coco_shards_on_s3(SHARDS, synth_paths, shard_size=6)
+    return [CachedShard(url, entry.bytes, entry.sha256) for url, entry in zip(manifest.shard_urls(), manifest.shards)]
 
 
 @pytest.fixture

@@ -7,19 +7,12 @@ import stat
 
 import pytest
 
-from maskx.orchestrator.cli import build_parser, split_names
-from maskx.orchestrator.serving.tracking_server import ServerSetup, server_command
+from maskx.orchestrator.cli import build_parser, server_setup
+from maskx.orchestrator.serving.tracking_server import server_command
 
 
 def setup_of(argv):
-    args = build_parser().parse_args(["mlflow-server", *argv])
-    return ServerSetup(store=args.store, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
-                       artifacts_destination=args.artifacts_destination, auth=args.auth,
-                       admin_password_file=args.admin_password_file, auth_database_uri=args.auth_database_uri,
-                       default_permission=args.default_permission, workers=args.workers,
-                       allowed_hosts=split_names(args.allowed_hosts),
-                       cors_allowed_origins=split_names(args.cors_allowed_origins),
-                       insecure_no_auth=args.insecure_no_auth)
+    return server_setup(build_parser().parse_args(["mlflow-server", *argv]))
 
 
 def test_one_person_s_server_binds_localhost_on_sqlite_and_a_folder(tmp_path, monkeypatch):
