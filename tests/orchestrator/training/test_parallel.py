@@ -3,7 +3,7 @@ That the tuned options leave a step's gradient as one process computes it: test_
 from torch import nn
 
 from maskx.models import BackboneConfig, ModelConfig, build_model
-from maskx.orchestrator.training.parallel import DDP_BUCKET_CAP_MB, ddp_options, has_batch_norm, sync_batch_norm
+from maskx.orchestrator.training.parallel import BUFFER_SYNC, DDP_BUCKET_CAP_MB, ddp_options, has_batch_norm, sync_batch_norm
 
 
 def tiny(norm: str) -> nn.Module:
@@ -13,15 +13,16 @@ def tiny(norm: str) -> nn.Module:
 
 def test_no_buffer_broadcast_where_no_buffer_moves_and_gradients_in_the_buckets():
     options = ddp_options(tiny("gn"))
-    assert options == {"find_unused_parameters": False, "broadcast_buffers": False, "gradient_as_bucket_view": True,
+    assert options == {"find_unused_parameters": False, BUFFER_SYNC: False, "gradient_as_bucket_view": True,
                        "bucket_cap_mb": DDP_BUCKET_CAP_MB}
+    assert BUFFER_SYNC == "forward_sync_buffers"  # torch 2.14 (the pin): the name that does not warn
     # Plain BatchNorm (norm: bn on CPU processes) still moves its statistics: rank 0's are broadcast.
-    assert ddp_options(tiny("bn"))["broadcast_buffers"] is True
+    assert ddp_options(tiny("bn"))[BUFFER_SYNC] is True
 
 
 def test_frozen_bn_buffers_never_move_so_they_are_not_broadcast():
     frozen = tiny("frozen_bn")
-    assert not has_batch_norm(frozen) and ddp_options(frozen)["broadcast_buffers"] is False
+    assert not has_batch_norm(frozen) and ddp_options(frozen)[BUFFER_SYNC] is False
 
 
 def test_batch_norm_is_synced_across_gpus_only():
@@ -31,7 +32,7 @@ def test_batch_norm_is_synced_across_gpus_only():
     assert has_batch_norm(synced, synced=True) and not has_batch_norm(synced)
     # The same parameter objects: an optimizer built before the conversion still updates them.
     assert all(p is parameters[name] for name, p in synced.named_parameters())
-    assert ddp_options(synced)["broadcast_buffers"] is False  # SyncBatchNorm keeps every rank's statistics equal
+    assert ddp_options(synced)[BUFFER_SYNC] is False  # SyncBatchNorm keeps every rank's statistics equal
     assert not has_batch_norm(sync_batch_norm(tiny("bn"), "cpu", world_size=2), synced=True)  # needs CUDA
     assert not has_batch_norm(sync_batch_norm(tiny("bn"), "cuda", world_size=1), synced=True)
     assert sync_batch_norm(tiny("gn"), "cuda", world_size=2).__class__ is not nn.SyncBatchNorm
