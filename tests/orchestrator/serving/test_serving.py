@@ -125,20 +125,21 @@ def test_a_posted_jpeg_gets_what_maskx_predicts_on_the_file(served):
 @pytest.mark.core
 def test_records_and_the_default_threshold_and_a_bad_image(served, synth_paths):
     """No params: serving's documented defaults, score 0.5 and 100 detections, as maskx in this process
-    answers with them, on the val image where the model's scores straddle 0.5 most (so the threshold
-    is what decides)."""
+    answers with them, over every val image in one request: the model's scores sit close on both sides
+    of 0.5 there, so a default moved out of the narrow band between them changes the answer."""
     url, tracking_uri, model_uri, _ = served
     loaded = load_model(model_uri, tracking_uri)
     images = [path.read_bytes() for path in sorted(Path(synth_paths["coco_val_images"]).glob("*.jpg"))]
-    chosen = max(images, key=lambda data: len(detections_json(loaded, data, 0.5, 100)["scores"]))
-    expected, everything = (detections_json(loaded, chosen, threshold, 100) for threshold in (0.5, 0.0))
-    assert 0 < len(expected["scores"]) < len(everything["scores"]), (expected["scores"], everything["scores"][:5])
-    image = base64.b64encode(chosen).decode()
-    status, answer = post(url, {"dataframe_records": [{"image": image}, {"image": image}]})
-    assert status == 200 and len(answer["predictions"]) == 2
-    for served_detections in answer["predictions"]:
-        assert served_detections["class_ids"] == expected["class_ids"]
-        assert torch.allclose(torch.tensor(served_detections["scores"]), torch.tensor(expected["scores"]), atol=1e-4)
+    expected = [detections_json(loaded, data, 0.5, 100) for data in images]
+    scores = [score for data in images for score in detections_json(loaded, data, 0.0, 100)["scores"]]
+    below, above = max(s for s in scores if s < 0.5), min(s for s in scores if s >= 0.5)
+    # Measured on the predicting model (2026-12-07): 0.417 and 0.515, so a default of 0.3 or 0.6 fails here.
+    assert below > 0.35 and above < 0.6, (below, above)
+    status, answer = post(url, {"dataframe_records": [{"image": base64.b64encode(data).decode()} for data in images]})
+    assert status == 200 and len(answer["predictions"]) == len(images)
+    for served_detections, wanted in zip(answer["predictions"], expected):
+        assert served_detections["class_ids"] == wanted["class_ids"]
+        assert torch.allclose(torch.tensor(served_detections["scores"]), torch.tensor(wanted["scores"]), atol=1e-4)
     status, answer = post(url, {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
     assert status >= 400 and "not a JPEG or PNG" in json.dumps(answer)
 
