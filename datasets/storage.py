@@ -6,6 +6,7 @@ the middle of an object resumes at the byte where it stopped.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -123,6 +124,10 @@ def create_exclusive(url: str, payload: bytes) -> bool:
             os.link(tmp, url)
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS):
+                raise
+            return _create_exclusive_without_links(url, payload)  # a FUSE mount (s3fs, gcsfuse) has no links
         finally:
             os.unlink(tmp)
         return True
@@ -137,6 +142,18 @@ def create_exclusive(url: str, payload: bytes) -> bool:
         raise s3_error(url, exc) from None
     except Exception as exc:
         raise s3_error(url, exc) from None
+    return True
+
+
+def _create_exclusive_without_links(url: str, payload: bytes) -> bool:
+    """O_EXCL alone, where the filesystem cannot link: one writer wins; a reader may see the file empty
+    for a moment."""
+    try:
+        descriptor = os.open(url, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(payload)
     return True
 
 

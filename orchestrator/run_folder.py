@@ -63,6 +63,7 @@ EVAL_FILE = "eval.json"
 UNSENT_METRICS_FILE = "unsent_metrics.json"
 WEIGHTS_FILE = "weights.pt"
 MLFLOW_RUN_FILE = "mlflow_run.json"
+RECORD_WAIT_S = 5.0  # how long a claim record read empty is waited for (see read_mlflow_run)
 COMPLETE_FILE = "complete.json"
 CHECKPOINT_PREFIX = "checkpoint_"
 BEST_FILE = "best.json"
@@ -87,7 +88,13 @@ def read_mlflow_run(folder: str) -> Optional[str]:
     record = storage.join(folder, MLFLOW_RUN_FILE)
     if storage.stat(record) is None:
         return None
-    return json.loads(storage.read_bytes(record))["run_id"]
+    payload = storage.read_bytes(record)
+    # Where the filesystem cannot hard-link (FUSE), the claim is created empty and written an instant later.
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while not payload and time.monotonic() < deadline:
+        time.sleep(0.05)
+        payload = storage.read_bytes(record)
+    return json.loads(payload)["run_id"]
 
 
 def write_mlflow_run(folder: str, run_id: str, redacted_tracking_uri: str) -> None:

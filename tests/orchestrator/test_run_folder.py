@@ -223,6 +223,22 @@ def test_a_new_run_never_continues_another(tmp_path):
         assert os.listdir(folder) == [run_folder.MLFLOW_RUN_FILE]
 
 
+def test_a_run_folder_on_a_filesystem_without_hard_links_is_claimed_by_one_driver_too(tmp_path, monkeypatch):
+    """FUSE mounts (s3fs, gcsfuse) refuse link(): the claim falls back to O_EXCL alone, still one winner,
+    and the losers wait out the instant the record is empty instead of failing to read it."""
+    import errno
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    for attempt in range(5):
+        folder = str(tmp_path / f"run-{attempt}")
+        won = claims_of(folder)
+        assert len(won) == 1 and run_folder.read_mlflow_run(folder) == won[0]
+        assert os.listdir(folder) == [run_folder.MLFLOW_RUN_FILE]  # the scratch copy removed
+
+
 @pytest.mark.integration
 @pytest.mark.core
 @pytest.mark.s3
