@@ -235,7 +235,7 @@ class SweepConfig:
 @dataclass
 class TrainConfig:
     __pydantic_config__ = _STRICT
-    name: str = "maskx"
+    name: str = "maskx"  # the run's name: generated run names start with it (MLflow's run name, the run folder's)
     # The folder relative paths (shards, checkpoints, weights, a sqlite tracking store) resolve
     # against; default: the working folder. A job from `ray job submit` runs in a copy of the working
     # dir, so pass `root=$PWD` to mean the submitting folder.

@@ -69,10 +69,7 @@ def sections(cls, prefix: str = "") -> Iterator[tuple[str, type, list[tuple[str,
         if dataclasses.is_dataclass(default):
             nested.append((key, type(default)))
             continue
-        meaning = comments.get(field.name, "")
-        if cls is TrainConfig and field.name == "name":
-            meaning = meaning or "The run's name: generated run names start with it; MLflow's run name, the run folder's."
-        rows.append((key, str(field.type), shown(default), meaning))
+        rows.append((key, str(field.type), shown(default), comments.get(field.name, "")))
         if field.name == "train" and cls.__name__ == "DataConfig":
             nested.append((f"{key}[]", TrainSource))
     yield prefix.rstrip(".") or "(top level)", cls, rows

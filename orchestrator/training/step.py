@@ -110,7 +110,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
                     for i, losses in enumerate(micro_losses) if not torch.isfinite(sum(losses.values()))), None)
         return _non_finite(bad, on_nonfinite, scheduler)
     # Weights carry W / G (DDP averages over ranks): per image of this rank, times G / (W x its images).
-    world_size, global_images = (layout.world_size, layout.plan.global_batch) if layout else (1, sum(images))
+    global_images = layout.plan.global_batch if layout else sum(images)
     per_image = global_images / (world_size * sum(images)) if sum(images) else 0.0
     totals = {name: value * per_image for name, value in zip(weighted_sums, values)}
     totals["loss"] = sum(totals.values())

@@ -70,7 +70,8 @@ class Worker:
         self.state.plan, self.state.world_size = self.setup.plan, self.world_size
         self.layout = self.setup.layout(self.world_size)
         self.trained = ray.train.torch.prepare_model(self.model, parallel_strategy_kwargs=ddp_options(self.model))
-        self.rank0_wait_group = rank0_wait_group(self.world_size, cfg.eval_timeout_s)
+        # Only a run that evaluates has ranks waiting for rank 0's scoring (the group is made collectively).
+        self.rank0_wait_group = rank0_wait_group(self.world_size, cfg.eval_timeout_s) if cfg.data.val else None
         self.metric_logger = MetricLogger(self.mlflow_run, in_training_process=True) if self.rank == 0 else None
         # What the current step did, for the hooks: the step, its losses, the latest logged training
         # metrics; whether the model was evaluated after it, the evaluation when scored at once (it
