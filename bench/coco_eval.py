@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 
 from maskx.datasets.shard_format import rle_to_json
 from maskx.datasets.vocab import VOC_COCO_IDS
-from maskx.orchestrator.serving.evaluation import COCOEVAL_BACKENDS, evaluate
+from maskx.orchestrator.evaluation.coco_scoring import COCOEVAL_BACKENDS, evaluate
 
 WIDTH, HEIGHT = 640, 480
 OBJECTS_PER_IMAGE, DETECTIONS_PER_IMAGE = 7, 100

@@ -53,7 +53,7 @@ def overrides(way: str, args, shards: dict[str, str], tmp: Path) -> list[str]:
               f"solver.max_iter={args.iters}", "solver.warmup_iters=2", "log_every=1",
               f"model.num_classes={shards['num_classes']}", "model.box_score_thresh=0.0", "model.detections_per_img=100",
               f"checkpoint.storage_path={tmp}/runs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-              "mlflow.registered_model=null", f"mlflow.experiment=overhead", f"name={way}"]
+              "mlflow.registered_model=null", "mlflow.experiment=overhead", f"name={way}"]
     if way == "bare":
         return common + ["data.val=null", f"checkpoint.every={args.iters}", "mlflow.system_metrics_every_s=0"]
     upload = "async" if way == "background" else "sync"
@@ -103,7 +103,7 @@ def main() -> None:
     mean = lambda values: f"{statistics.fmean(values):.2f}" if values else "-"
     print(f"\n{args.iters} iterations, global batch 4 (2 CPU workers x 2 images), {args.val_images} val images, "
           f"eval every {args.eval_every}, checkpoint every {args.checkpoint_every}")
-    print(f"| way | img/s | of bare | median step (s) | stall per eval (s) | stall per checkpoint (s) | run wall (s) |")
+    print("| way | img/s | of bare | median step (s) | stall per eval (s) | stall per checkpoint (s) | run wall (s) |")
     print("|---|---|---|---|---|---|---|")
     for way, r in results.items():
         print(f"| {way} | {r['img/s']:.2f} | {r['img/s'] / bare:.3f} | {r['step']:.3f} | {mean(r['eval stall'])} | "

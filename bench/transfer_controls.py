@@ -72,7 +72,7 @@ def run_shuffled(args) -> None:
     from maskx.datasets.synth_families import FAMILY_CLASSES
     from maskx.orchestrator.config import load_config
     from maskx.orchestrator.run_setup import set_up_run
-    from maskx.orchestrator.serving.evaluation import evaluate_on_shards
+    from maskx.orchestrator.evaluation.shards import evaluate_on_shards
     from maskx.orchestrator.serving.inference import load_model
 
     cfg = load_config(args.config, args.overrides)

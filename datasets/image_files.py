@@ -22,6 +22,7 @@ import zlib
 from typing import Optional, Sequence
 
 from . import storage
+from .s3_objects import StorageError, s3_error, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class S3RangeFile(io.RawIOBase):
     def __init__(self, url: str, max_attempts: int = 5):
         super().__init__()
         self.url, self.max_attempts = url, max_attempts
-        self.bucket, self.key = storage.split_s3(url)
+        self.bucket, self.key = split_s3(url)
         found = storage.stat(url)
         if found is None:
             raise FileNotFoundError(url)
@@ -168,10 +169,10 @@ class S3RangeFile(io.RawIOBase):
                     return body
                 problem = f"got {len(body)} of {end - start + 1} bytes"
             except Exception as exc:
-                error = storage.s3_error(self.url, exc)
+                error = s3_error(self.url, exc)
                 if isinstance(error, (FileNotFoundError, PermissionError)):
                     raise error from None
                 problem = f"{type(exc).__name__}: {exc}"
             log.warning("%s: range %d-%d failed (%s), attempt %d of %d", self.url, start, end, problem, attempt,
                         self.max_attempts)
-        raise storage.StorageError(f"{self.url}: range {start}-{end} failed {self.max_attempts} times")
+        raise StorageError(f"{self.url}: range {start}-{end} failed {self.max_attempts} times")

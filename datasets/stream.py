@@ -17,6 +17,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from . import storage
 from .batch import Batch
+from .s3_objects import StorageError
 from .shard_cache import CachedShard, CacheSettings, cache_for
 from .shard_format import Manifest, load_manifest
 from .transforms import BadSample, decode_sample
@@ -118,7 +119,7 @@ def shard_samples(url: str, expected: int, skips: SkipCounter, every: int = 1, o
                 seen += 1
                 if index % every == offset:
                     yield sample
-        except (FileNotFoundError, PermissionError, storage.StorageError):
+        except (FileNotFoundError, PermissionError, StorageError):
             raise
         except Exception as exc:  # anything else from tar parsing: the shard is damaged
             errors.append(exc)

@@ -23,8 +23,8 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synth import (SynthClass, box_iou, place_boxes, rle_annotation, shape_polygons, shard_synthetic, visible_masks,
-                    write_coco_split)
+from .synth import SynthClass, shard_synthetic, write_coco_split
+from .synth_shapes import box_iou, place_boxes, rle_annotation, shape_polygons, visible_masks
 from .vocab import COCO_CATEGORIES, VOC_COCO_IDS
 
 # Shapes whose masks stay distinct inside a tight box (not ellipse vs disk, not bar vs square).

@@ -19,7 +19,7 @@ FIELD_LINE = re.compile(r"^(\s+)(\w+): [^=]+?(?: = .*)?$")
 
 HEADER = """# Configuration reference
 
-Generated from the typed config (`orchestrator/config.py`, `models/config.py`) by
+Generated from the typed config (`orchestrator/config/`, `models/config.py`) by
 `python -m maskx.orchestrator.config_reference > docs/config.md`; a test fails when it is out of
 date. A config file is YAML with these keys (`configs/` holds the shipped ones); any key can be set
 on the command line as `dotted.key=value` (the value read as YAML), e.g. `solver.lr=0.01`. An unknown

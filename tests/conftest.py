@@ -2,8 +2,12 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .postgres import Postgres
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,7 +1,7 @@
 """Dependencies point one way: orchestrator -> models, datasets. models/ is pure torch, datasets/
 knows no model, and only orchestrator/ talks to Ray or MLflow. Inside orchestrator/ the rooms point
-one way too (tuning -> training -> reporting -> serving -> the shared modules at its top), and no two modules
-import each other, directly or around a loop."""
+one way too (cli -> tuning -> training -> reporting -> serving -> tracking -> evaluation -> the shared
+modules at its top), and no two modules import each other, directly or around a loop."""
 import ast
 from pathlib import Path
 
@@ -13,18 +13,15 @@ FORBIDDEN = {
     "models": ("maskx.datasets", "maskx.orchestrator", "ray", "mlflow"),
     "datasets": ("maskx.models", "maskx.orchestrator", "ray", "mlflow"),
 }
-# orchestrator/: each room and what it must not import. The shared modules at the top (config, the
-# run's set-up, the run folder, the Ray connection, private-API compat) import no room; the entry
-# points (cli, demo) import any.
-ROOMS = {
-    "serving": ("maskx.orchestrator.training", "maskx.orchestrator.tuning", "maskx.orchestrator.cli",
-                "maskx.orchestrator.demo"),
-    "reporting": ("maskx.orchestrator.training", "maskx.orchestrator.tuning", "maskx.orchestrator.cli",
-                  "maskx.orchestrator.demo"),
-    "training": ("maskx.orchestrator.tuning", "maskx.orchestrator.cli", "maskx.orchestrator.demo"),
-    "tuning": ("maskx.orchestrator.cli", "maskx.orchestrator.demo"),
-}
-SHARED = ("config", "run_setup", "run_folder", "ray_cluster", "compat", "redaction")
+# orchestrator/: its rooms from the top down; a room imports only the rooms below it. The shared
+# modules at the top (config, the run's set-up, the run folder, the Ray connection, private-API
+# compat, redaction) import no room; the entry points (the CLI, the demo) import any.
+ENTRY_POINTS = ("maskx.orchestrator.cli", "maskx.orchestrator.demo")
+ORDER = ("tuning", "training", "reporting", "serving", "tracking", "evaluation")
+ROOMS = {room: tuple(f"maskx.orchestrator.{above}" for above in ORDER[:i]) + ENTRY_POINTS
+         for i, room in enumerate(ORDER)}
+SHARED = ("config", "run_setup", "run_folder", "ray_cluster", "compat", "redaction", "config_reference")
+MAX_LINES = 300  # a module one reads top to bottom
 
 
 def module_name(path: Path) -> str:
@@ -69,11 +66,31 @@ def test_the_orchestrator_s_rooms_depend_one_way(room):
     assert not found
 
 
+def module_files(name: str) -> list[Path]:
+    """The files of orchestrator's module or package `name`."""
+    module = REPO / "orchestrator" / f"{name}.py"
+    return [module] if module.exists() else sorted((REPO / "orchestrator" / name).rglob("*.py"))
+
+
 def test_the_orchestrator_s_shared_modules_import_no_room():
-    rooms = tuple(f"maskx.orchestrator.{room}" for room in ROOMS) + ("maskx.orchestrator.cli", "maskx.orchestrator.demo")
-    found = {f"{name}.py: {imported}" for name in SHARED
-             for imported in names_in(imported_modules(REPO / "orchestrator" / f"{name}.py"), rooms)}
+    rooms = tuple(f"maskx.orchestrator.{room}" for room in ORDER) + ENTRY_POINTS
+    found = {f"{path.relative_to(REPO)}: {imported}" for name in SHARED for path in module_files(name)
+             for imported in names_in(imported_modules(path), rooms)}
     assert not found
+
+
+def test_every_module_of_the_orchestrator_has_its_place():
+    top = {path.stem for path in (REPO / "orchestrator").glob("*.py")} - {"__init__"}
+    folders = {path.name for path in (REPO / "orchestrator").iterdir() if (path / "__init__.py").exists()}
+    entry_points = {name.rpartition(".")[2] for name in ENTRY_POINTS}
+    assert top | folders == set(SHARED) | set(ORDER) | entry_points
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_no_module_is_longer_than_one_reads_top_to_bottom(package):
+    long = {str(path.relative_to(REPO)): lines for path in (REPO / package).rglob("*.py")
+            if (lines := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long
 
 
 def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -107,6 +124,55 @@ def test_no_module_of_maskx_imports_itself_around_a_loop():
 
     graph = {module_name(path): {known(n) for n in imported_modules(path)} - {"", module_name(path)} for path in paths}
     assert import_circles(graph) == []
+
+
+def top_level_names(path: Path) -> set[str]:
+    """What `from <module> import NAME` can take from a module: what its top level defines or imports."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.If, ast.Try)):
+            names.update(top_level_names_in(node))
+    return names
+
+
+def top_level_names_in(node: ast.AST) -> set[str]:
+    return {(alias.asname or alias.name).split(".")[0] for child in ast.walk(node)
+            if isinstance(child, (ast.Import, ast.ImportFrom)) for alias in child.names}
+
+
+def test_every_import_of_maskx_names_a_module_and_a_name_that_exist():
+    # Commands and rooms import lazily, inside functions: a name left behind by a move would fail only
+    # when that command runs. Read every import, at any depth, of maskx's packages, tests and benches.
+    files = {module_name(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")}
+    missing = set()
+    for folder in list(PACKAGES) + ["tests", "bench"]:
+        for path in (REPO / folder).rglob("*.py"):
+            package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                base = node.module or ""
+                if node.level:
+                    if not package.startswith("maskx."):
+                        continue  # tests/ and bench/ import each other relatively: not maskx's packages
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                if not base.startswith("maskx."):
+                    continue
+                if base not in files:
+                    missing.add(f"{path.relative_to(REPO)}: no module {base}")
+                    continue
+                for alias in node.names:
+                    if f"{base}.{alias.name}" not in files and alias.name not in top_level_names(files[base]):
+                        missing.add(f"{path.relative_to(REPO)}: {base} has no {alias.name}")
+    assert not missing
 
 
 def test_maskx_never_imports_its_folders_by_their_top_level_names():

@@ -10,8 +10,8 @@ from typing import Optional
 from maskx.datasets import storage
 from maskx.datasets.shard_format import ClassCounts, Manifest
 
-from ..serving.tracking import TrackedRun
 from . import figures
+from ..tracking.store import TrackedRun
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 from maskx.datasets.stream import EvalStream, Source
 from maskx.datasets.vocab import Vocabulary
 
-from ..serving.inference import predict
-from ..serving.tracking import TrackedRun
-from ..serving import drawing
 from . import figures
+from ..serving import drawing
+from ..serving.inference import predict
+from ..tracking.store import TrackedRun
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from maskx.orchestrator.serving.error_analysis import LEVELS, RECALL_POINTS
+from maskx.orchestrator.evaluation.error_analysis import LEVELS, RECALL_POINTS
 
 SET_COLORS = {"setA": "tab:blue", "setB": "tab:orange"}
 SET_NAMES = {"setA": "set A (masks in training)", "setB": "set B (boxes only)"}

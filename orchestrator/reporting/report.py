@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..serving.tracking import TrackedRun, Tracking
 from . import figures
+from ..tracking.store import TrackedRun, Tracking
 from .evaluation_figures import FIGURE_KEYS
 
 log = logging.getLogger(__name__)

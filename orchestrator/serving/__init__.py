@@ -1,5 +1,6 @@
-"""A model once trained: MLflow tracking and the registry, the logged and served model, loading,
-prediction, COCO evaluation and model cards. Imports nothing from `training/` or `tuning/`."""
+"""A trained model put to work: loading it (a checkpoint folder, `models:/`, `runs:/`), predicting
+(one process, or on Ray), drawing its detections, the logged and served pyfunc, export. Imports
+`evaluation/` and `tracking/`, nothing from `reporting/`, `training/` or `tuning/`."""
 
 
 def __getattr__(name: str):

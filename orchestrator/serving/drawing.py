@@ -18,7 +18,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from maskx.datasets.shard_format import rle_from_json
 from maskx.datasets.vocab import Vocabulary
-from .evaluation import binary_masks
+from ..evaluation.records import binary_masks
 from .inference import LoadedModel, kept, predict, read_image
 
 COLORS = {"A": (31, 119, 180), "B": (255, 127, 14)}  # matplotlib's tab:blue and tab:orange, as in figures.py

@@ -23,8 +23,8 @@ import warnings
 import torch
 from torch import nn
 
+from ..tracking.store import Tracking
 from .inference import LoadedModel
-from .tracking import Tracking
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17

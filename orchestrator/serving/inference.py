@@ -27,9 +27,9 @@ from maskx.models import MaskXRCNN, build_model
 
 from .. import run_folder
 from ..config import TrainConfig
+from ..evaluation.shards import Evaluation, evaluate_on_shards
 from ..run_setup import RunSetup
-from .evaluation import Evaluation, evaluate_on_shards
-from .tracking import Tracking
+from ..tracking.store import Tracking
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 # A 48-megapixel phone photo passes; the memory a request takes: docs/benchmarks.md, "Memory per request".

@@ -28,7 +28,8 @@ from maskx.datasets import storage
 from maskx.datasets.stream import load_sources
 from maskx.datasets.vocab import Vocabulary
 
-from .evaluation import detection_records, predict_on_shards
+from ..evaluation.records import detection_records
+from ..evaluation.shards import predict_on_shards
 from .drawing import draw_predictions, model_set_a
 from .inference import LoadedModel, read_image
 

@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
+from ..evaluation.records import mask_rles
 from ..run_folder import MODEL_FILES_ARTIFACT
-from .evaluation import mask_rles
 from .inference import LoadedModel, decode_image_bytes, kept, load_model_files, predict
 
 INPUT_COLUMN = "image"

@@ -4,16 +4,7 @@ prepared shards, on Ray Data, written block by block.
 The job is cut into blocks: `block_size` images in sorted order, or one shard. Ray Data reads,
 decodes, normalizes and resizes a block's images in a CPU task (`PreResizedTransform.prepare`), the
 model runs in a pool of actors (`actors=(MIN, MAX)`, `gpus_per_actor`) on the prepared images, and
-the driver writes each block as it comes:
-
-    OUT/plan.json            what the job is (model and its weights' digest, inputs, block size,
-                             images); a rerun checks it, so a moved alias is another job
-    OUT/image_ids.json       each image id and its file
-    OUT/results/000042.json  block 42's detections as COCO results (the format of `results.json`)
-    OUT/blocks/000042.json   block 42 is done: its images, detections, unreadable files and the nodes
-                             that predicted it
-    OUT/manifest.json        every block, the totals and the unreadable files, when the job ends
-    OUT/categories.json
+the driver writes each block as it comes, into OUT (`block_folder.py` names its files).
 
 A rerun of the same plan skips the blocks whose `blocks/` entry exists: a job that died resumes
 where it stopped, and no block is written twice. Within a block the model sees the batches that
@@ -23,7 +14,6 @@ cluster, s3:// or a shared filesystem.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -37,6 +27,7 @@ import torch
 from torchvision.models.detection.transform import resize_boxes
 
 from maskx.datasets import storage
+from maskx.datasets.s3_objects import StorageError
 from maskx.datasets.shard_format import load_manifest
 from maskx.datasets.stream import SkipCounter, shard_samples
 from maskx.datasets.transforms import BadSample, decode_sample
@@ -44,17 +35,14 @@ from maskx.datasets.vocab import Vocabulary
 from maskx.models import build_transform
 
 from ..config import TrainConfig
+from ..evaluation.records import detection_records
 from ..ray_cluster import connect
-from .evaluation import detection_records
+from .block_folder import MANIFEST_FILE, check_plan, weights_digest, write_block, write_manifest, written_blocks
 from .inference import decode_image_bytes, loaded_from
 from .predictions import IMAGE_SUFFIXES, coco_results, image_files, image_ids, write_categories, write_image_ids
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.json"
-MANIFEST_FILE = "manifest.json"
-RESULTS_FOLDER = "results"
-BLOCKS_FOLDER = "blocks"
 DEFAULT_BLOCK_SIZE = 64
 # A Ray worker with torch imported, decoding: Ray Data measured ~490 MiB and warns under 1.25x that.
 DECODE_WORKER_BYTES = 768 * 2**20
@@ -143,7 +131,7 @@ def _block_images(row: dict, vocab: Vocabulary, batch_size: int,
     for position, (ref, image_id) in enumerate(zip(row["refs"], row["ids"])):
         try:
             image = decode_image_bytes(storage.read_bytes(ref), f"image {ref}")
-        except (ValueError, OSError, storage.StorageError) as exc:
+        except (ValueError, OSError, StorageError) as exc:
             log.warning("%s; skipped", exc)
             unreadable.append({"image": ref, "reason": str(exc)})
             continue
@@ -209,10 +197,10 @@ def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict]
     plan = {"model": model_uri, "weights_sha256": weights_digest(state_dict), "inputs": shards or images,
             "block_size": None if shards else block_size, "blocks": len(blocks),
             "images": sum(len(b["refs"]) for b in blocks) if images else None}
-    _check_plan(out, plan)
+    check_plan(out, plan)
     if images:
         write_image_ids(out, [i for b in blocks for i in b["ids"]], [r for b in blocks for r in b["refs"]])
-    done = _written_blocks(out)
+    done = written_blocks(out)
     pending = [b for b in blocks if b["block"] not in done]
     summary = RaySummary(out, blocks_done_before=len(blocks) - len(pending))
     write_categories(out, vocab)
@@ -241,7 +229,7 @@ def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict]
             last = next((part for part, r in received.items() if r["last"]), None)
             if last is None or len(received) <= last:
                 continue
-            entry = _write_block(out, number, [received.pop(part) for part in range(last + 1)])
+            entry = write_block(out, number, [received.pop(part) for part in range(last + 1)])
             del parts[number]
             done[number] = entry
             summary.blocks += 1
@@ -249,7 +237,7 @@ def predict_on_ray(model_uri: str, weights: tuple[TrainConfig, Vocabulary, dict]
             summary.detections += entry["detections"]
             summary.unreadable += entry["unreadable"]
     summary.seconds = time.monotonic() - started
-    _write_manifest(out, plan, [done[b["block"]] for b in blocks])
+    write_manifest(out, plan, [done[b["block"]] for b in blocks])
     return summary
 
 
@@ -262,68 +250,6 @@ def _check_cpus(min_actors: int, cpus_per_actor: float) -> None:
         raise ValueError(f"--actors {min_actors} (at least) x --cpus-per-actor {cpus_per_actor:g}, and 1 CPU to decode "
                          f"images with, need {needed:g} CPUs; the cluster has {cpus:g}: start fewer actors or give each "
                          "fewer CPUs")
-
-
-def _block_name(number: int) -> str:
-    return f"{number:06d}.json"
-
-
-def _write_block(out: str, number: int, parts: list[dict]) -> dict:
-    """The block's results, then its entry in blocks/ (which says the results are whole)."""
-    results = [r for part in parts for r in json.loads(part["results"])]
-    entry = {"block": number, "results": f"{RESULTS_FOLDER}/{_block_name(number)}",
-             "images": sum(int(part["images"]) for part in parts), "detections": len(results),
-             "unreadable": [u for part in parts for u in json.loads(part["unreadable"])],
-             "nodes": sorted({part["node"] for part in parts})}
-    storage.write_bytes(storage.join(out, entry["results"]), json.dumps(results).encode())
-    storage.write_bytes(storage.join(out, f"{BLOCKS_FOLDER}/{_block_name(number)}"), json.dumps(entry).encode())
-    return entry
-
-
-def _written_blocks(out: str) -> dict[int, dict]:
-    _, names = storage.list_folder(storage.join(out, BLOCKS_FOLDER))
-    return {int(name[:-5]): json.loads(storage.read_bytes(storage.join(out, f"{BLOCKS_FOLDER}/{name}")))
-            for name in names if name.endswith(".json") and name[:-5].isdigit()}
-
-
-def weights_digest(state_dict: dict) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def _check_plan(out: str, plan: dict) -> None:
-    """The plan at `out`, written now or, from an earlier run, the same one: else a clear error."""
-    url = storage.join(out, PLAN_FILE)
-    if storage.stat(url) is None and storage.stat(storage.join(out, MANIFEST_FILE)) is not None:
-        raise ValueError(f"--out {out} holds a manifest.json but no plan.json: a dataset's shards, or another "
-                         "tool's output; name a new --out")
-    if storage.stat(url) is None:
-        storage.write_bytes(url, json.dumps(plan, indent=1).encode())
-        return
-    earlier = json.loads(storage.read_bytes(url))
-    if earlier != plan:
-        changed = ", ".join(f"{key} {earlier.get(key)!r} -> {value!r}" for key, value in plan.items()
-                            if earlier.get(key) != value)
-        raise ValueError(f"--out {out} holds another job's blocks ({changed}): name a new --out, or rerun the "
-                         "same job to finish it")
-
-
-def _write_manifest(out: str, plan: dict, entries: list[dict]) -> None:
-    manifest = dict(plan, results=[e["results"] for e in entries],
-                    images_predicted=sum(e["images"] for e in entries),
-                    detections=sum(e["detections"] for e in entries),
-                    unreadable=[u for e in entries for u in e["unreadable"]])
-    storage.write_bytes(storage.join(out, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
-
-
-def read_results(out: str) -> list[dict]:
-    """Every block's COCO results, in block order: one `results.json` of the whole job."""
-    manifest = json.loads(storage.read_bytes(storage.join(out, MANIFEST_FILE)))
-    return [r for name in manifest["results"] for r in json.loads(storage.read_bytes(storage.join(out, name)))]
 
 
 def summary_line(summary: RaySummary) -> str:

@@ -22,7 +22,8 @@ import ray
 
 from maskx.datasets.vocab import Vocabulary
 
-from ..serving.evaluation import Evaluation, Records, score_shares
+from ..evaluation.records import Records
+from ..evaluation.shards import Evaluation, score_shares
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from maskx.datasets.repeat_factors import class_repeat_factor
 from maskx.datasets.vocab import Vocabulary
 
 from ..run_setup import ClassFrequency
-from ..serving.tracking import TrackedRun
+from ..tracking.store import TrackedRun
 
 
 def log_class_frequency(run: TrackedRun, frequency: ClassFrequency, threshold: float, vocab: Vocabulary) -> None:

@@ -15,7 +15,7 @@ from ray.train import UserCallback
 from maskx.datasets.partitions import EpochLayout
 
 from ..redaction import error_summary
-from ..serving.tracking import TrackedRun, Tracking, log_metric_batches
+from ..tracking.store import TrackedRun, Tracking, log_metric_batches
 
 log = logging.getLogger(__name__)
 

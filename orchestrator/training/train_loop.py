@@ -1,7 +1,8 @@
 """`train_loop_per_worker` for Ray Train's TorchTrainer: set up, loop, report.
 
 The worker (`worker.py`) holds the model, solver and data position and runs a step; each other
-concern (metrics, evaluation, checkpoints, keys log, system metrics) is a hook (`hooks.py`).
+concern (metrics, evaluation, checkpoints, keys log, system metrics) is a hook (`hooks.py`,
+`evaluation_hooks.py`), run in the order `build_hooks` gives.
 """
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from typing import Optional
 
 from ..compat import ray_train_report_logger
 from ..redaction import redact_logs
-from .hooks import build_hooks
+from .evaluation_hooks import KeepBest, PeriodicEvaluation
+from .hooks import CheckpointReport, Hook, KeysLog, PreemptionCheckpoint, SystemMetrics, TrainingMetrics
 from .step import NonFiniteLoss
 from .worker import Worker, WorkerJob
 
 FATAL_ERROR = "fatal_error"  # what the ranks return instead of raising an error no retry can fix
+
+
+def build_hooks(job: WorkerJob) -> list[Hook]:
+    """In the order they run after a step: the evaluation's metrics join the checkpoint it reports."""
+    hooks: list[Hook] = [KeysLog(job.record_keys_to)] if job.record_keys_to else []
+    return hooks + [TrainingMetrics(), PeriodicEvaluation(), KeepBest(), CheckpointReport(), PreemptionCheckpoint(),
+                     SystemMetrics()]
 
 
 def train_loop_per_worker(loop_config: dict) -> Optional[dict]:

@@ -12,16 +12,16 @@ from typing import Optional
 
 from .. import run_folder
 from ..config import TrainConfig, dump_config
+from ..evaluation.coco_scoring import coco_metric_names
 from ..ray_cluster import connect
 from ..redaction import error_summary, redact
 from ..reporting.data_figures import log_classes
 from ..reporting.report import log_report
 from ..run_setup import RunSetup, set_up_run
-from ..serving.evaluation import coco_metric_names
-from ..serving.model_logging import log_finished_run
-from ..serving.tracking import TrackedRun, Tracking, connection_errors
+from ..tracking.store import TrackedRun, Tracking, connection_errors
 from .class_frequency import log_class_frequency
 from .cluster_checks import check_eval_cpus_fit, check_paths_reach_every_node, cluster_cpus, spans_several_hosts
+from .finished_run import log_finished_run
 from .train_loop import FATAL_ERROR, train_loop_per_worker
 from .worker import WorkerJob
 

@@ -21,10 +21,10 @@ from maskx.models import build_model
 
 from .. import run_folder
 from ..config import TrainConfig
+from ..evaluation.shards import Evaluation
 from ..run_folder import TrainState
 from ..run_setup import RunSetup
-from ..serving.evaluation import Evaluation
-from ..serving.tracking import TrackedRun, Tracking
+from ..tracking.store import TrackedRun, Tracking
 from .init_from import initialize_from
 from .metric_logger import MetricLogger
 from .parallel import ddp_options, sync_batch_norm

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import TrainConfig
-from ..serving.tracking import Tracking
+from ..tracking.store import Tracking
 from .trials import Trial
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from ..config import SweepConfig, TrainConfig, apply_override, dump_config, vali
 from ..ray_cluster import connect
 from ..reporting.report import log_report
 from ..run_setup import absolute_storage_path, with_absolute_paths
-from ..serving.tracking import Tracking
+from ..tracking.store import Tracking
 from ..training.trainer import train
 from .interrupt import interrupt_flag
 from .promotion import Promotion, promote

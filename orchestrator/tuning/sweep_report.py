@@ -13,7 +13,7 @@ from typing import Optional
 from maskx.datasets import storage
 
 from ..config import SweepConfig
-from ..serving.tracking import TrackedRun
+from ..tracking.store import TrackedRun
 from .promotion import Promotion
 from .trials import ERROR, FINISHED, STOPPED, Trial
 

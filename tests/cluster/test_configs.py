@@ -82,7 +82,7 @@ def test_kuberay_rayjob_runs_maskx_train_on_an_authenticated_gpu_cluster():
 
 
 def test_the_team_mlflow_server_runs_maskx_on_postgres_and_s3_with_logins_and_every_secret_from_a_secret():
-    from maskx.orchestrator.serving.tracking_server import ServerSetup, server_command
+    from maskx.orchestrator.tracking.server import ServerSetup, server_command
 
     with open(os.path.join(CLUSTER, "mlflow-server.yaml")) as f:
         documents = {d["kind"]: d for d in yaml.safe_load_all(f)}

@@ -5,7 +5,7 @@ on and off."""
 import pytest
 
 from maskx.datasets import storage
-from maskx.datasets.storage import READ_CHUNK
+from maskx.datasets.s3_objects import READ_CHUNK
 from maskx.datasets.shard_cache import CacheSettings
 from maskx.datasets.stream import EvalStream, load_sources
 from ..s3_fault_proxy import Fault

@@ -8,10 +8,10 @@ from maskx.datasets.shard_format import load_manifest
 from maskx.orchestrator.cli import main
 from maskx.orchestrator.reporting import figures
 from maskx.orchestrator.reporting.evaluation_figures import FIGURE_KEYS, evaluation_figures
-from maskx.orchestrator.serving.error_analysis import LEVELS, class_confusions_forgiven
-from maskx.orchestrator.serving.evaluation import evaluate
+from maskx.orchestrator.evaluation.error_analysis import LEVELS, class_confusions_forgiven
+from maskx.orchestrator.evaluation.coco_scoring import evaluate
 
-from ..serving.test_evaluation import coco_tiny_records
+from ..evaluation.test_evaluation import coco_tiny_records
 
 VOC = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]
 
@@ -121,7 +121,7 @@ def test_prepare_draws_the_classes_and_browse_draws_samples_as_training_sees_the
 
 def test_a_figure_mlflow_cannot_take_is_a_warning_not_a_failed_run(monkeypatch, caplog):
     from maskx.orchestrator.reporting.evaluation_figures import FigureLogger
-    from maskx.orchestrator.serving.tracking import Tracking
+    from maskx.orchestrator.tracking.store import Tracking
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     unreachable = Tracking("http://127.0.0.1:9").run("0" * 32)  # nothing listens on port 9

@@ -1,4 +1,7 @@
 """Overlays of predictions: masks, boxes and class names over the image."""
+from pathlib import Path
+
+import pytest
 import torch
 
 from maskx.datasets.vocab import Vocabulary, VocabClass
@@ -27,13 +30,21 @@ def test_overlay_without_detections_is_the_image():
     assert torch.equal(draw_predictions(image, empty, vocab, None), image)
 
 
-def test_models_logged_before_the_serving_package_still_load_their_class():
-    # The code file MLflow copied into models logged by an older maskx runs this import.
+# What the code file MLflow copied into each generation of logged models imports: before the serving
+# package (#25), and since (pyfunc_model.py, unchanged when tracking/ and evaluation/ left serving/).
+LOGGED_MODEL_IMPORTS = ["from maskx.orchestrator.serving import MaskXPyfunc",
+                        "from maskx.orchestrator.serving.pyfunc import MaskXPyfunc"]
+
+
+@pytest.mark.parametrize("statement", LOGGED_MODEL_IMPORTS)
+def test_models_logged_by_an_older_maskx_still_load_their_class(statement):
     namespace = {}
-    exec("from maskx.orchestrator.serving import MaskXPyfunc", namespace)
+    exec(statement, namespace)
     from maskx.orchestrator.serving.pyfunc import MaskXPyfunc
 
     assert namespace["MaskXPyfunc"] is MaskXPyfunc
+    code = Path(__file__).resolve().parents[3] / "orchestrator" / "serving" / "pyfunc_model.py"
+    assert LOGGED_MODEL_IMPORTS[-1] in code.read_text()  # the newest generation is today's file
 
 
 def png_of_zeros(width: int, height: int) -> bytes:
@@ -78,7 +89,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(monkeypatch):
 def test_masks_pasted_one_at_a_time_are_torchvision_s():
     """A loaded model leaves its masks unpasted; pasting each kept one alone gives the masks, boxes and
     RLEs torchvision's all-at-once paste gives."""
-    from maskx.orchestrator.serving.evaluation import binary_masks, mask_rles
+    from maskx.orchestrator.evaluation.records import binary_masks, mask_rles
 
     from ...models.conftest import tiny_model
 

@@ -3,11 +3,10 @@ input, and `predict --ray`'s refusals that need no cluster (a dataset's folder, 
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from maskx.datasets.vocab import COCO_CATEGORIES, build_vocabulary
-from maskx.orchestrator.serving import predictions, ray_predictions
+from maskx.orchestrator.serving import block_folder, predictions, ray_predictions
 from maskx.orchestrator.serving.inference import load_model
 
 from ...predicting import write_known_logits_checkpoint
@@ -60,11 +59,11 @@ def test_predict_on_ray_refuses_a_dataset_folder_and_moved_weights_before_starti
     cfg, vocab, state_dict = weights
     out = tmp_path / "out"
     out.mkdir()
-    plan = {"model": "models:/m@champion", "weights_sha256": ray_predictions.weights_digest(state_dict),
+    plan = {"model": "models:/m@champion", "weights_sha256": block_folder.weights_digest(state_dict),
             "inputs": str(images), "block_size": 64, "blocks": 1, "images": 1}
     (out / "plan.json").write_text(json.dumps(plan))  # an earlier run, when the alias named these weights
     moved = {name: tensor + 1 if name.endswith("cls_score.bias") else tensor for name, tensor in state_dict.items()}
     with pytest.raises(ValueError, match="holds another job's blocks \\(weights_sha256 "):
         ray_predictions.predict_on_ray("models:/m@champion", (cfg, vocab, moved), str(out), images=str(images))
-    assert ray_predictions.weights_digest(moved) != ray_predictions.weights_digest(state_dict)
-    assert ray_predictions.weights_digest({k: v.clone() for k, v in state_dict.items()}) == plan["weights_sha256"]
+    assert block_folder.weights_digest(moved) != block_folder.weights_digest(state_dict)
+    assert block_folder.weights_digest({k: v.clone() for k, v in state_dict.items()}) == plan["weights_sha256"]

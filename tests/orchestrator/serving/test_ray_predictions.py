@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import threading
-import time
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from maskx.datasets.vocab import Vocabulary
 from maskx.orchestrator.cli import main
 from maskx.orchestrator.serving import predictions
 from maskx.orchestrator.serving.inference import load_model, model_weights
-from maskx.orchestrator.serving.ray_predictions import predict_on_ray, read_results
+from maskx.orchestrator.serving.block_folder import read_results
+from maskx.orchestrator.serving.ray_predictions import predict_on_ray
 from ...conftest import SHARED_DATA, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.serving, pytest.mark.cluster]

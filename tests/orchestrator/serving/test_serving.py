@@ -20,7 +20,7 @@ from maskx.orchestrator.config import dump_config
 from maskx.orchestrator.serving.inference import load_model
 from maskx.orchestrator.serving.model_logging import log_model
 from maskx.orchestrator.serving.pyfunc import detections_json
-from maskx.orchestrator.serving.tracking import Tracking
+from maskx.orchestrator.tracking.store import Tracking
 
 from ...conftest import SHARED_DATA, free_port, wait_for_http
 

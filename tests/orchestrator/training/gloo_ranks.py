@@ -1,6 +1,5 @@
 """Tests that need several torch.distributed ranks run each in a fresh interpreter: a fork of pytest's
 process, with Ray's threads or cached S3 clients in it, can hang in gloo."""
-import os
 import socket
 import subprocess
 import sys

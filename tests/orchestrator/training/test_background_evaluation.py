@@ -11,7 +11,7 @@ def test_a_scoring_task_that_never_starts_is_cancelled_and_scored_here(synth_sha
 
     from maskx.datasets.stream import load_sources
     from maskx.datasets.vocab import Vocabulary
-    from maskx.orchestrator.serving.evaluation import predict_on_shards, score_shares
+    from maskx.orchestrator.evaluation.shards import predict_on_shards, score_shares
     from maskx.orchestrator.serving.inference import load_model
     from maskx.orchestrator.training.background_evaluation import BackgroundScoring
 

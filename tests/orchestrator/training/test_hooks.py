@@ -9,9 +9,11 @@ from maskx.orchestrator.training import hooks
 from maskx.datasets.vocab import Vocabulary, VocabClass
 from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import TrainConfig
-from maskx.orchestrator.serving.evaluation import Evaluation
-from maskx.orchestrator.training.hooks import CheckpointReport, KeepBest, KeysLog, PeriodicEvaluation, \
-    PreemptionCheckpoint, SystemMetrics, TrainingMetrics, build_hooks, check_skipped
+from maskx.orchestrator.evaluation.shards import Evaluation
+from maskx.orchestrator.training.evaluation_hooks import KeepBest, PeriodicEvaluation
+from maskx.orchestrator.training.hooks import CheckpointReport, KeysLog, PreemptionCheckpoint, SystemMetrics, \
+    TrainingMetrics, check_skipped
+from maskx.orchestrator.training.train_loop import build_hooks
 
 
 def test_after_a_step_metrics_come_before_the_evaluation_and_both_before_the_checkpoint_that_carries_them():

@@ -22,7 +22,7 @@ def evaluate_on_rank(rank: int, port: int, eval_mode: str, last: bool, out: str)
     import torch.distributed as dist
 
     from maskx.orchestrator.config import load_config
-    from maskx.orchestrator.training import hooks
+    from maskx.orchestrator.training import evaluation_hooks as hooks
     from maskx.orchestrator.training.worker import Worker, rank0_wait_group
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,

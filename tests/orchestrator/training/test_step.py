@@ -14,7 +14,6 @@ from maskx.orchestrator import run_folder
 from maskx.orchestrator.config import SolverConfig, load_config
 from maskx.orchestrator.run_setup import bind_to_vocabulary
 from maskx.orchestrator.training import step as training_step
-from maskx.orchestrator.training.init_from import initialize_from
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "tiny-cpu.yaml")
 

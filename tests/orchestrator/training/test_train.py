@@ -125,7 +125,7 @@ def test_each_evaluation_logs_its_figures_at_its_iteration_and_the_run_ends_with
 
     from maskx.orchestrator.reporting.evaluation_figures import EXAMPLE, FIGURE_KEYS
     from maskx.orchestrator.reporting.report import REPORT_FILE, stepped_images
-    from maskx.orchestrator.serving.tracking import Tracking
+    from maskx.orchestrator.tracking.store import Tracking
 
     _, result = first_run
     client = mlflow.MlflowClient(result.tracking_uri)

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from maskx.orchestrator.serving.tracking import Tracking
+from maskx.orchestrator.tracking.store import Tracking
 from maskx.orchestrator.tuning.promotion import move_alias_if_unchanged
 
 pytestmark = [pytest.mark.integration, pytest.mark.tracking, pytest.mark.core]

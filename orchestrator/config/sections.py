@@ -1,34 +1,26 @@
-"""The training config: typed dataclasses loaded from YAML with dotted command-line overrides.
-
-`load_config("configs/tiny-cpu.yaml", ["solver.lr=0.01"])` reads the file, applies each
-`dotted.key=value` (values parsed as YAML), and validates the whole tree with pydantic: an
-unknown key or a wrong type is an error that names the key. Builders downstream read only this.
-"""
+"""The sections of the training config below its top level: data, solver, scaling, checkpoint,
+mlflow, sweep (the model's is `maskx.models.config.ModelConfig`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-import pydantic
-import yaml
-
 from maskx.datasets.shard_cache import CacheSettings
-from maskx.models.config import ModelConfig
 
-_STRICT = {"extra": "forbid"}
+STRICT = {"extra": "forbid"}  # pydantic: an unknown key is an error that names it
 
 
 @dataclass
 class TrainSource:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     manifest: str  # a shards folder's manifest (local or s3://, written by `maskx prepare`)
     weight: float = 1.0  # its share of the samples drawn, relative to the other sources' weights
 
 
 @dataclass
 class DataConfig:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     train: list[TrainSource] = field(default_factory=list)  # the training sources, mixed by weight: [{manifest: ..., weight: 1.0}, ...]
     val: Optional[str] = None  # the evaluation split's manifest; null: no evaluation
     # Set A, the classes whose masks train the mask head: named class sets (coco, voc, nonvoc, vg, all),
@@ -80,7 +72,7 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     lr: float = 0.02  # base learning rate for the global batch (0.02 for 16 images, Detectron's)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # not on biases and norm parameters (Detectron's and detectron2's practice)
@@ -103,7 +95,7 @@ class SolverConfig:
 
 @dataclass
 class ScalingConfig:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     # An int, or [min, max] for elastic training: the run goes on with the workers the cluster can
     # place (at least min) when a node is lost, and grows back to max when capacity returns.
     num_workers: Union[int, list[int]] = 1
@@ -150,7 +142,7 @@ class ScalingConfig:
 
 @dataclass
 class CheckpointConfig:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     every: int = 1000  # iterations between checkpoints
     num_to_keep: int = 3  # newest checkpoints kept in the run folder (>= 2: a damaged newest falls back to the one before)
     storage_path: str = "./ray_results"  # local folder or s3://
@@ -184,7 +176,7 @@ def resolve_tracking_uri(configured: Optional[str] = None, root: Optional[str] =
 
 @dataclass
 class MlflowConfig:
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     tracking_uri: Optional[str] = None  # see resolve_tracking_uri
     experiment: str = "maskx"  # the MLflow experiment runs log to
     registered_model: Optional[str] = "maskx"  # the registered model a finished run's model is registered under; null: not registered
@@ -215,7 +207,7 @@ class SweepConfig:
     (`transfer cls: {model.mask_head.mode: transfer, model.mask_head.transfer_input: cls}`); every
     variant runs once per point of `space` (e.g. `seed: {grid: [0, 1, 2]}`), and the sweep writes a
     table of `table_metrics` per variant, mean and spread over those points."""
-    __pydantic_config__ = _STRICT
+    __pydantic_config__ = STRICT
     space: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # dotted key: {grid|choice: [...]} or {uniform|loguniform: [lo, hi]} (see the section's text)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # named arms of an ablation, each a set of dotted overrides (see the section's text)
     table_metrics: list[str] = field(default_factory=lambda: list(PAPER_TABLE_METRICS))  # the metrics of the variants' table
@@ -230,177 +222,3 @@ class SweepConfig:
     storage_path: Optional[str] = None  # default: <checkpoint.storage_path>/sweeps
     promote: bool = True  # register the best trial's model and move the champion alias if it wins
     champion_alias: str = "champion"  # the registered model's alias promotion moves
-
-
-@dataclass
-class TrainConfig:
-    __pydantic_config__ = _STRICT
-    name: str = "maskx"  # the run's name: generated run names start with it (MLflow's run name, the run folder's)
-    # The folder relative paths (shards, checkpoints, weights, a sqlite tracking store) resolve
-    # against; default: the working folder. A job from `ray job submit` runs in a copy of the working
-    # dir, so pass `root=$PWD` to mean the submitting folder.
-    root: Optional[str] = None
-    seed: int = 0  # the run's seed: sample order, augmentations, sampling, initialization
-    log_every: int = 20  # iterations between logged training metrics (and the console line)
-    eval_every: Optional[int] = None  # iterations between evaluations on data.val; null: only at the end
-    # Where COCOeval of the evaluations every `eval_every` iterations runs: `background`, in a Ray task
-    # beside training (the ranks predict, then train on: orchestrator/training/background_evaluation.py),
-    # or `inline`, in rank 0 while the others wait. The last iteration's is inline either way: a run
-    # ends evaluated. A sweep whose scheduler decides on a COCO metric at each report runs inline.
-    eval_mode: Literal["background", "inline"] = "background"
-    # CPUs a background COCOeval reserves: 0, a core Ray has not handed out (it runs one thread); where
-    # training holds every CPU of the cluster, a task asking for one waits until training ends.
-    eval_cpus: float = 0.0
-    # How long the run's last step waits for background COCOeval tasks still running; one not done by
-    # then is cancelled and scored in rank 0 (a task that never got its CPUs would otherwise hold the
-    # run's end forever).
-    eval_wait_s: float = 600.0
-    # How long the other ranks wait while rank 0 alone scores an evaluation (inline, and the last one,
-    # after its eval_wait_s). They wait in a gloo barrier of their own, outside NCCL's
-    # scaling.collective_timeout_s, whose watchdog would otherwise end the run while rank 0 is still
-    # in COCOeval (minutes at COCO val's size with the error analysis). A rank 0 that dies is found by Ray.
-    eval_timeout_s: float = 14400.0
-    # COCOeval's implementation: faster-coco-eval's C++ (pycocotools' numbers, faster: the times in
-    # docs/benchmarks.md) or pycocotools' own.
-    eval_backend: Literal["faster-coco-eval", "pycocotools"] = "faster-coco-eval"
-    # COCO analyze()'s breakdown of each evaluation (the `eval/where_it_fails` figure: localization,
-    # class confusion, background, misses): two more COCOeval passes per IoU type, each detection
-    # against every object of another class it meets; ~4x COCOeval's time (docs/benchmarks.md).
-    eval_error_analysis: bool = True
-    # Images per forward pass when evaluating: 1, as detectron2's and torchvision's reference test
-    # loaders. A batch pads its images to the largest, and detections depend slightly on which images
-    # share one: with more, the metrics of the same model move with the world size and the shards'
-    # split over ranks (0.293 vs 0.311 box AP measured on 10 images), and `maskx eval` would not give
-    # the run's own figures.
-    eval_batch_size: int = 1
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-
-    def __post_init__(self):
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size: images per forward pass when evaluating, 1 or more; got {self.eval_batch_size}")
-        if self.eval_cpus < 0:
-            raise ValueError(f"eval_cpus: CPUs a background COCOeval reserves, 0 or more; got {self.eval_cpus}")
-        if self.eval_wait_s <= 0:
-            raise ValueError(f"eval_wait_s: seconds the last step waits for background COCOeval, > 0; got {self.eval_wait_s}")
-        if self.eval_timeout_s <= self.eval_wait_s:
-            raise ValueError(f"eval_timeout_s: seconds the other ranks wait for rank 0's scoring, more than eval_wait_s "
-                             f"({self.eval_wait_s}); got {self.eval_timeout_s}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def apply_override(tree: dict, override: str) -> None:
-    """`a.b.c=value` into a nested dict; the value is parsed as YAML (numbers, lists, null...). A number
-    indexes a list: `data.train.1.weight=0.5` is the second training source's weight."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {override!r}: expected dotted.key=value")
-    *parents, leaf = key.strip().split(".")
-    node = tree
-    for i, part in enumerate(parents + [leaf]):
-        where = ".".join((parents + [leaf])[:i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {override!r}: {where}: no item {part} in a list of {len(node)}")
-            part = int(part)
-        elif not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {where.rpartition('.')[0]} is not a section")
-        if i == len(parents):
-            node[part] = yaml.safe_load(raw)
-        else:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
-
-
-def validate(tree: dict) -> TrainConfig:
-    try:
-        cfg = pydantic.TypeAdapter(TrainConfig).validate_python(tree)
-    except pydantic.ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            if error["type"] == "unexpected_keyword_argument":
-                problems.append(f"{where}: unknown key")
-            else:
-                problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
-        raise ConfigError("config: " + "; ".join(problems)) from None
-    try:
-        cfg.model.validate(require_num_classes=False)
-    except ValueError as exc:
-        raise ConfigError(f"config: {exc}") from None
-    check_frozen_backbone_has_weights(cfg.model)
-    return cfg
-
-
-def check_frozen_backbone_has_weights(model: ModelConfig) -> None:
-    """A backbone that keeps its starting values (frozen BN, frozen stages, `model.freeze`) must start
-    from trained ones: from random ones its frozen layers stay random, with no normalization anywhere."""
-    backbone = model.backbone
-    if not (backbone.frozen or "backbone" in model.freeze) or backbone.weights or model.init_from:
-        return
-    raise ConfigError(
-        f"model.backbone.weights: not set, but the backbone is frozen (norm {backbone.norm}, trainable_layers "
-        f"{backbone.trainable_layers}{', model.freeze names it' if 'backbone' in model.freeze else ''}): its frozen "
-        "layers would keep their random values. Write torchvision's ImageNet weights once, on a machine with "
-        f"internet: python -c \"import torch, torchvision; torch.save(torchvision.models.{backbone.name}(weights="
-        f"'IMAGENET1K_V1').state_dict(), '{backbone.name}-imagenet.pth')\" and set model.backbone.weights to that "
-        "file; or start from model.init_from; or train the whole backbone from scratch (norm gn, trainable_layers 5)")
-
-
-def _read_yaml(path: str) -> dict:
-    try:
-        with open(path) as f:
-            tree = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config {path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config {path}: the top level must be a mapping")
-    return tree
-
-
-def load_config(path: Optional[str], overrides: list[str] = (), sweep_path: Optional[str] = None) -> TrainConfig:
-    """`sweep_path`: a YAML whose `sweep:` section replaces the config's, so that one sweep (an
-    ablation) runs unchanged on any training config; overrides apply after it."""
-    tree: dict[str, Any] = _read_yaml(path) if path else {}
-    if sweep_path:
-        sweep_tree = _read_yaml(sweep_path)
-        if set(sweep_tree) != {"sweep"}:
-            raise ConfigError(f"config {sweep_path}: a sweep file holds only a top-level `sweep:` section, "
-                              f"got {', '.join(sorted(sweep_tree)) or 'nothing'}")
-        tree["sweep"] = sweep_tree["sweep"]
-    for override in overrides:
-        apply_override(tree, override)
-    return validate(tree)
-
-
-def packaged_config(name: str) -> str:
-    """The path of a config that ships with maskx (`configs/NAME`, installed as `maskx.configs`)."""
-    import maskx.configs
-
-    # A namespace package: importlib.resources cannot read one through setuptools' editable finder,
-    # whose path hook sits in __path__ beside the real folder.
-    for folder in maskx.configs.__path__:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    raise ConfigError(f"config {name}: not among the configs installed with maskx")
-
-
-def dump_config(cfg: TrainConfig) -> str:
-    """The config as YAML, as checkpoints, registered models and MLflow keep it: credentials in a URL
-    (`mlflow.tracking_uri: http://user:password@host`) and secret-named keys' values redacted."""
-    from .redaction import redact_text
-
-    return redact_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -8,7 +8,8 @@ from pycocotools.coco import COCO
 
 from maskx.datasets.shard_format import load_manifest, rle_from_json
 from maskx.datasets.stream import EvalStream, Source
-from maskx.orchestrator.serving.evaluation import coco_api, detection_records, evaluate, ground_truth_records
+from maskx.orchestrator.evaluation.coco_scoring import coco_api, evaluate
+from maskx.orchestrator.evaluation.records import detection_records, ground_truth_records
 from maskx.datasets.shard_format import rle_to_json
 
 from ...conftest import SHARED_DATA

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from maskx.orchestrator.cli import build_parser, server_setup
-from maskx.orchestrator.serving.tracking_server import server_command
+from maskx.orchestrator.tracking.server import server_command
 
 
 def setup_of(argv):

@@ -1,37 +1,20 @@
-"""A model over shards, and COCO evaluation of what it found: COCOeval, bbox and segm AP overall, on
-set A and on set B (the paper's metric is set-B mask AP), and per-class AP tables.
+"""COCO evaluation of records: COCOeval, bbox and segm AP overall, on set A and on set B (the paper's
+metric is set-B mask AP), and per-class AP tables.
 
 COCOeval is faster-coco-eval's (its evaluation and accumulation in C++, pycocotools' API and
-numbers: `tests/orchestrator/serving/test_evaluation.py` holds every figure equal to 1e-6) by
+numbers: `tests/orchestrator/evaluation/test_evaluation.py` holds every figure equal to 1e-6) by
 default, pycocotools' where `eval_backend: pycocotools` says so or faster-coco-eval is not installed.
-
-A model is evaluated in two halves: `predict_on_shards` (one rank's share of the val shards; alone,
-`maskx predict --shards`) and `score_shares` (COCOeval over every rank's share). A training run's
-evaluation predicts on every rank and scores in rank 0 or beside training
-(`orchestrator/training/hooks.py`); `evaluate_on_shards` does both in one process (`maskx eval`,
-the sweep's champion check).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
-import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch import nn
-from torchvision.models.detection.roi_heads import paste_masks_in_image
-from tqdm import tqdm
-
-from maskx.datasets.batch import Batch
-from maskx.datasets.shard_format import rle_from_json, rle_to_json
-from maskx.datasets.stream import EvalStream, Source, make_loader
-from maskx.datasets.vocab import Vocabulary
 
 from .error_analysis import analyze, pr_curves
 
@@ -41,125 +24,6 @@ STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 COCOEVAL_BACKENDS = ("faster-coco-eval", "pycocotools")
 IOU_TYPES = ("bbox", "segm")
 CLASS_SUBSETS = ("all", "setA", "setB")  # all classes; those trained with masks; those with boxes only
-MASK_THRESHOLD = 0.5  # a pixel belongs to the mask where the predicted probability exceeds this
-
-# One rank's records: COCO image entries, ground-truth annotations, detections (category id = label).
-Records = tuple[list[dict], list[dict], list[dict]]
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]  # `segm/setB/AP`, ..., `eval/images`, `data/eval_skipped_samples`
-    per_class_ap: dict[str, dict[str, float]]  # iou type -> class name -> AP
-    detections: list[dict]  # COCO result entries, category id = maskx label
-    curves: dict = field(default_factory=dict)  # iou type -> subset -> level -> PR curve: error_analysis.py
-
-    def summary(self) -> dict:
-        """What a checkpoint's `eval.json` holds: everything but the detections."""
-        return {"metrics": self.metrics, "per_class_ap": self.per_class_ap, "curves": self.curves}
-
-
-@torch.no_grad()
-def records_of(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Records:
-    """COCO image entries, ground-truth annotations and detections for every batch."""
-    model.eval()
-    images, annotations, detections = [], [], []
-    for batch in batches:
-        inputs, _ = batch.to_device(device)
-        outputs = model(inputs)
-        for image, target, output in zip(batch.images, batch.targets, outputs):
-            entry, anns = ground_truth_records(target, tuple(image.shape[-2:]))
-            images.append(entry)
-            annotations += anns
-            detections += detection_records(target["image_id"], {k: v.cpu() for k, v in output.items()},
-                                            tuple(image.shape[-2:]))
-    return images, annotations, detections
-
-
-def predict_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, *, batch_size: int,
-                      device: torch.device, rank: int = 0, world_size: int = 1,
-                      progress: bool = False) -> tuple[Records, int]:
-    """The model (bare, not DDP-wrapped) over rank `rank`'s share of the shards: its records, and the
-    samples it skipped."""
-    stream = EvalStream(sources, vocab, batch_size, rank, world_size)
-    batches = tqdm(make_loader(stream, 0), disable=not progress, desc="predict", unit="batch")
-    return records_of(model, batches, device), stream.skips.count
-
-
-def evaluate_on_shards(model: nn.Module, sources: list[Source], vocab: Vocabulary, set_a: list[int], *,
-                       batch_size: int, device: torch.device, backend: str = "faster-coco-eval",
-                       error_analysis: bool = True) -> Evaluation:
-    """The model over every val shard, then COCOeval, in this process."""
-    share = predict_on_shards(model, sources, vocab, batch_size=batch_size, device=device)
-    return score_shares([share], vocab, set_a, backend, error_analysis)
-
-
-def score_shares(shares: list[tuple[Records, int]], vocab: Vocabulary, set_a: list[int],
-                 backend: str = "faster-coco-eval", error_analysis: bool = True) -> Evaluation:
-    """COCOeval over every rank's share (records, skipped samples): `evaluate_on_shards`' second half."""
-    images, annotations, detections = [], [], []
-    for (imgs, anns, dets), _ in shares:
-        images += imgs
-        annotations += anns
-        detections += dets
-    metrics, tables, curves = evaluate(images, annotations, detections, vocab.num_classes, set_a, backend,
-                                       error_analysis)
-    metrics["eval/images"] = float(len(images))
-    metrics["data/eval_skipped_samples"] = float(sum(skipped for _, skipped in shares))
-    named = {iou: {vocab.name(label): ap for label, ap in table.items()} for iou, table in tables.items()}
-    return Evaluation(metrics, named, detections, curves)
-
-
-def ground_truth_records(target: dict, image_size: tuple[int, int]) -> tuple[dict, list[dict]]:
-    """A COCO image entry and annotation entries (category id = maskx label) from an eval target."""
-    height, width = image_size
-    image = {"id": target["image_id"], "width": width, "height": height}
-    annotations = []
-    for box, label, crowd, rle in zip(target["boxes"].tolist(), target["labels"].tolist(), target["iscrowd"].tolist(),
-                                      target["segmentations"]):
-        x0, y0, x1, y1 = box
-        entry = {"image_id": target["image_id"], "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                 "iscrowd": int(crowd), "area": (x1 - x0) * (y1 - y0)}
-        if rle is not None:
-            entry["segmentation"] = rle
-            entry["area"] = float(mask_utils.area(rle_from_json(rle)))
-        annotations.append(entry)
-    return image, annotations
-
-
-def detection_records(image_id: int, detection: dict, image_size: tuple[int, int],
-                      mask_threshold: float = MASK_THRESHOLD) -> list[dict]:
-    """COCO result entries from one image's model output (boxes xyxy, labels, scores, and `masks` or
-    `mask_probs`: `binary_masks`); `image_size` is the (H, W) the model was given."""
-    records = []
-    rles = mask_rles(detection, image_size, mask_threshold)
-    for i, (box, label, score) in enumerate(zip(detection["boxes"].tolist(), detection["labels"].tolist(), detection["scores"].tolist())):
-        x0, y0, x1, y1 = box
-        entry = {"image_id": image_id, "category_id": int(label), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
-        if rles is not None:
-            entry["segmentation"] = rles[i]
-        records.append(entry)
-    return records
-
-
-def binary_masks(detection: dict, image_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> Iterator[torch.Tensor]:
-    """Each detection's mask on the whole image, (H, W) bool, one at a time: from probabilities pasted
-    already (`masks`, (N, 1, H, W)) or from the head's (`mask_probs`, (N, 1, M, M), pasted here one by
-    one, so that memory holds one full-size float mask, not N: `PreResizedTransform.paste_masks`)."""
-    if "masks" in detection:
-        for probs in detection["masks"]:
-            yield probs[0] > threshold
-        return
-    for probs, box in zip(detection["mask_probs"], detection["boxes"]):
-        yield paste_masks_in_image(probs[None], box[None], image_size)[0, 0] > threshold
-
-
-def mask_rles(detection: dict, image_size: tuple[int, int], threshold: float = MASK_THRESHOLD) -> Optional[list[dict]]:
-    """COCO RLEs (`{"size": [H, W], "counts": str}`) of `binary_masks`, or None without masks."""
-    if "masks" not in detection and "mask_probs" not in detection:
-        return None
-    return [rle_to_json(mask_utils.encode(np.asfortranarray(mask.cpu().numpy(), dtype=np.uint8)))
-            for mask in binary_masks(detection, image_size, threshold)]
 
 
 @contextlib.contextmanager

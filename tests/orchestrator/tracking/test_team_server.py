@@ -2,7 +2,6 @@
 for real: who may do what, and a database killed outright loses nothing it committed. Training,
 registration, `maskx eval` and `mlflow models serve` through it with a user's credentials are in
 test_job_submit.py and test_serving.py, which use it as the session's server."""
-import os
 
 import boto3
 import pytest
@@ -104,7 +103,7 @@ def test_credentials_in_the_tracking_uri_log_in_and_reach_no_param_tag_or_logged
     import mlflow
 
     from maskx.orchestrator.config import TrainConfig, dump_config
-    from maskx.orchestrator.serving.tracking import Tracking
+    from maskx.orchestrator.tracking.store import Tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
