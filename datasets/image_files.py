@@ -116,10 +116,14 @@ def open_archive(location: str) -> zipfile.ZipFile:
         raise ValueError(f"--images {location}: not a readable zip archive ({exc})") from None
 
 
+class IncompleteRange(OSError):
+    """A range request whose body broke or came short: asked for again."""
+
+
 class S3RangeFile(io.RawIOBase):
     """A seekable S3 object read with Range requests, for zipfile: only the central directory and
     the members asked for cross the network. botocore retries throttling, 5xx and resets before a
-    body; a body that breaks is asked for again, a bounded number of times."""
+    body; a body that breaks is asked for again (tenacity), `max_attempts` times in all."""
 
     def __init__(self, url: str, max_attempts: int = 5):
         super().__init__()
@@ -160,19 +164,30 @@ class S3RangeFile(io.RawIOBase):
         return len(chunk)
 
     def _get(self, start: int, length: int) -> bytes:
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
+
         end = min(start + length, self.size) - 1
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                response = storage.s3_client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end}")
-                body = response["Body"].read()
-                if len(body) == end - start + 1:
-                    return body
-                problem = f"got {len(body)} of {end - start + 1} bytes"
-            except Exception as exc:
-                error = s3_error(self.url, exc)
-                if isinstance(error, (FileNotFoundError, PermissionError)):
-                    raise error from None
-                problem = f"{type(exc).__name__}: {exc}"
-            log.warning("%s: range %d-%d failed (%s), attempt %d of %d", self.url, start, end, problem, attempt,
-                        self.max_attempts)
-        raise StorageError(f"{self.url}: range {start}-{end} failed {self.max_attempts} times")
+
+        def failed(state) -> None:
+            log.warning("%s: range %d-%d failed (%s), attempt %d of %d", self.url, start, end,
+                        state.outcome.exception(), state.attempt_number, self.max_attempts)
+
+        # A permanent error (403, 404) is raised at once; a broken or short body is asked for again.
+        retrying = Retrying(retry=retry_if_exception_type(IncompleteRange), stop=stop_after_attempt(self.max_attempts),
+                            after=failed)
+        try:
+            return retrying(self._get_once, start, end)
+        except RetryError:
+            raise StorageError(f"{self.url}: range {start}-{end} failed {self.max_attempts} times") from None
+
+    def _get_once(self, start: int, end: int) -> bytes:
+        try:
+            body = storage.s3_client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end}")["Body"].read()
+        except Exception as exc:
+            error = s3_error(self.url, exc)
+            if isinstance(error, (FileNotFoundError, PermissionError)):
+                raise error from None
+            raise IncompleteRange(f"{type(exc).__name__}: {exc}") from None
+        if len(body) != end - start + 1:
+            raise IncompleteRange(f"got {len(body)} of {end - start + 1} bytes")
+        return body

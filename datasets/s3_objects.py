@@ -60,7 +60,7 @@ class S3RangeReader(io.RawIOBase):
 
     botocore retries failed requests (5xx, throttling, resets before the body); a connection that
     drops while the body is being read surfaces here, so we ask again from `position` with a Range
-    request, a bounded number of times.
+    request (tenacity), `max_resumes` times in the object's life.
     """
 
     def __init__(self, url: str, max_resumes: int = 8):
@@ -89,27 +89,36 @@ class S3RangeReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         from botocore.exceptions import BotoCoreError
+        from tenacity import RetryError, Retrying, retry_if_exception_type
         from urllib3.exceptions import HTTPError
 
         if self.size is not None and self.position >= self.size:
             return 0
-        while True:
-            try:
-                # Bounded reads: the bytes of a read that breaks are lost, so a resume starts at most
-                # one chunk back from where the connection dropped.
-                chunk = self.body.read(min(len(buffer), READ_CHUNK))
-                if not chunk and self.position < self.size:
-                    raise ConnectionError(f"stream ended at byte {self.position} of {self.size}")
-                break
-            except (BotoCoreError, HTTPError, ConnectionError, OSError) as exc:
-                if self.resumes >= self.max_resumes:
-                    raise StorageError(f"{self.url}: read failed at byte {self.position} after {self.resumes} resumes: {exc}") from None
-                self.resumes += 1
-                log.warning("%s: read broke at byte %d (%s); resuming", self.url, self.position, type(exc).__name__)
-                self._open()
+        # The budget of resumes is the object's, not one read's: a stream that keeps breaking ends.
+        resuming = Retrying(retry=retry_if_exception_type((BotoCoreError, HTTPError, ConnectionError, OSError)),
+                            stop=lambda _: self.resumes >= self.max_resumes, before_sleep=self._resume)
+        try:
+            # Bounded reads: the bytes of a read that breaks are lost, so a resume starts at most one
+            # chunk back from where the connection dropped.
+            chunk = resuming(self._read, min(len(buffer), READ_CHUNK))
+        except RetryError as exc:
+            raise StorageError(f"{self.url}: read failed at byte {self.position} after {self.resumes} resumes: "
+                               f"{exc.last_attempt.exception()}") from None
         buffer[: len(chunk)] = chunk
         self.position += len(chunk)
         return len(chunk)
+
+    def _read(self, size: int) -> bytes:
+        chunk = self.body.read(size)
+        if not chunk and self.position < self.size:
+            raise ConnectionError(f"stream ended at byte {self.position} of {self.size}")
+        return chunk
+
+    def _resume(self, state) -> None:
+        self.resumes += 1
+        log.warning("%s: read broke at byte %d (%s); resuming", self.url, self.position,
+                    type(state.outcome.exception()).__name__)
+        self._open()
 
     def close(self) -> None:
         if self.body is not None:

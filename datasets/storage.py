@@ -177,7 +177,9 @@ def list_folder(url: str) -> tuple[list[str], list[str]]:
         pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
         for page in pages:
             folders += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            files += [item["Key"][len(prefix):] for item in page.get("Contents", [])]
+            # The prefix's own key is a folder marker (what a filesystem-like writer, e.g. pyarrow's
+            # S3 filesystem under Ray Train, leaves), not a file in it.
+            files += [item["Key"][len(prefix):] for item in page.get("Contents", []) if item["Key"] != prefix]
     except Exception as exc:
         raise s3_error(url, exc) from None
     return sorted(folders), sorted(files)

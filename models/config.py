@@ -45,7 +45,8 @@ class BackboneConfig:
     # across the GPUs of a run (SyncBatchNorm), per process on CPU.
     norm: str = "frozen_bn"
     trainable_layers: int = 3  # ResNet stages trained, from the top (3: res3-res5, Detectron's; 5: all, from scratch)
-    # A local state dict of the ResNet body (torchvision key names). Never downloaded.
+    # A state dict of the ResNet body (torchvision key names): a local file, s3://BUCKET/KEY or an MLflow
+    # run's artifact (runs:/ID/PATH), fetched where the model is built. Never downloaded from the internet.
     weights: Optional[str] = None
 
     @property
@@ -145,9 +146,10 @@ class ModelConfig:
     box_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     rpn_loss: ClassifierLossConfig = field(default_factory=ClassifierLossConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
-    # Where to start from: a local torchvision Mask R-CNN state dict (maskrcnn_resnet50_fpn[_v2]: its
-    # COCO classes' rows go to ours), a maskx checkpoint folder or an MLflow model (models:/, runs:/) of
-    # the same vocabulary (stage 2 of the stage-wise protocol). Never downloaded from the internet.
+    # Where to start from: a torchvision Mask R-CNN state dict (maskrcnn_resnet50_fpn[_v2]: its COCO
+    # classes' rows go to ours) or a maskx checkpoint folder, each local or s3://, or an MLflow model
+    # (models:/, runs:/) of the same vocabulary (stage 2 of the stage-wise protocol). Never downloaded
+    # from the internet.
     init_from: Optional[str] = None
     # Which parts to take from init_from (backbone, rpn, box_head, mask_head); null: every tensor that fits,
     # allowed only where every class is in set A (a mask head that saw set-B masks would void the run).

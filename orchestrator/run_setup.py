@@ -23,6 +23,7 @@ from maskx.datasets.stream import Source, sources_of
 from maskx.datasets.train_stream import TrainStream
 from maskx.datasets.vocab import Vocabulary
 
+from . import run_folder
 from .config import TrainConfig, resolve_tracking_uri
 
 LINEAGE_DIGEST_CHARS = 16  # of the sha256 over a manifest's shard checksums: enough to tell data apart
@@ -232,6 +233,12 @@ def absolute_storage_path(path: str, root: Optional[str] = None) -> str:
     return path if storage.is_s3(path) else os.path.abspath(os.path.join(root or os.getcwd(), path))
 
 
+def absolute_model_source(source: str, root: Optional[str] = None) -> str:
+    """A weights file or model to start from, a relative local path made absolute; s3:// and MLflow
+    URIs (models:/, runs:/) as they are."""
+    return source if source.startswith(run_folder.MLFLOW_SCHEMES) else absolute_storage_path(source, root)
+
+
 def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Relative local paths resolved against `root` (default: the driver's working folder), since Ray
     workers run elsewhere; a sqlite tracking store too."""
@@ -245,9 +252,9 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     if cfg.sweep.storage_path:
         cfg.sweep.storage_path = absolute_storage_path(cfg.sweep.storage_path, cfg.root)
     if cfg.model.backbone.weights:
-        cfg.model.backbone.weights = absolute_storage_path(cfg.model.backbone.weights, cfg.root)
+        cfg.model.backbone.weights = absolute_model_source(cfg.model.backbone.weights, cfg.root)
     if cfg.model.init_from:
-        cfg.model.init_from = absolute_storage_path(cfg.model.init_from, cfg.root)
+        cfg.model.init_from = absolute_model_source(cfg.model.init_from, cfg.root)
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.root)
     if uri.startswith("sqlite:"):
         cfg.mlflow.tracking_uri = uri

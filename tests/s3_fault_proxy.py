@@ -71,7 +71,9 @@ class FaultProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
+                # A HEAD's answer has no body but the object's length (what a size check reads).
+                length = response.getheader("Content-Length") if self.command == "HEAD" else len(payload)
+                self.send_header("Content-Length", str(length or 0))
                 self.end_headers()
                 if fault is not None and fault.reset_after is not None:
                     self.wfile.write(payload[: fault.reset_after])

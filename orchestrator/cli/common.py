@@ -1,5 +1,6 @@
 """What the commands share: exit codes and the metrics line."""
 
+EXIT_FAILURE = 1  # the command ran and failed (a run, the tracking server, a library): -v shows the traceback
 EXIT_BAD_INPUT = 2  # a config, path or input the command cannot use (argparse's usage errors exit 2 too)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 

@@ -16,10 +16,6 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--record-keys-to", metavar="FOLDER",
                        help="audit what the model saw: each rank appends every sample key it trains on, with its "
                             "iteration, to FOLDER/rank{R}.txt on the host it runs on")
-    # SUPPRESS: without the flag here, `maskx -v train` keeps the top-level -v.
-    train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="also show Ray Train's record of every report and MLflow's upload progress bars "
-                            "(and debug logging, as -v)")
     train.set_defaults(run=run_train)
 
 

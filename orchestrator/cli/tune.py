@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 
 from .common import EXIT_INTERRUPTED
 
@@ -12,7 +14,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. sweep.max_concurrent_trials=4")
     tune.add_argument("--sweep", metavar="SWEEP_YAML",
                       help="a file whose sweep: section replaces the config's, e.g. configs/ablation-mask-head.yaml")
-    tune.add_argument("--resume", metavar="SWEEP_FOLDER", help="continue an interrupted sweep (finished trials are not rerun)")
+    tune.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep, by its name (as train's "
+                                                        "--resume takes a run's) or its folder; finished trials are "
+                                                        "not rerun")
     tune.set_defaults(run=run_tune)
 
 
@@ -31,8 +35,10 @@ def run_tune(args) -> int:
         print(f"best: {result.best.trial} {cfg.sweep.metric}={result.best.metric:.4f}")
         print(f"reproduce: {reproduce_command(args.config, result.best)}")
     if result.interrupted:
-        again = f" --sweep {args.sweep}" if args.sweep else ""
-        print(f"interrupted: continue with maskx tune --config {args.config}{again} --resume {result.sweep_folder}")
+        again = ["--sweep", args.sweep] if args.sweep else []
+        command = ["maskx", "tune", "--config", args.config, *again, *args.overrides, "--resume",
+                   os.path.basename(result.sweep_folder)]
+        print(f"interrupted: continue with {shlex.join(command)}")
         return EXIT_INTERRUPTED
     print(f"promotion: {result.promotion.decision}")
     if result.variant_table:

@@ -37,19 +37,20 @@ reader sit together (`claim.py`, `checkpoint.py`, `best.py`, `model_files.py`, `
 callers use `run_folder.<name>` from here.
 """
 from .best import BestModel, local_best, read_best, write_best
-from .checkpoint import (TrainState, checkpoint_contents, eval_path, load_state, read_config_and_vocab, read_evaluation,
-                         read_unsent_metrics, restore, save_state, write_checkpoint, write_checkpoint_to_scratch)
+from .checkpoint import (TrainState, checkpoint_contents, eval_path, load_state, local_checkpoint, read_config_and_vocab,
+                         read_evaluation, read_unsent_metrics, restore, save_state, write_checkpoint,
+                         write_checkpoint_to_scratch)
 from .claim import RECORD_WAIT_S, read_mlflow_run, write_mlflow_run
 from .layout import (BEST_FILE, CHECKPOINT_PREFIX, COMPLETE_FILE, CONFIG_FILE, EVAL_FILE, MLFLOW_RUN_FILE, STATE_FILE,
                      UNSENT_METRICS_FILE, VOCAB_FILE, WEIGHTS_FILE, checkpoint_iteration, checkpoint_name, new_run_name,
                      run_folder)
-from .model_files import MODEL_FILES_ARTIFACT, load_weights, logged_model_files, model_files
+from .model_files import MLFLOW_SCHEMES, MODEL_FILES_ARTIFACT, load_weights, logged_model_files, model_files
 from .resume import UnfinishedCheckpoint, load_complete_state, resume_state
 
 __all__ = ["BEST_FILE", "CHECKPOINT_PREFIX", "COMPLETE_FILE", "CONFIG_FILE", "EVAL_FILE", "MLFLOW_RUN_FILE",
-           "MODEL_FILES_ARTIFACT", "RECORD_WAIT_S", "STATE_FILE", "UNSENT_METRICS_FILE", "VOCAB_FILE",
+           "MLFLOW_SCHEMES", "MODEL_FILES_ARTIFACT", "RECORD_WAIT_S", "STATE_FILE", "UNSENT_METRICS_FILE", "VOCAB_FILE",
            "WEIGHTS_FILE", "BestModel", "checkpoint_contents", "checkpoint_iteration", "checkpoint_name",
-           "eval_path", "load_complete_state", "load_state", "load_weights", "local_best",
+           "eval_path", "load_complete_state", "load_state", "load_weights", "local_best", "local_checkpoint",
            "logged_model_files", "model_files", "new_run_name", "read_best", "read_config_and_vocab",
            "read_evaluation", "read_mlflow_run", "read_unsent_metrics", "restore", "resume_state",
            "run_folder", "save_state", "TrainState", "UnfinishedCheckpoint", "write_best", "write_checkpoint",

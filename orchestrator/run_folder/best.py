@@ -11,7 +11,7 @@ from typing import Optional
 from maskx.datasets import storage
 from maskx.datasets.vocab import Vocabulary
 
-from .checkpoint import write_checkpoint
+from .checkpoint import local_checkpoint, write_checkpoint
 from .layout import BEST_FILE
 
 
@@ -55,9 +55,4 @@ def read_best(folder: str) -> Optional[BestModel]:
 def local_best(folder: str, best: BestModel, scratch: str) -> str:
     """A local folder holding the best model's files: its own where the run folder is local, else a
     copy in `scratch`."""
-    url = storage.join(folder, best.folder_name)
-    if not storage.is_s3(url):
-        return url
-    for name in storage.list_folder(url)[1]:
-        storage.write_bytes(os.path.join(scratch, name), storage.read_bytes(storage.join(url, name)))
-    return scratch
+    return local_checkpoint(storage.join(folder, best.folder_name), scratch)

@@ -91,6 +91,19 @@ def write_checkpoint_to_scratch(contents: dict, config_yaml: str, vocab: Vocabul
     return folder
 
 
+def local_checkpoint(url: str, scratch: str) -> str:
+    """A local folder holding the files of checkpoint folder `url`: `url` itself where it is local,
+    else a copy of them in `scratch`."""
+    if not storage.is_s3(url):
+        return url
+    names = storage.list_folder(url)[1]
+    if STATE_FILE not in names:
+        raise FileNotFoundError(f"checkpoint {url}: no {STATE_FILE} in it")
+    for name in names:
+        storage.write_bytes(os.path.join(scratch, name), storage.read_bytes(storage.join(url, name)))
+    return scratch
+
+
 def load_state(folder: str) -> dict:
     path = os.path.join(folder, STATE_FILE)
     try:

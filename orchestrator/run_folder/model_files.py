@@ -11,6 +11,7 @@ from torch import nn
 
 from .layout import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")  # a model or file in MLflow
 MODEL_FILES_ARTIFACT = "model_files"  # the pyfunc artifact: config, vocabulary, weights
 
 

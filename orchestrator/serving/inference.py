@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
+from maskx.datasets import storage
 from maskx.datasets.vocab import Vocabulary
 from maskx.models import MaskXRCNN, build_model
 
@@ -31,7 +32,6 @@ from ..evaluation.shards import Evaluation, evaluate_on_shards
 from ..run_setup import RunSetup
 from ..tracking.store import Tracking
 
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 # A 48-megapixel phone photo passes; the memory a request takes: docs/benchmarks.md, "Memory per request".
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_IMAGE_PIXELS_VARIABLE = "MASKX_MAX_IMAGE_PIXELS"  # set by whoever runs the server, not by its clients
@@ -49,19 +49,24 @@ class LoadedModel:
 
 
 def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
-    """A model from a checkpoint folder or an MLflow URI (the store: `tracking_uri`, else
+    """A model from a checkpoint folder (local or s3://) or an MLflow URI (the store: `tracking_uri`, else
     $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
     return loaded_from(*model_weights(uri, tracking_uri))
 
 
 def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainConfig, Vocabulary, dict]:
-    """The config, vocabulary and state dict of a checkpoint folder or an MLflow model."""
-    if uri.startswith(MLFLOW_SCHEMES):
+    """The config, vocabulary and state dict of a checkpoint folder (local or s3://) or an MLflow model."""
+    if uri.startswith(run_folder.MLFLOW_SCHEMES):
         with tempfile.TemporaryDirectory(prefix="maskx-model-") as download:  # all of it is read into memory
-            folder = run_folder.logged_model_files(Tracking(tracking_uri).download_model(uri, download), uri)
+            folder = run_folder.logged_model_files(Tracking(tracking_uri).download(uri, download), uri)
             return *run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder)
+    if storage.is_s3(uri):
+        with tempfile.TemporaryDirectory(prefix="maskx-model-") as scratch:
+            folder = run_folder.local_checkpoint(uri, scratch)
+            return *run_folder.read_config_and_vocab(folder), run_folder.load_state(folder)["model"]
     if not os.path.isdir(uri):
-        raise FileNotFoundError(f"model {uri}: neither a checkpoint folder nor an MLflow URI ({', '.join(MLFLOW_SCHEMES)})")
+        raise FileNotFoundError(f"model {uri}: neither a checkpoint folder (local or s3://) nor an MLflow URI "
+                                f"({', '.join(run_folder.MLFLOW_SCHEMES)})")
     return *run_folder.read_config_and_vocab(uri), run_folder.load_state(uri)["model"]
 
 

@@ -148,9 +148,9 @@ class Tracking:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 
-    def download_model(self, uri: str, folder: str) -> str:
-        """An MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`) downloaded
-        into `folder`; returns the model's folder there."""
+    def download(self, uri: str, folder: str) -> str:
+        """An MLflow model (`runs:/ID/model`, `models:/NAME/VERSION`, `models:/NAME@ALIAS`) or any artifact
+        of a run (`runs:/ID/PATH`, a file or a folder) downloaded into `folder`; returns its path there."""
         return mlflow_at(self.uri).artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
 
 

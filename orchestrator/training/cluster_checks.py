@@ -7,6 +7,7 @@ from typing import Optional
 
 from maskx.datasets import storage
 
+from .. import run_folder
 from ..config import TrainConfig
 from ..redaction import redact
 
@@ -46,7 +47,7 @@ def check_paths_reach_every_node(cfg: TrainConfig, tracking_uri: str) -> None:
     if local_only(cfg.data.val):
         problems.append(f"data.val {cfg.data.val}: prepare the val shards to s3://")
     for key, path in (("model.backbone.weights", cfg.model.backbone.weights), ("model.init_from", cfg.model.init_from)):
-        if local_only(path):
+        if local_only(path) and not path.startswith(run_folder.MLFLOW_SCHEMES):  # MLflow: through the server
             problems.append(f"{key} {path}: put the file on every node or on a shared path")
     if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         store = tracking_uri.split(":///", 1)[-1]

@@ -1,23 +1,34 @@
 """`model.init_from`: the weights a new run starts from, and which parts of them it takes.
 
-A source is a local torchvision Mask R-CNN state dict (its COCO classes' rows go to ours, see
-`maskx.models.torchvision_init`), a maskx checkpoint folder, or an MLflow model (`models:/NAME/VERSION`,
+A source is a torchvision Mask R-CNN state dict (its COCO classes' rows go to ours, see
+`maskx.models.torchvision_init`), a maskx checkpoint folder, each local or on S3 (`s3://BUCKET/KEY`,
+`s3://BUCKET/runs/NAME/checkpoint_00090000`), or an MLflow model (`models:/NAME/VERSION`,
 `models:/NAME@ALIAS`, `runs:/ID/model`). A maskx source must share the run's vocabulary (a label is a
 class). `model.init_from_parts` names the parts to take (backbone, rpn, box_head, mask_head); the
 paper's stage-wise protocol takes the detector of a box-only run and trains a fresh mask branch.
+
+`model.backbone.weights` (a state dict of the ResNet, e.g. torchvision's ImageNet weights saved once)
+is a local file, an S3 object or a file among an MLflow run's artifacts (`runs:/ID/PATH`): the
+models/ package reads local files only, so `local_backbone_weights` fetches it first.
 """
 from __future__ import annotations
 
+import copy
 import os
+import tempfile
 from typing import Optional
 
 import torch
 from torch import nn
 
+from maskx.datasets import storage
 from maskx.datasets.vocab import Vocabulary
+from maskx.models.config import ModelConfig
 from maskx.models.torchvision_init import load_torchvision_detector
 
-from ..serving.inference import MLFLOW_SCHEMES, model_weights
+from .. import run_folder
+from ..serving.inference import model_weights
+from ..tracking.store import Tracking
 
 # A part of the model and the state-dict names that belong to it.
 PART_PREFIXES = {"backbone": ("backbone.",), "rpn": ("rpn.",),
@@ -32,9 +43,11 @@ def part_of(name: str) -> Optional[str]:
 def initialize_from(model: nn.Module, source: str, vocab: Vocabulary, parts: Optional[list[str]] = None,
                     tracking_uri: Optional[str] = None) -> str:
     """Copy `source`'s weights into the (bare) `model`, only `parts` when given; returns what was taken."""
-    if source.startswith(MLFLOW_SCHEMES) or os.path.isdir(source):
+    if source.startswith(run_folder.MLFLOW_SCHEMES) or os.path.isdir(source) or is_s3_folder(source):
         return _from_maskx(model, source, vocab, parts, tracking_uri)
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory(prefix="maskx-init-from-") as scratch:
+        state = torch.load(local_file(source, scratch, "model.init_from", tracking_uri), map_location="cpu",
+                           weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if parts is not None:
@@ -66,3 +79,40 @@ def _from_maskx(model: nn.Module, source: str, vocab: Vocabulary, parts: Optiona
     took = sorted({part_of(name) or name.split(".")[0] for name in taken})
     return (f"model.init_from {source}: took {len(taken)} tensors ({', '.join(took)})"
             + (f"; {len(unfit)} did not fit ({', '.join(unfit[:3])}...)" if unfit else ""))
+
+
+def is_s3_folder(url: str) -> bool:
+    """An s3:// url naming a prefix (a checkpoint folder), not an object."""
+    return storage.is_s3(url) and storage.stat(url) is None and bool(storage.list_folder(url)[1])
+
+
+def local_file(source: str, scratch: str, key: str, tracking_uri: Optional[str] = None) -> str:
+    """A local path holding the file `source`: itself, or a copy in `scratch` of an S3 object or of a
+    file among an MLflow run's artifacts (`runs:/ID/PATH`). `key` names the config field in errors."""
+    if storage.is_s3(source):
+        if storage.stat(source) is None:
+            raise FileNotFoundError(f"{key}: no S3 object at {source}")
+        path = os.path.join(scratch, os.path.basename(source.rstrip("/")) or "weights.pt")
+        storage.download(source, path)
+        return path
+    if source.startswith(run_folder.MLFLOW_SCHEMES):
+        path = Tracking(tracking_uri).download(source, scratch)
+        if not os.path.isfile(path):
+            raise ValueError(f"{key}: {source} is a folder of MLflow artifacts, not a weights file (name the file: "
+                             "runs:/ID/PATH/backbone.pth)")
+        return path
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{key}: no file at {source} (a local path, s3://BUCKET/KEY or runs:/ID/PATH; "
+                                "weights are never downloaded from the internet)")
+    return source
+
+
+def local_backbone_weights(model_cfg: ModelConfig, scratch: str, tracking_uri: Optional[str] = None) -> ModelConfig:
+    """`model_cfg` with `backbone.weights` a local file (fetched into `scratch` from S3 or MLflow), as
+    `build_model` reads it."""
+    weights = model_cfg.backbone.weights
+    if not weights or not (storage.is_s3(weights) or weights.startswith(run_folder.MLFLOW_SCHEMES)):
+        return model_cfg
+    local = copy.deepcopy(model_cfg)
+    local.backbone.weights = local_file(weights, scratch, "model.backbone.weights", tracking_uri)
+    return local

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import tempfile
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -25,7 +26,7 @@ from ..evaluation.shards import Evaluation
 from ..run_folder import TrainState
 from ..run_setup import RunSetup
 from ..tracking.store import TrackedRun, Tracking
-from .init_from import initialize_from
+from .init_from import initialize_from, local_backbone_weights
 from .metric_logger import MetricLogger
 from .parallel import ddp_options, sync_batch_norm
 from .step import NonFiniteLoss, build_lr_scheduler, build_optimizer, train_step
@@ -59,7 +60,9 @@ class Worker:
         cfg = job.setup.config
         torch.manual_seed(cfg.seed + self.rank)
         # bare: what checkpoints and evaluation take
-        self.model = sync_batch_norm(build_model(cfg.model), self.device.type, self.world_size).to(self.device)
+        with tempfile.TemporaryDirectory(prefix="maskx-weights-") as scratch:
+            model = build_model(local_backbone_weights(cfg.model, scratch, job.tracking_uri))
+        self.model = sync_batch_norm(model, self.device.type, self.world_size).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
         self.state = TrainState()

@@ -4,7 +4,6 @@ the best model to the registry's champion alias.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from ray import tune
 from maskx.datasets import storage
 
 from .. import run_folder
-from ..config import SweepConfig, TrainConfig, apply_override, dump_config, validate
+from ..config import SweepConfig, TrainConfig, dump_config
 from ..ray_cluster import connect
 from ..reporting.report import log_report
 from ..run_setup import absolute_storage_path, with_absolute_paths
@@ -25,14 +24,13 @@ from ..tracking.store import Tracking
 from ..training.trainer import train
 from .interrupt import interrupt_flag
 from .promotion import Promotion, promote
+from .search_space import PARAMS_KEY, VARIANT_KEY, search_space, trial_config, trial_overrides
 from .sweep_report import log_summary, log_variant_table, variant_table, variant_table_markdown
 from .trials import ERROR, FINISHED, INTERRUPTED, STOPPED, Trial
 
 log = logging.getLogger(__name__)
 
 SWEEP_RECORD = "maskx_sweep.json"
-PARAMS_KEY = "overrides"
-VARIANT_KEY = "variant"
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes
 
 
@@ -86,47 +84,6 @@ class TrialProgress(tune.Callback):
         self._row(trial, ERROR)
 
 
-def search_space(sweep: SweepConfig):
-    """Tune's param space from the config's `sweep.space`, under one key so dotted names stay intact;
-    the variants' names are one more grid dimension."""
-    from ray import tune
-
-    samplers = {"grid": tune.grid_search, "choice": tune.choice,
-                "uniform": lambda bounds: tune.uniform(*bounds), "loguniform": lambda bounds: tune.loguniform(*bounds)}
-    space = {}
-    for key, spec in sweep.space.items():
-        if len(spec) != 1 or next(iter(spec)) not in samplers:
-            raise ValueError(f"sweep.space.{key}: expected one of {{{', '.join(samplers)}: ...}}, got {spec}")
-        kind, values = next(iter(spec.items()))
-        if kind in ("uniform", "loguniform") and len(values) != 2:
-            raise ValueError(f"sweep.space.{key}: {kind} takes [low, high], got {values}")
-        if kind != "grid" and sweep.search == "grid":
-            raise ValueError(f"sweep.space.{key}: search=grid takes only grid entries; use search=random or optuna")
-        space[key] = samplers[kind](values)
-    if sweep.variants:
-        if sweep.search != "grid":
-            raise ValueError(f"sweep.variants: runs every variant at every point of a grid; set sweep.search: grid, got {sweep.search}")
-        if sweep.scheduler != "fifo":
-            raise ValueError("sweep.variants: an ablation compares its variants at the same budget, so no trial may be "
-                             f"stopped early; set sweep.scheduler: fifo, got {sweep.scheduler}")
-        return {PARAMS_KEY: space, VARIANT_KEY: tune.grid_search(list(sweep.variants))}
-    if not space:
-        raise ValueError("sweep.space: empty; name at least one dotted config key to search over")
-    return {PARAMS_KEY: space}
-
-
-def trial_overrides(variants: dict[str, dict], params: dict) -> dict:
-    """A trial's dotted overrides: its variant's (`sweep.variants`), then its point of the search space."""
-    return {**variants.get(params.get(VARIANT_KEY), {}), **params.get(PARAMS_KEY, {})}
-
-
-def trial_config(base: dict, overrides: dict) -> TrainConfig:
-    tree = copy.deepcopy(base)
-    for key, value in overrides.items():
-        apply_override(tree, f"{key}={json.dumps(value)}")
-    return validate(tree)
-
-
 def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -> None:
     """One Tune trial: a whole training run; Tune sees its reports through TuneReportCallback."""
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -148,8 +105,16 @@ def run_trial(params: dict, base: dict, parent_run_id: str, sweep_folder: str) -
     train(cfg, run_name=trial_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()], resume=trial_name)
 
 
+def sweep_folder_of(resume: str, storage_path: str) -> str:
+    """What `--resume` names: a sweep by its name, as `maskx train --resume` takes a run's (the folder's
+    name under `sweep.storage_path`), or its folder (local or s3://)."""
+    if "/" not in resume and not os.path.isdir(resume):
+        return storage.join(absolute_storage_path(storage_path), resume)
+    return absolute_storage_path(resume)
+
+
 def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str], None] = log.info) -> SweepResult:
-    """Run (or, with `resume` = a sweep folder, continue) the sweep; `write` takes the live table's lines."""
+    """Run (or, with `resume` = a sweep's name or folder, continue) the sweep; `write` takes the live table's lines."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     cfg = with_absolute_paths(cfg)
@@ -177,7 +142,10 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
     tracking = Tracking(cfg.mlflow.tracking_uri)
     cfg.mlflow.tracking_uri = tracking.uri
     if resume:
-        sweep_folder = absolute_storage_path(resume)
+        sweep_folder = sweep_folder_of(resume, sw.storage_path)
+        if storage.stat(storage.join(sweep_folder, SWEEP_RECORD)) is None:
+            raise FileNotFoundError(f"--resume {resume}: no sweep at {sweep_folder} (a sweep's name under "
+                                    f"sweep.storage_path {sw.storage_path}, or its folder)")
         record = json.loads(storage.read_bytes(storage.join(sweep_folder, SWEEP_RECORD)))
         parent = tracking.run(record["parent_run_id"])
         parent.reopen()
@@ -225,7 +193,7 @@ def sweep(cfg: TrainConfig, resume: Optional[str] = None, write: Callable[[str],
     trials = _trials(grid, sw, tracking, interrupted.is_set())
     if interrupted.is_set():
         # Tune saved its state: resuming reruns what was running and starts what had not started.
-        reason = f"sweep interrupted; resume with maskx tune --resume {sweep_folder}"
+        reason = f"sweep interrupted; resume with maskx tune --resume {os.path.basename(sweep_folder)}"
         _close_children(tracking, trials, "KILLED", reason)
         parent.set_tags({"maskx.sweep_state": "interrupted"})
         parent.end("KILLED")

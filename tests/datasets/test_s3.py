@@ -48,3 +48,12 @@ def test_missing_manifest_and_bucket_fail_fast_naming_the_url(bucket):
         load_manifest(f"{bucket}/absent")
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/x/manifest.json"):
         load_manifest("s3://no-such-bucket/x")
+
+
+def test_a_folder_marker_is_no_file_of_its_folder(bucket):
+    """Ray Train's uploads (pyarrow's S3 filesystem) leave a `PREFIX/` key beside a checkpoint's files:
+    a listing that named it `""` made a local copy of the folder write a file over the folder itself."""
+    storage.s3_client().put_object(Bucket="maskx-test", Key="runs/r/checkpoint_00000002/", Body=b"")
+    storage.write_bytes(f"{bucket}/runs/r/checkpoint_00000002/state.pt", b"state")
+    storage.write_bytes(f"{bucket}/runs/r/checkpoint_00000002/sub/x", b"x")
+    assert storage.list_folder(f"{bucket}/runs/r/checkpoint_00000002") == (["sub"], ["state.pt"])

@@ -82,3 +82,56 @@ def test_a_permanent_error_fails_at_once_naming_the_url(proxy, shards_on_s3, sta
     sources, vocab = sources_read(tmp_path if cached else None)
     with pytest.raises(error, match=url):
         list(EvalStream(sources, vocab, batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def zip_on_s3(s3_endpoint, shards_on_s3):
+    """A release's zip on S3 as `maskx prepare` reads it in place: one stored member of 200 KB (written
+    before the proxy, which passes no streamed upload)."""
+    import io
+    import os
+    import zipfile
+
+    member = os.urandom(200 * 1024)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("val2017/000000000001.jpg", member)
+    url = "s3://maskx-faults/zips/val2017.zip"
+    storage.write_bytes(url, archive.getvalue())
+    return url, member
+
+
+def test_a_zip_range_broken_mid_body_is_asked_again(zip_on_s3, proxy, caplog):
+    import zipfile
+
+    from maskx.datasets.image_files import S3RangeFile
+
+    url, member = zip_on_s3
+    # zipfile reads the 22-byte end record first: its body breaks after 10 bytes.
+    proxy.faults = [Fault("GET", "/zips/val2017.zip", reset_after=10)]
+    with caplog.at_level("WARNING"), zipfile.ZipFile(S3RangeFile(url)) as z:
+        assert z.read("val2017/000000000001.jpg") == member
+    assert proxy.faults[0].times == 0 and "attempt 1 of 5" in caplog.text and "attempt 2 of 5" not in caplog.text
+
+
+def test_a_zip_range_that_keeps_breaking_fails_naming_it_after_its_attempts(zip_on_s3, proxy, caplog):
+    from maskx.datasets.image_files import S3RangeFile
+    from maskx.datasets.s3_objects import StorageError
+
+    url, _ = zip_on_s3
+    proxy.faults = [Fault("GET", "/zips/val2017.zip", times=3, reset_after=1000)]
+    with pytest.raises(StorageError, match=rf"{url}: range 0-\d+ failed 3 times"):
+        S3RangeFile(url, max_attempts=3).read(10)
+    assert [f.times for f in proxy.faults] == [0] and caplog.text.count("failed (") == 3
+
+
+def test_a_shard_stream_that_keeps_breaking_ends_after_its_resumes(proxy, shards_on_s3):
+    from maskx.datasets.s3_objects import S3RangeReader, StorageError
+
+    url, _ = next(iter(shards_on_s3.items()))
+    key = url.split("maskx-faults", 1)[1]
+    proxy.faults = [Fault("GET", key, times=4, reset_after=READ_CHUNK // 2)]  # no read gets a whole chunk
+    reader = S3RangeReader(url, max_resumes=2)
+    with pytest.raises(StorageError, match=rf"{url}: read failed at byte 0 after 2 resumes"):
+        reader.read(READ_CHUNK)
+    assert [g.fault for g in proxy.requests_for(key)] == [f"reset after {READ_CHUNK // 2}"] * 3  # the open, 2 resumes

@@ -8,3 +8,40 @@ def test_verbose_before_or_after_the_command_means_verbose():
     assert parse(["train", "--config", "c.yaml", "--verbose"]).verbose
     assert not parse(["train", "--config", "c.yaml"]).verbose
     assert parse(["-v", "eval", "--config", "c.yaml", "--model", "m"]).verbose
+
+
+def test_v_and_verbose_are_one_flag_on_every_command():
+    parse = build_parser().parse_args
+    for argv in (["train", "--config", "c.yaml"], ["tune", "--config", "c.yaml"], ["synth", "--out", "o"],
+                 ["prepare", "coco", "--annotations", "a.json", "--images", "i", "--out", "o"],
+                 ["predict", "--model", "m", "--image", "i.jpg", "--out", "o.png"], ["demo"]):
+        assert not parse(argv).verbose
+        assert parse(["-v", *argv]).verbose and parse(["--verbose", *argv]).verbose
+        assert parse([*argv, "-v"]).verbose and parse([*argv, "--verbose"]).verbose
+
+
+def test_bad_input_exits_2_and_a_failure_exits_1_with_its_traceback_only_under_v(tmp_path, capsys, monkeypatch):
+    from maskx.orchestrator import cli
+    from maskx.orchestrator.cli import EXIT_BAD_INPUT, EXIT_FAILURE, main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == EXIT_BAD_INPUT == 2
+    assert "maskx train: config" in capsys.readouterr().err
+
+    def fails(args):
+        raise KeyError("the tracking server answered 500 for http://user:secret@mlflow:5000")
+
+    real = cli.build_parser
+
+    def with_failing_report():
+        parser = real()
+        parser._subparsers._group_actions[0].choices["report"].set_defaults(run=fails)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_failing_report)
+    assert main(["report", "abc"]) == EXIT_FAILURE == 1
+    err = capsys.readouterr().err
+    assert err.startswith("maskx report: KeyError:") and "(-v shows the traceback)" in err and "Traceback" not in err
+    assert "secret" not in err
+    assert main(["report", "abc", "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "secret" not in err

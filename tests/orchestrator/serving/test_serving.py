@@ -225,7 +225,7 @@ def test_the_logged_model_has_a_signature_an_example_and_no_pickle(registered, t
     # MLflow says nothing about the model: no "Failed to validate serving input example", no pickle or
     # type-hint warning (torchvision's and pandas' deprecation notices are theirs to fix).
     assert not [w for w in warned if any(word in w.lower() for word in ("input example", "pickle", "type hint", "signature"))], warned
-    folder = Tracking(tracking_uri).download_model(model_uri, str(tmp_path))
+    folder = Tracking(tracking_uri).download(model_uri, str(tmp_path))
     import yaml
 
     mlmodel = yaml.safe_load(Path(folder, "MLmodel").read_text())

@@ -231,10 +231,10 @@ def test_predictions_as_coco_results_score_with_pycocotools_as_maskx_eval_does(f
     assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg.png"))) == 10
     assert main(["predict", "--model", result.checkpoint, "--shards", synth_shards["coco_val"],
                  "--out", str(tmp_path / "pred-shards")]) == 0
-    (tmp_path / "eval").mkdir()
-    assert main(["eval", "--config", TINY, f"data.val={synth_shards['coco_val']}", "--model", result.checkpoint,
-                 "--json", str(tmp_path / "eval" / "metrics.json")]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    # As predict takes them: the shards and an output folder; set A and eval settings the model's own.
+    assert main(["eval", "--model", result.checkpoint, "--shards", synth_shards["coco_val"],
+                 "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]
     assert metrics["bbox/all/AP"] > 0 and metrics["segm/all/AP"] > 0, metrics  # something to be equal about
 
     truth = COCO(synth_paths["coco_val_annotations"])

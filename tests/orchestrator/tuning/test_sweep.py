@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from maskx.orchestrator.config import load_config
-from maskx.orchestrator.tuning.sweep import search_space, sweep
+from maskx.orchestrator.tuning.search_space import search_space
+from maskx.orchestrator.tuning.sweep import sweep
 from ...conftest import wait_until
 
 SWEEP = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs", "sweep-tiny-cpu.yaml")
@@ -198,7 +199,7 @@ def test_every_knob_of_the_r50_sweep_is_a_config_key_a_trial_can_take():
     through a list index), with no Ray session."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from maskx.orchestrator.tuning.sweep import trial_config
+    from maskx.orchestrator.tuning.search_space import trial_config
 
     cfg = load_config(os.path.join(REPO, "configs", "sweep-coco-vg-r50.yaml"))
     searcher = OptunaSearch(seed=0)
@@ -226,7 +227,7 @@ def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_c
     """Every variant of configs/ablation-mask-head.yaml is a valid trial of either training config, in
     either protocol, and changes only the mask head; the sweep runs each to the full schedule and
     registers nothing."""
-    from maskx.orchestrator.tuning.sweep import VARIANT_KEY, trial_config, trial_overrides
+    from maskx.orchestrator.tuning.search_space import VARIANT_KEY, trial_config, trial_overrides
 
     overrides = STAGE_WISE if protocol == "stage-wise" else []
     cfg = load_config(os.path.join(REPO, "configs", train_config), overrides, sweep_path=ABLATION_SWEEP)
@@ -248,6 +249,17 @@ def test_the_ablation_sweep_runs_unchanged_on_the_cpu_and_the_gpu_config(train_c
     assert [modes[f"transfer ({i})"] for i in ("cls", "box", "cls+box")] == [("transfer", "cls"), ("transfer", "box"),
                                                                           ("transfer", "cls+box")]
     assert modes["transfer+MLP (cls+box)"] == ("transfer+mlp", "cls+box")
+
+
+def test_resume_takes_a_sweep_by_its_name_as_train_takes_a_run_or_by_its_folder(tmp_path, monkeypatch):
+    from maskx.orchestrator.tuning.sweep import sweep_folder_of
+
+    monkeypatch.chdir(tmp_path)
+    name = "sweep-tiny-cpu-sweep-20261125-101500"
+    assert sweep_folder_of(name, "runs/sweeps") == str(tmp_path / "runs" / "sweeps" / name)
+    assert sweep_folder_of(name, "s3://bucket/sweeps") == f"s3://bucket/sweeps/{name}"
+    assert sweep_folder_of(f"runs/sweeps/{name}", "elsewhere") == str(tmp_path / "runs" / "sweeps" / name)
+    assert sweep_folder_of(f"s3://bucket/sweeps/{name}", "elsewhere") == f"s3://bucket/sweeps/{name}"
 
 
 def test_variants_need_a_grid_without_early_stopping():
