@@ -213,7 +213,7 @@ def _training_loop_rows(args, workdir: str) -> list[tuple[str, str]]:
         batch = next(batches)
         if done >= args.warmup:  # the first steps (cuDNN autotuning, loader start-up) are not counted
             waited += time.perf_counter() - before
-        losses = train_step(model, optimizer, scheduler, batch.micro_batches, device, args.amp,
+        losses = train_step(model, optimizer, scheduler, batch.micro_batches, device, torch.bfloat16 if args.amp else None,
                             clip_grad_norm=solver.clip_grad_norm)
         done += 1
         if done == args.warmup:

@@ -113,7 +113,7 @@ def smoke(name: str, cfg, sources, vocab, device: torch.device, args) -> list[tu
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        losses = train_step(trained, optimizer, scheduler, next(steps).micro_batches, device, amp,
+        losses = train_step(trained, optimizer, scheduler, next(steps).micro_batches, device, torch.bfloat16 if amp else None,
                             clip_grad_norm=cfg.solver.clip_grad_norm, layout=layout)
         losses_seen.append(losses["loss"])
     if device.type == "cuda":

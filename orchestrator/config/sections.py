@@ -90,7 +90,15 @@ class SolverConfig:
     # fails at once, on every rank, naming the samples: a retry would replay them into the same NaN) or
     # `skip_step` (no weight update; the run goes on and counts them as train/skipped_steps).
     on_nonfinite: Literal["raise", "skip_step"] = "raise"
-    amp: bool = True  # bf16 autocast, on GPU only
+    # Mixed precision on GPU (CPU runs float32 whatever this says): `bf16` autocast (Ampere or newer:
+    # A100, H100, L4; refused at the run's start on an older GPU), `fp16` autocast with a gradient
+    # scaler whose state travels in checkpoints (V100, T4), or `off`. Box geometry stays float32 in
+    # either (docs/training.md). `true`/`false` of older configs mean bf16/off.
+    amp: Union[Literal["bf16", "fp16", "off"], bool] = "bf16"
+
+    def __post_init__(self):
+        if isinstance(self.amp, bool):
+            self.amp = "bf16" if self.amp else "off"
 
 
 @dataclass

@@ -31,9 +31,9 @@ class TrainState:
     world_size: int = 1
 
 
-def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState) -> dict:
-    """Everything needed to continue exactly: weights, solver, iteration, the data position of every
-    partition (`state.position` merged over the ranks), RNG.
+def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainState, scaler=None) -> dict:
+    """Everything needed to continue exactly: weights, solver (with float16's gradient scaler), iteration,
+    the data position of every partition (`state.position` merged over the ranks), RNG.
 
     Plain tensors, numbers, strings, lists and dicts only, so it loads with `torch.load(weights_only=True)`."""
     return {
@@ -45,6 +45,7 @@ def checkpoint_contents(model: nn.Module, optimizer, scheduler, state: TrainStat
         "data_plan": vars(state.plan) if state.plan else None,
         "world_size": state.world_size,
         "rng": {"torch": torch.get_rng_state(), "python": _python_rng_to_lists(random.getstate())},
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
     }
 
 
@@ -114,7 +115,7 @@ def load_state(folder: str) -> dict:
         raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None) -> TrainState:
+def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> TrainState:
     model.load_state_dict(contents["model"])
     if optimizer is not None:
         saved_groups = len(contents["optimizer"]["param_groups"])
@@ -126,6 +127,8 @@ def restore(contents: dict, model: nn.Module, optimizer=None, scheduler=None) ->
         optimizer.load_state_dict(contents["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(contents["scheduler"])
+    if scaler is not None and contents.get("grad_scaler"):  # none in a bf16 or float32 run's checkpoints
+        scaler.load_state_dict(contents["grad_scaler"])
     torch.set_rng_state(contents["rng"]["torch"])
     random.setstate(_python_rng_from_lists(contents["rng"]["python"]))
     if "positions" in contents:

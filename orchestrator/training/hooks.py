@@ -195,7 +195,7 @@ def report_checkpoint(worker: Worker) -> None:
         evaluation = worker.evaluation.summary()
     # Ray Train deletes the local folder once it is uploaded (by a thread, with checkpoint.upload: async).
     contents = run_folder.checkpoint_contents(worker.model, worker.optimizer, worker.scheduler,
-                                              dataclasses.replace(worker.state, position=merged))
+                                              dataclasses.replace(worker.state, position=merged), worker.scaler)
     folder = run_folder.write_checkpoint_to_scratch(contents, dump_config(worker.config), worker.setup.vocab,
                                                     evaluation, unsent)
     upload = CheckpointUploadMode.ASYNC if worker.config.checkpoint.upload == "async" and not worker.last \

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -44,14 +44,33 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig) -
     return torch.optim.lr_scheduler.ChainedScheduler([warmup, decay], optimizer=optimizer)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+class AmpUnsupported(ValueError):
+    """`solver.amp` asks for what this GPU cannot do: the run fails at once, no retry can fix it."""
+
+
+def autocast_dtype(amp: str, device: torch.device,
+                   bf16_supported: Callable[[], bool] = lambda: torch.cuda.is_bf16_supported()) -> Optional[torch.dtype]:
+    """The dtype `solver.amp` runs a step in on `device`: None (float32) off the GPU."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" and not bf16_supported():
+        raise AmpUnsupported(f"solver.amp: bf16 needs a GPU with bfloat16 (NVIDIA Ampere or newer: A100, H100, L4); "
+                             f"this one ({torch.cuda.get_device_name(device)}) has none: set solver.amp=fp16 "
+                             "(autocast with a gradient scaler) or off")
+    return AMP_DTYPES[amp]
+
+
 class NonFiniteLoss(FloatingPointError):
     """A step whose loss is NaN or infinite on some rank; every rank raises it with the same message."""
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, micro_batches: Sequence[Batch],
-               device: torch.device, amp: bool = False, clip_grad_norm: Optional[float] = None,
+               device: torch.device, amp: Optional[torch.dtype] = None, clip_grad_norm: Optional[float] = None,
                layout: Optional[EpochLayout] = None, loss_normalization: str = "step",
-               on_nonfinite: str = "raise") -> dict[str, float]:
+               on_nonfinite: str = "raise", scaler: Optional[torch.amp.GradScaler] = None) -> dict[str, float]:
     """One SGD step over one or more micro-batches: their gradients accumulate, and DDP all-reduces
     once, after the last. Each micro-batch's losses are weighted by its share of the step
     (`layout`: this rank's micro-batches of a global batch over the layout's ranks; default: all of
@@ -60,8 +79,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     images, the mask loss (a mean over images with masks) by its images with masks, counted over every
     rank. Returns the losses (and `loss`, their sum) as this rank's part of the step's, per image of
     this rank: averaged over ranks by their images (what the metrics do), they are the step's losses,
-    whatever the layout. `amp`: bf16 autocast (the worker asks for it on GPUs; CPU autocast runs the
-    same path in tests).
+    whatever the layout. `amp`: the autocast dtype (`autocast_dtype`; CPU autocast runs the same path in
+    tests), with `scaler` (float16's gradient scaler) scaling the backward passes and skipping a step
+    whose gradients overflowed, as torch.amp documents.
 
     A loss that is not finite on any rank is known to every rank after the backward passes (one
     all-reduce of a flag), before any weight moves: with `on_nonfinite` "raise" every rank raises the
@@ -89,14 +109,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
         last = i == len(micro_batches) - 1
         accumulate = model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) and not last else nullcontext()
         with accumulate:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 losses = model(batch_images, targets)
             mask_weight = (image_weight if step_with_masks is None
                            else with_masks[i] * world_size / step_with_masks.result().clamp(min=1))
             weights = {name: mask_weight if name == "loss_mask" else image_weight for name in losses}
             # Every micro-batch goes backward, a non-finite one too, so that every rank meets every
             # other in DDP's all-reduce; whether the step is taken is decided after, once, for all ranks.
-            sum(value * weights[name] for name, value in losses.items()).backward()
+            weighted = sum(value * weights[name] for name, value in losses.items())
+            (scaler.scale(weighted) if scaler is not None else weighted).backward()
         losses = {name: value.detach() for name, value in losses.items()}
         micro_losses.append(losses)
         for name, value in losses.items():
@@ -114,9 +135,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, mi
     per_image = global_images / (world_size * sum(images)) if sum(images) else 0.0
     totals = {name: value * per_image for name, value in zip(weighted_sums, values)}
     totals["loss"] = sum(totals.values())
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clipping and the update see the true gradients
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped where the scaled gradients overflowed; the scale then backs off
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     return totals
 

@@ -13,7 +13,7 @@ from ..compat import ray_train_report_logger
 from ..redaction import redact_logs
 from .evaluation_hooks import KeepBest, PeriodicEvaluation
 from .hooks import CheckpointReport, Hook, KeysLog, PreemptionCheckpoint, SystemMetrics, TrainingMetrics
-from .step import NonFiniteLoss
+from .step import AmpUnsupported, NonFiniteLoss
 from .worker import Worker, WorkerJob
 
 FATAL_ERROR = "fatal_error"  # what the ranks return instead of raising an error no retry can fix
@@ -33,7 +33,11 @@ def train_loop_per_worker(loop_config: dict) -> Optional[dict]:
     if not job.verbose:
         # Ray Train logs every report as a dict of all metrics; maskx's console line says it better.
         ray_train_report_logger().setLevel(logging.WARNING)
-    worker = Worker(job)
+    try:
+        worker = Worker(job)
+    except AmpUnsupported as exc:  # this GPU: every retry would fail the same way
+        logging.getLogger(__name__).error("%s", exc)
+        return {FATAL_ERROR: str(exc)}
     hooks = build_hooks(job)
     try:
         for hook in hooks:

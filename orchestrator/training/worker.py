@@ -29,7 +29,7 @@ from ..tracking.store import TrackedRun, Tracking
 from .init_from import initialize_from, local_backbone_weights
 from .metric_logger import MetricLogger
 from .parallel import ddp_options, sync_batch_norm
-from .step import NonFiniteLoss, build_lr_scheduler, build_optimizer, train_step
+from .step import NonFiniteLoss, autocast_dtype, build_lr_scheduler, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class Worker:
         self.model = sync_batch_norm(model, self.device.type, self.world_size).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
+        self.amp = autocast_dtype(cfg.solver.amp, self.device)
+        # float16's gradient scaler (its scale travels in checkpoints); bfloat16 needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp is torch.float16 else None
         self.state = TrainState()
         self.mlflow_run: Optional[TrackedRun] = Tracking(job.tracking_uri).run(job.mlflow_run_id) if job.mlflow_run_id else None
         self.resumed = self._take_up_checkpoint()
@@ -127,9 +130,9 @@ class Worker:
         solver = self.config.solver
         try:
             self.losses = train_step(self.trained, self.optimizer, self.scheduler, step.micro_batches, self.device,
-                                     solver.amp and self.device.type == "cuda", solver.clip_grad_norm,
-                                     layout=self.layout, loss_normalization=self.config.model.loss_normalization,
-                                     on_nonfinite=solver.on_nonfinite)
+                                     self.amp, solver.clip_grad_norm, layout=self.layout,
+                                     loss_normalization=self.config.model.loss_normalization,
+                                     on_nonfinite=solver.on_nonfinite, scaler=self.scaler)
         except NonFiniteLoss as exc:
             raise NonFiniteLoss(f"iteration {self.state.iteration + 1}: {exc}") from None
         self.state.iteration += 1
@@ -163,7 +166,7 @@ class Worker:
         Returns whether the run continues from a checkpoint."""
         resumed = agreed_resume_state(self.job.run_folder, ray.train.get_checkpoint(), self.rank)
         if resumed is not None:
-            self.state = run_folder.restore(resumed, self.model, self.optimizer, self.scheduler)
+            self.state = run_folder.restore(resumed, self.model, self.optimizer, self.scheduler, self.scaler)
             log.info("rank %d: resumed at iteration %d (epoch %d, step %d), written by %d workers, now %d", self.rank,
                      self.state.iteration, self.state.position.epoch, self.state.position.steps, self.state.world_size,
                      self.world_size)

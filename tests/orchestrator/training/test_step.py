@@ -120,7 +120,7 @@ def test_the_gpu_step_path_on_the_cpu_source_size_images_resized_under_bf16_auto
             masks = source_target["masks"]
             assert torch.equal(target["masks"], masks.flip(-1) if augmentation.flip else masks)
     model, optimizer, scheduler = fresh(cfg)
-    losses = training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"), amp=True)
+    losses = training_step.train_step(model, optimizer, scheduler, [batch], torch.device("cpu"), amp=torch.bfloat16)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()) and losses["loss_mask"] > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in float32
 
@@ -181,3 +181,53 @@ def test_checkpoint_loads_with_weights_only_and_names_a_corrupt_file(setup, tmp_
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ValueError, match=f"checkpoint {path}: unreadable"):
         run_folder.load_state(str(tmp_path))
+
+
+def test_solver_amp_names_bf16_fp16_or_off_and_older_configs_keep_their_meaning():
+    assert SolverConfig().amp == "bf16"
+    assert load_config(TINY, ["solver.amp=true"]).solver.amp == "bf16"  # a checkpoint's config.yaml of before
+    assert load_config(TINY, ["solver.amp=false"]).solver.amp == "off"
+    assert load_config(TINY, ["solver.amp=fp16"]).solver.amp == "fp16"
+    with pytest.raises(ValueError, match="solver.amp"):
+        load_config(TINY, ["solver.amp=fp8"])
+
+
+def test_autocast_runs_on_gpus_only_and_bf16_is_refused_where_the_gpu_has_none(monkeypatch):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert training_step.autocast_dtype("bf16", cpu) is None and training_step.autocast_dtype("fp16", cpu) is None
+    assert training_step.autocast_dtype("off", cuda) is None
+    assert training_step.autocast_dtype("fp16", cuda, bf16_supported=lambda: False) is torch.float16
+    assert training_step.autocast_dtype("bf16", cuda, bf16_supported=lambda: True) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(training_step.AmpUnsupported, match=r"solver.amp: bf16 needs a GPU with bfloat16.*\(Tesla "
+                                                           r"V100-SXM2-16GB\).*set solver.amp=fp16"):
+        training_step.autocast_dtype("bf16", cuda, bf16_supported=lambda: False)
+
+
+def test_fp16_steps_with_a_gradient_scaler_track_float32_and_its_scale_travels_in_the_checkpoint(setup):
+    """float16 autocast (CPU autocast runs the path the GPU does) with torch.amp's GradScaler: the
+    first step's losses within 1% of float32's, every step finite; a step whose scaled gradients
+    overflow is skipped and the scale backs off; the scale is saved and restored with the solver."""
+    cfg, batches, _ = setup
+    losses = {}
+    for amp in (None, torch.float16):
+        model, optimizer, scheduler = fresh(cfg)
+        scaler = torch.amp.GradScaler("cpu") if amp else None
+        losses[amp] = [training_step.train_step(model, optimizer, scheduler, [b], torch.device("cpu"), amp=amp,
+                                                scaler=scaler) for b in batches[:3]]
+    first_fp32, first_fp16 = losses[None][0], losses[torch.float16][0]
+    assert first_fp16 == pytest.approx(first_fp32, rel=0.01), losses
+    assert all(torch.isfinite(torch.tensor(step["loss"])) for step in losses[torch.float16])
+
+    model, optimizer, scheduler = fresh(cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)  # its scaled gradients overflow float16
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    training_step.train_step(model, optimizer, scheduler, [batches[0]], torch.device("cpu"), amp=torch.float16,
+                             scaler=scaler)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # skipped
+    assert scaler.get_scale() == 2.0**119  # backed off
+    contents = run_folder.checkpoint_contents(model, optimizer, scheduler, run_folder.TrainState(1), scaler)
+    restored = torch.amp.GradScaler("cpu")
+    model, optimizer, scheduler = fresh(cfg)
+    run_folder.restore(contents, model, optimizer, scheduler, restored)
+    assert restored.get_scale() == 2.0**119
