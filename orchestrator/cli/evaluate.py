@@ -16,6 +16,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                                                                "predict takes them (default: the config's data.val)")
     evaluate.add_argument("--config", help="config whose data.val, data.mask_sets and eval settings to use (default: "
                                            "the model's own, which needs --shards)")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                          help="where the model runs (default auto: the GPU where there is one)")
     evaluate.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="config overrides, e.g. "
                                                                                    "eval_batch_size=4")
     written = evaluate.add_mutually_exclusive_group()
@@ -32,7 +34,7 @@ def run_eval(args) -> int:
 
     from maskx.orchestrator.config import apply_override, load_config, validate
     from maskx.orchestrator.run_setup import set_up_run
-    from maskx.orchestrator.serving.inference import evaluate_model, model_weights
+    from maskx.orchestrator.serving.inference import evaluate_model, inference_device, model_weights
     from maskx.orchestrator.serving.predictions import RESULTS_FILE, coco_results, write_results
 
     if args.config:
@@ -47,7 +49,7 @@ def run_eval(args) -> int:
     if args.shards:
         cfg.data.val = args.shards
     setup = set_up_run(cfg, train=False)
-    evaluation = evaluate_model(setup, args.model)
+    evaluation = evaluate_model(setup, args.model, inference_device(args.device))
     print_metrics(evaluation.metrics)
     if args.out or args.json:
         metrics_file = os.path.join(args.out, EVAL_FILE) if args.out else os.path.abspath(args.json)

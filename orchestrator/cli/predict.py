@@ -20,6 +20,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                          help="images per forward pass (default 1, as maskx eval: a batch pads its images to the "
                               "largest, so with more an image's detections depend slightly on its batch-mates; more "
                               "is faster on a GPU)")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                         help="where the model runs in one process (default auto: the GPU where there is one; "
+                              "on Ray, --gpus-per-actor)")
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="draw detections scoring at least this (default 0.5); results.json keeps every detection")
     on_ray = predict.add_argument_group("on Ray Data (--ray): --images DIR|GLOB|s3://bucket/prefix or --shards, "
@@ -39,11 +42,11 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 def run_predict(args) -> int:
     from maskx.orchestrator.serving import predictions
     from maskx.orchestrator.serving.drawing import write_overlay
-    from maskx.orchestrator.serving.inference import load_model
+    from maskx.orchestrator.serving.inference import inference_device, load_model
 
     if args.ray:
         return _run_predict_on_ray(args)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=inference_device(args.device))
     if args.image:
         drawn = write_overlay(loaded, args.image, args.out, args.score_threshold)
         print(f"{args.out}: {drawn} detections with score >= {args.score_threshold}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import nn
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
@@ -37,8 +38,23 @@ DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_IMAGE_PIXELS_VARIABLE = "MASKX_MAX_IMAGE_PIXELS"  # set by whoever runs the server, not by its clients
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 class ImageTooLarge(ValueError):
     pass
+
+
+def inference_device(name: str = "auto") -> torch.device:
+    """Where a model predicts: `auto` is the GPU where torch sees one, else the CPU."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name}: one of {', '.join(DEVICES)}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no GPU on this machine (torch.cuda.is_available() is False); "
+                         "use --device auto or cpu")
+    return torch.device("cuda")
 
 
 @dataclass
@@ -48,10 +64,11 @@ class LoadedModel:
     config: TrainConfig
 
 
-def load_model(uri: str, tracking_uri: Optional[str] = None) -> LoadedModel:
+def load_model(uri: str, tracking_uri: Optional[str] = None, device: Optional[torch.device] = None) -> LoadedModel:
     """A model from a checkpoint folder (local or s3://) or an MLflow URI (the store: `tracking_uri`, else
-    $MLFLOW_TRACKING_URI, else the local sqlite store); weights load with weights_only=True."""
-    return loaded_from(*model_weights(uri, tracking_uri))
+    $MLFLOW_TRACKING_URI, else the local sqlite store), on `device` (default the CPU); weights load
+    with weights_only=True."""
+    return loaded_from(*model_weights(uri, tracking_uri), device=device)
 
 
 def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainConfig, Vocabulary, dict]:
@@ -70,19 +87,19 @@ def model_weights(uri: str, tracking_uri: Optional[str] = None) -> tuple[TrainCo
     return *run_folder.read_config_and_vocab(uri), run_folder.load_state(uri)["model"]
 
 
-def load_model_files(folder: str) -> LoadedModel:
+def load_model_files(folder: str, device: Optional[torch.device] = None) -> LoadedModel:
     """A model from a logged model's files (config, vocabulary, weights)."""
-    return loaded_from(*run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder))
+    return loaded_from(*run_folder.read_config_and_vocab(folder), run_folder.load_weights(folder), device=device)
 
 
-def loaded_from(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict) -> LoadedModel:
-    """The model `model_weights` describes, for inference."""
+def loaded_from(cfg: TrainConfig, vocab: Vocabulary, state_dict: dict, device: Optional[torch.device] = None) -> LoadedModel:
+    """The model `model_weights` describes, for inference, on `device` (default the CPU)."""
     architecture = copy.deepcopy(cfg.model)
     architecture.backbone.weights = None  # what it started from; the state dict has what it learned
     model = build_model(architecture)
     model.load_state_dict(state_dict)
     model.transform.paste_masks = False
-    return LoadedModel(model.eval(), vocab, cfg)
+    return LoadedModel(model.eval().to(device or torch.device("cpu")), vocab, cfg)
 
 
 def max_image_pixels() -> int:
@@ -140,7 +157,12 @@ def predict(model: MaskXRCNN, image: torch.Tensor) -> dict:
     """Detections for one uint8 (3, H, W) image: boxes, labels, scores, and masks (N, 1, H, W) or, from
     a loaded model, mask_probs (N, 1, M, M) (`evaluation.binary_masks` reads either)."""
     model.eval()
-    return model([image.float().div_(255)])[0]
+    output = model([image.to(model_device(model)).float().div_(255)])[0]
+    return {key: value.cpu() for key, value in output.items()}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def kept(detection: dict, keep: torch.Tensor) -> dict:
@@ -148,12 +170,13 @@ def kept(detection: dict, keep: torch.Tensor) -> dict:
     return {key: value[keep] for key, value in detection.items()}
 
 
-def evaluate_model(setup: RunSetup, uri: str) -> Evaluation:
+def evaluate_model(setup: RunSetup, uri: str, device: Optional[torch.device] = None) -> Evaluation:
     """COCO metrics of a model on the run's `data.val` (`set_up_run(cfg, train=False)`), set A from
-    its `data.mask_sets`, in this process, with the detections (COCO result entries, category ids =
-    maskx labels)."""
-    loaded = load_model(uri, setup.config.mlflow.tracking_uri)
+    its `data.mask_sets`, in this process on `device` (default the CPU), with the detections (COCO
+    result entries, category ids = maskx labels)."""
+    device = device or torch.device("cpu")
+    loaded = load_model(uri, setup.config.mlflow.tracking_uri, device)
     loaded.vocab.require_same(setup.vocab, f"data.val: {setup.config.data.val}", f"model {uri} was trained on")
     return evaluate_on_shards(loaded.model, setup.val_sources, setup.vocab, setup.set_a,
-                              batch_size=setup.config.eval_batch_size, device=torch.device("cpu"),
+                              batch_size=setup.config.eval_batch_size, device=device,
                               backend=setup.config.eval_backend, error_analysis=setup.config.eval_error_analysis)

@@ -31,7 +31,7 @@ from maskx.datasets.vocab import Vocabulary
 from ..evaluation.records import detection_records
 from ..evaluation.shards import predict_on_shards
 from .drawing import draw_predictions, model_set_a
-from .inference import LoadedModel, read_image
+from .inference import LoadedModel, model_device, read_image
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ def predict_images(loaded: LoadedModel, images: str, out: str, batch_size: int =
                 except ValueError as exc:
                     log.warning("%s; skipped", exc)
                     summary.unreadable.append(path)
-            outputs = loaded.model([image.float().div_(255) for _, image in decoded]) if decoded else []
+            device = model_device(loaded.model)
+            outputs = loaded.model([image.to(device).float().div_(255) for _, image in decoded]) if decoded else []
+            outputs = [{key: value.cpu() for key, value in output.items()} for output in outputs]
             for (path, image), output in zip(decoded, outputs):
                 records += detection_records(ids[path], output, tuple(image.shape[-2:]))
                 if overlays:
@@ -139,7 +141,7 @@ def predict_shards(loaded: LoadedModel, manifest: str, out: str, batch_size: int
     loaded.vocab.require_same(vocab, f"--shards {manifest}", "the model was trained on")
     os.makedirs(out, exist_ok=True)
     (images, _, detections), _ = predict_on_shards(loaded.model, sources, vocab, batch_size=batch_size,
-                                                   device=torch.device("cpu"), progress=progress)
+                                                   device=model_device(loaded.model), progress=progress)
     summary = PredictionSummary(os.path.join(out, RESULTS_FILE), images=len(images))
     return _write(summary, coco_results(detections, vocab), vocab)
 

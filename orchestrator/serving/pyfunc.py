@@ -13,6 +13,7 @@ An image whose header says it is over MASKX_MAX_IMAGE_PIXELS (the server's envir
 64 million) is refused with a 400 naming the limit, before it is decoded; masks are pasted and
 encoded one kept detection at a time (`inference.py`), so a request's memory stays bounded.
 """
+import os
 from typing import Optional
 
 import pandas as pd
@@ -23,10 +24,11 @@ from mlflow.pyfunc import PythonModel
 
 from ..evaluation.records import mask_rles
 from ..run_folder import MODEL_FILES_ARTIFACT
-from .inference import LoadedModel, decode_image_bytes, kept, load_model_files, predict
+from .inference import LoadedModel, decode_image_bytes, inference_device, kept, load_model_files, predict
 
 INPUT_COLUMN = "image"
 DEFAULT_PARAMS = {"score_threshold": 0.5, "max_detections": 100}
+DEVICE_VARIABLE = "MASKX_DEVICE"  # the serving host's environment: auto (default), cpu or cuda
 
 
 def detections_json(loaded: LoadedModel, image_bytes: bytes, score_threshold: float, max_detections: int) -> dict:
@@ -42,7 +44,9 @@ def detections_json(loaded: LoadedModel, image_bytes: bytes, score_threshold: fl
 
 class MaskXPyfunc(PythonModel):
     def load_context(self, context) -> None:
-        self.loaded = load_model_files(context.artifacts[MODEL_FILES_ARTIFACT])
+        # On the serving host's GPU where it has one; MASKX_DEVICE (auto, cpu, cuda) says otherwise.
+        device = inference_device(os.environ.get(DEVICE_VARIABLE, "auto"))
+        self.loaded = load_model_files(context.artifacts[MODEL_FILES_ARTIFACT], device)
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> list[dict]:
         params = {**DEFAULT_PARAMS, **(params or {})}

@@ -76,13 +76,26 @@ def _champion_value(cfg: TrainConfig, tracking: Tracking, name: str, version: st
     """The champion's figure on this sweep's metric: COCO metrics are recomputed on this sweep's eval
     set, on the version the alias pointed at (not the alias, which may move meanwhile); a
     training-loss metric can only be taken from the champion's registration tags."""
-    from ..run_setup import set_up_run
-    from ..serving.inference import evaluate_model
-
     metric = cfg.sweep.metric
     if metric.startswith(("bbox/", "segm/")):
-        return evaluate_model(set_up_run(cfg, train=False), f"models:/{name}/{version}").metrics.get(metric)
+        return evaluated_on_ray(cfg, f"models:/{name}/{version}").get(metric)
     tags = tracking.version_tags(name, version)
     if tags.get("maskx.metric") == metric and tags.get("maskx.eval_set") == (cfg.data.val or ""):
         return float(tags["maskx.metric_value"])
     return None
+
+
+def evaluated_on_ray(cfg: TrainConfig, model_uri: str) -> dict[str, float]:
+    """`maskx eval`'s metrics of `model_uri` on `cfg`'s data.val, as a Ray task on the connected
+    cluster: on a GPU where the cluster has one (COCO val on a CPU takes hours), else a CPU."""
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return ray.get(ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_evaluate).remote(cfg, model_uri))
+
+
+def _evaluate(cfg: TrainConfig, model_uri: str) -> dict[str, float]:
+    from ..run_setup import set_up_run
+    from ..serving.inference import evaluate_model, inference_device
+
+    return evaluate_model(set_up_run(cfg, train=False), model_uri, inference_device("auto")).metrics

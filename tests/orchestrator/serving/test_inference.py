@@ -159,3 +159,46 @@ def test_one_drawing_marks_set_b_in_every_picture_and_none_where_every_class_is_
     detection = {"boxes": torch.tensor([[10.0, 10, 30, 30]]), "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}
     drawn = draw_predictions(image, detection, vocab, {1})
     assert tuple(drawn[:, 20, 10].tolist()) == COLORS["B"]  # the box's left edge
+
+
+def test_inference_runs_on_the_gpu_where_there_is_one_unless_told(monkeypatch):
+    from maskx.orchestrator.serving.inference import inference_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_device("auto") == inference_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda: torch sees no GPU"):
+        inference_device("cuda")
+    with pytest.raises(ValueError, match="--device tpu: one of auto, cpu, cuda"):
+        inference_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert inference_device("auto") == inference_device("cuda") == torch.device("cuda")
+    assert inference_device("cpu") == torch.device("cpu")
+
+
+def test_eval_predict_and_the_served_model_take_a_device():
+    from maskx.orchestrator.cli import build_parser
+    from maskx.orchestrator.serving import pyfunc
+
+    parse = build_parser().parse_args
+    assert parse(["eval", "--model", "m", "--shards", "s"]).device == "auto"
+    assert parse(["predict", "--model", "m", "--image", "i.jpg", "--out", "o.png", "--device", "cpu"]).device == "cpu"
+    assert pyfunc.DEVICE_VARIABLE == "MASKX_DEVICE"  # the serving host's choice, default auto
+
+
+def test_the_sweep_s_champion_is_scored_on_a_gpu_where_the_cluster_has_one(monkeypatch):
+    import ray
+
+    from maskx.orchestrator.tuning import promotion
+
+    asked = []
+
+    def remote(**options):
+        asked.append(options)
+        return lambda fn: type("Task", (), {"remote": staticmethod(lambda *args: {"segm/setB/AP": 0.5})})
+
+    monkeypatch.setattr(ray, "remote", remote)
+    monkeypatch.setattr(ray, "get", lambda value: value)
+    for resources, gpus in (({"CPU": 8.0}, 0), ({"CPU": 8.0, "GPU": 4.0}, 1)):
+        monkeypatch.setattr(ray, "cluster_resources", lambda resources=resources: resources)
+        assert promotion.evaluated_on_ray(None, "models:/m/1") == {"segm/setB/AP": 0.5}
+        assert asked[-1]["num_gpus"] == gpus
