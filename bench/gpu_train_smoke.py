@@ -3,7 +3,8 @@ the first minutes of a lent GPU (`make gpu-report` gives the speed figures).
 
 A torch process group of world size 1 (NCCL on a GPU, gloo on a CPU), the model wrapped as the
 worker wraps it (`sync_batch_norm`, DDP with `ddp_options`), maskx's real loader over shards made
-from the sample, and `train_step` under bf16 autocast, for two models:
+from the sample, and `train_step` under bf16 autocast, for two models (the first also in fp16 with
+a gradient scaler, `solver.amp: fp16`):
 
 1. the COCO R-50-FPN recipe (configs/coco-r50.yaml), trained from scratch with batch norm (no
    ImageNet weights travel to the GPU machine);
@@ -57,7 +58,8 @@ def shards_of_the_sample(data: str, workdir: str):
 
 
 def recipes(args, vocab, workdir: str):
-    """(name, TrainConfig) for each model, sized by --tiny."""
+    """(name, TrainConfig, autocast dtype) for each model, sized by --tiny; the COCO recipe also in fp16
+    with a gradient scaler (`solver.amp: fp16`, for GPUs without bf16)."""
     from maskx.models.backbone import resnet_fpn_backbone
     from maskx.orchestrator.config import load_config
 
@@ -78,10 +80,11 @@ def recipes(args, vocab, workdir: str):
                        sizes + solver + ["model.backbone.norm=gn", f"model.backbone.weights={weights}",
                                          "model.init_from=null", "model.num_classes=3001"])
     vg3k.model.mask_classes = list(range(1, vocab.num_classes))  # the sample's COCO classes: set A
-    return [("COCO R-50 recipe", coco), ("VG-3k stage-2 heads, 3001 classes", vg3k)]
+    return [("COCO R-50 recipe", coco, torch.bfloat16), ("VG-3k stage-2 heads, 3001 classes", vg3k, torch.bfloat16),
+            ("COCO R-50 recipe, fp16 + GradScaler", coco, torch.float16)]
 
 
-def smoke(name: str, cfg, sources, vocab, device: torch.device, args) -> list[tuple[str, str]]:
+def smoke(name: str, cfg, sources, vocab, device: torch.device, args, dtype: torch.dtype) -> list[tuple[str, str]]:
     from maskx.datasets.partitions import DataPlan, EpochLayout
     from maskx.datasets.stream import make_loader
     from maskx.datasets.train_stream import TrainStream
@@ -102,7 +105,8 @@ def smoke(name: str, cfg, sources, vocab, device: torch.device, args) -> list[tu
     stream = TrainStream(sources=sources, vocab=vocab, mask_labels=cfg.model.mask_classes, layout=layout,
                          steps_per_epoch=10**9, min_sizes=(cfg.model.min_size,), max_size=cfg.model.max_size)
     loader = make_loader(stream, args.loader_workers, pin_memory=device.type == "cuda")
-    amp = device.type == "cuda" or args.amp
+    amp = dtype if device.type == "cuda" or args.amp else None
+    scaler = torch.amp.GradScaler(device.type) if amp is torch.float16 else None
     profiled = min(5, max(1, args.steps // 3))
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     losses_seen, steps, profiler, wall = [], stream.steps(loader), None, 0.0
@@ -113,8 +117,8 @@ def smoke(name: str, cfg, sources, vocab, device: torch.device, args) -> list[tu
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        losses = train_step(trained, optimizer, scheduler, next(steps).micro_batches, device, torch.bfloat16 if amp else None,
-                            clip_grad_norm=cfg.solver.clip_grad_norm, layout=layout)
+        losses = train_step(trained, optimizer, scheduler, next(steps).micro_batches, device, amp,
+                            clip_grad_norm=cfg.solver.clip_grad_norm, layout=layout, scaler=scaler)
         losses_seen.append(losses["loss"])
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -125,10 +129,12 @@ def smoke(name: str, cfg, sources, vocab, device: torch.device, args) -> list[tu
     finite = all(math.isfinite(loss) for loss in losses_seen)
     rows = [(f"{name}: {args.steps} steps, losses", f"{'all finite' if finite else 'NOT FINITE'}; first "
              f"{losses_seen[0]:.3f}, last {losses_seen[-1]:.3f}"),
-            (f"{name}: proposals' dtype under {'bf16 autocast' if amp else 'float32'}",
+            (f"{name}: proposals' dtype under {f'{str(amp)[6:]} autocast' if amp else 'float32'}",
              ", ".join(sorted(str(d)[6:] for d in proposal_dtypes))),
             (f"{name}: host syncs a step (last {profiled})",
              f"{sum(syncs.values()):.0f}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(syncs.items())))]
+    if scaler is not None:
+        rows.append((f"{name}: gradient scale after {args.steps} steps", f"{scaler.get_scale():g}"))
     if device.type == "cuda":
         busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6 / profiled
         rows.append((f"{name}: GPU idle a step", f"{max(wall - busy, 0.0) * 1000:.0f} ms of {wall * 1000:.0f} ms "
@@ -159,9 +165,9 @@ def main() -> None:
     failed = False
     with tempfile.TemporaryDirectory(prefix="maskx-gpu-smoke-") as workdir:
         sources, vocab = shards_of_the_sample(args.data, workdir)
-        for name, cfg in recipes(args, vocab, workdir):
+        for name, cfg, dtype in recipes(args, vocab, workdir):
             try:
-                rows += smoke(name, cfg, sources, vocab, device, args)
+                rows += smoke(name, cfg, sources, vocab, device, args, dtype)
             except Exception as exc:  # noqa: BLE001 - the other recipe still runs; the exit status says it
                 import traceback
 

@@ -119,7 +119,9 @@ def test_gpu_train_smoke_runs_the_worker_s_training_path_in_its_tiny_cpu_mode(sy
                             cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(out)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = (out / "gpu-train-smoke.md").read_text()
-    for recipe in ("COCO R-50 recipe", "VG-3k stage-2 heads, 3001 classes"):
+    for recipe, dtype in (("COCO R-50 recipe", "bfloat16"), ("VG-3k stage-2 heads, 3001 classes", "bfloat16"),
+                          ("COCO R-50 recipe, fp16 + GradScaler", "float16")):
         assert f"| {recipe}: 6 steps, losses | all finite" in table
-        assert f"| {recipe}: proposals' dtype under bf16 autocast | float32 |" in table
+        assert f"| {recipe}: proposals' dtype under {dtype} autocast | float32 |" in table
         assert f"| {recipe}: host syncs a step (last 2) | " in table
+    assert "| COCO R-50 recipe, fp16 + GradScaler: gradient scale after 6 steps | " in table
