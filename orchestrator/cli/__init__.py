@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     redact_logs()
-    if not args.verbose:  # MLflow draws a bar per file it uploads or downloads
+    if not args.verbose:  # MLflow draws a bar per file it uploads or downloads; matplotlib says INFO of its fonts
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return args.run(args)
     except (FileNotFoundError, PermissionError, ValueError) as exc:  # what the user gave: a config, path, value

@@ -33,6 +33,7 @@ def train_loop_per_worker(loop_config: dict) -> Optional[dict]:
     if not job.verbose:
         # Ray Train logs every report as a dict of all metrics; maskx's console line says it better.
         ray_train_report_logger().setLevel(logging.WARNING)
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache's INFO lines
     try:
         worker = Worker(job)
     except AmpUnsupported as exc:  # this GPU: every retry would fail the same way

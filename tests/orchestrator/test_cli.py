@@ -26,6 +26,9 @@ def test_bad_input_exits_2_and_a_failure_exits_1_with_its_traceback_only_under_v
 
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == EXIT_BAD_INPUT == 2
     assert "maskx train: config" in capsys.readouterr().err
+    import logging
+
+    assert logging.getLogger("matplotlib").level == logging.WARNING  # its INFO lines are no user's business
 
     def fails(args):
         raise KeyError("the tracking server answered 500 for http://user:secret@mlflow:5000")
