@@ -41,8 +41,9 @@ def run_eval(args) -> int:
         cfg = load_config(args.config, args.overrides)
     elif not args.shards:
         raise ValueError("name the val shards: --shards MANIFEST, or --config with data.val")
-    else:  # the model's own config: its set A, its eval settings
+    else:  # the model's own config: its set A, its eval settings; paths and the store are this machine's
         tree = model_weights(args.model)[0].to_dict()
+        tree["root"], tree["mlflow"]["tracking_uri"] = None, None
         for override in args.overrides:
             apply_override(tree, override)
         cfg = validate(tree)

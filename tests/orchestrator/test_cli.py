@@ -48,3 +48,28 @@ def test_bad_input_exits_2_and_a_failure_exits_1_with_its_traceback_only_under_v
     assert main(["report", "abc", "-v"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "secret" not in err
+
+
+def test_eval_without_a_config_takes_the_model_s_set_a_but_this_machine_s_paths_and_store(synth_shards, tmp_path,
+                                                                                           monkeypatch):
+    """A model trained elsewhere carries its run's root and tracking server in its config: `maskx eval
+    --shards` without --config resolves a relative --shards here and reads no store of the run's."""
+    import json
+    import os
+
+    from maskx.datasets.vocab import Vocabulary
+    from maskx.orchestrator.cli import main
+    from maskx.orchestrator.config import load_config
+    from maskx.orchestrator.run_setup import bind_to_vocabulary
+    from maskx.orchestrator.training.model_checkpoint import write_model_checkpoint
+
+    tiny = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny-cpu.yaml")
+    vocab = Vocabulary.load(synth_shards["vocab"])
+    cfg = bind_to_vocabulary(load_config(tiny, ["root=/cluster/home/someone", "eval_error_analysis=false",
+                                                "mlflow.tracking_uri=http://mlflow.cluster.internal:5000"]), vocab)
+    model = write_model_checkpoint(str(tmp_path / "model"), cfg, vocab)
+    monkeypatch.chdir(os.path.dirname(synth_shards["coco_val"]))
+    assert main(["eval", "--model", model, "--shards", os.path.basename(synth_shards["coco_val"]),
+                 "--out", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert evaluation["metrics"]["eval/images"] == 10
