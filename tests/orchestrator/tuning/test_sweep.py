@@ -4,6 +4,7 @@ in order: the first sets the champion, a worse one keeps it, and an interrupted-
 one takes it."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,14 +166,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(first_sweep
     finally:
         proc.kill()
     assert proc.returncode == 130, out
-    sweep_folder = out.split("--resume ")[-1].split()[0]
+    sweep_name = out.split("--resume ")[-1].split()[0]  # by its name, as train's --resume takes a run's
     first_folder = done_first.data.tags["maskx.run_folder"]
     checkpoints_before = sorted(os.listdir(first_folder))
 
-    resumed = subprocess.run(command + ["--resume", sweep_folder], cwd=REPO, env=env, capture_output=True, text=True,
+    resumed = subprocess.run(command + ["--resume", sweep_name], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "reproduce: maskx train --config" in resumed.stdout
+    sweep_folder = re.search(r"^sweep (\S+) \(MLflow parent run", resumed.stdout, re.M).group(1)
+    assert os.path.basename(sweep_folder) == sweep_name
 
     parent_id = json.load(open(os.path.join(sweep_folder, "maskx_sweep.json")))["parent_run_id"]
     experiment = client.get_experiment_by_name("sweep-resume-test").experiment_id
