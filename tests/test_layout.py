@@ -28,13 +28,18 @@ MAX_LINES = 300  # a module one reads top to bottom
 
 @functools.cache
 def parsed(path: Path) -> ast.Module:
-    """A file's syntax tree, parsed once. CPython 3.11.7 keeps the AST conversion's recursion counter in
-    module state (gh-106905, fixed in 3.11.8): in the CI lane, after the Ray tests, one of this module's
-    ~2000 parses failed with "SystemError: AST constructor recursion depth mismatch". Parsing each file
-    once, with no finalizer run by the collector in between, keeps that window small."""
+    """A file's syntax tree, parsed once. CPython 3.11.7's AST conversion keeps its recursion counter in
+    module state (gh-106905, "rarely, in a threaded application"; fixed in later releases): in the CI lane,
+    after the Ray tests, one of this module's ~2000 parses failed with "SystemError: AST constructor
+    recursion depth mismatch". Each file is parsed once, with no finalizer run by the collector in
+    between, and a parse that hits that error is the same text parsed again."""
     gc.disable()
     try:
-        return ast.parse(path.read_text())
+        text = path.read_text()
+        try:
+            return ast.parse(text)
+        except SystemError:
+            return ast.parse(text)
     finally:
         gc.enable()
 
