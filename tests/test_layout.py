@@ -29,7 +29,7 @@ MAX_LINES = 300  # a module one reads top to bottom
 @functools.cache
 def parsed(path: Path) -> ast.Module:
     """A file's syntax tree, parsed once. CPython 3.11.7's AST conversion keeps its recursion counter in
-    module state (gh-106905, "rarely, in a threaded application"; fixed in later releases): in the CI lane,
+    module state (gh-106905, "rarely, in a threaded application"; still seen here on 3.11.7): in the CI lane,
     after the Ray tests, one of this module's ~2000 parses failed with "SystemError: AST constructor
     recursion depth mismatch". Each file is parsed once, with no finalizer run by the collector in
     between, and a parse that hits that error is the same text parsed again."""
